@@ -1,0 +1,110 @@
+"""The baseline (teacher): loaded from a checkpoint, or trained once and cached by content hash.
+
+The cache key covers everything that decides the trained weights: model spec, a fingerprint
+of the data, input shape, the training recipe and the torch version. A second run of the same
+study loads the cached weights instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batching import training_batches
+from .workloads import Workload, WorkloadError
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+
+
+@dataclass
+class Baseline:
+    model: nn.Module
+    source: str  # "checkpoint:<path>", "cache:<path>" or "trained:<path>"
+    train_seconds: float = 0.0
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SLIMTUNE_CACHE", Path.home() / ".cache" / "slimtune")) / "baselines"
+
+
+def cache_key(workload: Workload, recipe: TrainingRecipe) -> str:
+    material = {
+        "model": workload.model_spec,
+        "data": workload.data.fingerprint,
+        "input_shape": list(workload.input_shape),
+        "num_classes": workload.num_classes,
+        "recipe": asdict(recipe),
+        "torch": torch.__version__.split("+")[0],
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def train(workload: Workload, recipe: TrainingRecipe, device: torch.device) -> nn.Module:
+    """Plain supervised training with AdamW and a cosine schedule, seeded."""
+    torch.manual_seed(recipe.seed)
+    model = workload.make_model().to(device)
+    steps_per_epoch = max(1, len(workload.data.train) // recipe.batch_size)
+    steps = recipe.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=max(steps, 1))
+    batches = training_batches(workload.data.train, recipe.batch_size, recipe.seed, device)
+    model.train()
+    for _ in range(steps):
+        inputs, labels = next(batches)
+        loss = F.cross_entropy(model(inputs), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return model.eval()
+
+
+def load_checkpoint(workload: Workload, path: str) -> nn.Module:
+    if not os.path.isfile(path):
+        raise WorkloadError("baseline.checkpoint", f"{path!r} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    model = workload.make_model()
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise WorkloadError("baseline.checkpoint", f"{path!r} does not fit {workload.model_spec}: {first}") from None
+    return model.eval()
+
+
+def get_baseline(
+    workload: Workload, device: torch.device, *, checkpoint: str | None = None, recipe: TrainingRecipe | None = None
+) -> Baseline:
+    """The unmodified model on the CPU, in eval mode; trains and caches it when needed."""
+    if checkpoint:
+        return Baseline(load_checkpoint(workload, checkpoint), f"checkpoint:{checkpoint}")
+    recipe = recipe or TrainingRecipe()
+    path = cache_dir() / f"{cache_key(workload, recipe)}.pt"
+    if path.is_file():
+        model = workload.make_model()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return Baseline(model.eval(), f"cache:{path}")
+    started = time.perf_counter()
+    model = train(workload, recipe, device).cpu()
+    seconds = time.perf_counter() - started
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), partial)
+    partial.replace(path)  # atomic: a killed run never leaves a half-written cache entry
+    return Baseline(model, f"trained:{path}", seconds)

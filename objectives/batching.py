@@ -1,0 +1,43 @@
+"""Batches for training and for fixed-shape evaluation."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+
+def training_batches(
+    dataset: Dataset, batch_size: int, seed: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """An endless, seeded, reshuffled-each-epoch stream of (inputs, labels) on `device`."""
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(dataset, TensorDataset):  # in-memory data: index it, skip the collate overhead
+        inputs, labels = (t.to(device) for t in dataset.tensors)
+        while True:
+            order = torch.randperm(len(labels), generator=generator).to(device)
+            for start in range(0, len(order) - batch_size + 1, batch_size):
+                index = order[start:start + batch_size]
+                yield inputs[index], labels[index]
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)
+    while True:
+        for inputs, labels in loader:
+            yield inputs.to(device), labels.to(device)
+
+
+def eval_batches(
+    dataset: Dataset, batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Every sample once, in batches of exactly `batch_size`: the last one is padded (count
+    of real rows returned) so a compiled model never sees a new shape."""
+    if isinstance(dataset, TensorDataset):
+        chunks = zip(dataset.tensors[0].split(batch_size), dataset.tensors[1].split(batch_size))
+    else:
+        chunks = iter(DataLoader(dataset, batch_size=batch_size, shuffle=False))
+    for inputs, labels in chunks:
+        real = len(labels)
+        if real < batch_size:
+            pad = inputs[:1].expand(batch_size - real, *inputs.shape[1:])
+            inputs = torch.cat([inputs, pad])
+        yield inputs.to(device=device, dtype=dtype), labels.to(device), real

@@ -1,0 +1,215 @@
+"""A workload is model + data + metric, named by strings in the study file.
+
+Models: `slimtune:<builtin>`, `torchvision:<name>` (classes and input channels adapted),
+or `package.module:function` called as `function(num_classes=..., input_shape=...)`.
+Data: `sklearn:digits` (ships with scikit-learn), `torchvision:CIFAR10` and friends from a
+local `data_root` (never downloaded), `imagefolder:PATH`, or `package.module:function`
+returning `(train_dataset, val_dataset, num_classes)`. The metric is top-1 accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from .models import BUILTIN_MODELS
+
+
+class WorkloadError(ValueError):
+    """A model or dataset the study names cannot be had; `field` says which one."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass
+class DataSplits:
+    """`val` is the held-out split: accuracy is measured on it and no fine-tuning sees it."""
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    fingerprint: str
+
+
+@dataclass
+class Workload:
+    model_spec: str
+    data_spec: str
+    input_shape: tuple[int, ...]
+    data: DataSplits
+    make_model: Callable[[], nn.Module]
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+
+def _import_function(spec: str, field: str) -> Callable:
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise WorkloadError(field, f"{spec!r} is not 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise WorkloadError(field, f"cannot import module {module_name!r} ({type(error).__name__}: {error})") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise WorkloadError(field, f"module {module_name!r} has no function {function_name!r}")
+    return function
+
+
+def _adapt_input_channels(model: nn.Module, channels: int) -> None:
+    """torchvision models expect RGB; swap the first convolution for one taking `channels`."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels != channels:
+                    setattr(parent, name, nn.Conv2d(
+                        channels, child.out_channels, child.kernel_size, child.stride,
+                        child.padding, child.dilation, child.groups, child.bias is not None,
+                    ))
+                return
+
+
+def model_factory(spec: str, num_classes: int, input_shape: tuple[int, ...]) -> Callable[[], nn.Module]:
+    """Resolve a model spec now (so a bad one fails before the study exists); build later."""
+    namespace, _, name = spec.partition(":")
+    if namespace == "slimtune":
+        if name not in BUILTIN_MODELS:
+            raise WorkloadError("workload.model", f"unknown built-in {name!r}; allowed: {sorted(BUILTIN_MODELS)}")
+        return lambda: BUILTIN_MODELS[name](num_classes=num_classes, input_shape=input_shape)
+    if namespace == "torchvision":
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise WorkloadError("workload.model", f"torchvision has no classification model {name!r}")
+
+        def build() -> nn.Module:
+            model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+            _adapt_input_channels(model, input_shape[0])
+            return model
+
+        return build
+    function = _import_function(spec, "workload.model")
+    return lambda: function(num_classes=num_classes, input_shape=input_shape)
+
+
+def _tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _sklearn_digits(input_shape: tuple[int, ...]) -> DataSplits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if tuple(input_shape) != (1, 8, 8):
+        raise WorkloadError("workload.input_shape", f"sklearn:digits images are [1, 8, 8], not {list(input_shape)}")
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = (images - 0.5) / 0.5
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    # A fixed split, independent of the study seed, so studies on digits are comparable.
+    train_idx, val_idx = train_test_split(
+        range(len(labels)), test_size=0.2, random_state=0, stratify=digits.target
+    )
+    train = TensorDataset(images[train_idx], labels[train_idx])
+    val = TensorDataset(images[val_idx], labels[val_idx])
+    return DataSplits(train, val, 10, "sklearn:digits:" + _tensor_fingerprint(images, labels)[:16])
+
+
+def _image_transform(input_shape: tuple[int, ...]):
+    from torchvision import transforms
+
+    steps = [transforms.Resize(tuple(input_shape[1:]))]
+    if input_shape[0] == 1:
+        steps.append(transforms.Grayscale(1))
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * input_shape[0], [0.5] * input_shape[0])]
+    return transforms.Compose(steps)
+
+
+def _torchvision_dataset(name: str, root: str | None, input_shape: tuple[int, ...]) -> DataSplits:
+    import torchvision
+
+    dataset_class = getattr(torchvision.datasets, name, None)
+    if dataset_class is None:
+        raise WorkloadError("workload.data", f"torchvision has no dataset {name!r}")
+    if not root:
+        raise WorkloadError("workload.data_root", f"torchvision:{name} needs data_root, the folder that holds it")
+    if not os.path.isdir(root):
+        raise WorkloadError("workload.data_root", f"{root!r} is not a folder (slimtune never downloads data)")
+    transform = _image_transform(input_shape)
+    try:
+        train = dataset_class(root, train=True, download=False, transform=transform)
+        val = dataset_class(root, train=False, download=False, transform=transform)
+    except (RuntimeError, FileNotFoundError) as error:
+        raise WorkloadError(
+            "workload.data_root", f"no {name} under {root!r} ({error}); slimtune never downloads data"
+        ) from None
+    num_classes = len(getattr(train, "classes", [])) or int(max(train.targets)) + 1
+    return DataSplits(train, val, num_classes, f"torchvision:{name}:{os.path.abspath(root)}:{len(train)}:{len(val)}")
+
+
+def _image_folder(path: str, input_shape: tuple[int, ...]) -> DataSplits:
+    from torchvision.datasets import ImageFolder
+
+    if not os.path.isdir(path):
+        raise WorkloadError("workload.data", f"imagefolder path {path!r} is not a folder")
+    transform = _image_transform(input_shape)
+    if os.path.isdir(os.path.join(path, "train")) and os.path.isdir(os.path.join(path, "val")):
+        train = ImageFolder(os.path.join(path, "train"), transform=transform)
+        val = ImageFolder(os.path.join(path, "val"), transform=transform)
+        num_classes = len(train.classes)
+    else:
+        full = ImageFolder(path, transform=transform)
+        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(0)).tolist()
+        cut = int(0.8 * len(full))
+        train, val = Subset(full, order[:cut]), Subset(full, order[cut:])
+        num_classes = len(full.classes)
+    listing = sorted(
+        (os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f)))
+        for d, _, files in os.walk(path) for f in files
+    )
+    return DataSplits(train, val, num_classes, "imagefolder:" + hashlib.sha256(repr(listing).encode()).hexdigest()[:16])
+
+
+def load_data(spec: str, input_shape: tuple[int, ...], data_root: str | None = None) -> DataSplits:
+    namespace, _, name = spec.partition(":")
+    if namespace == "sklearn":
+        if name != "digits":
+            raise WorkloadError("workload.data", f"unknown sklearn dataset {name!r}; allowed: ['digits']")
+        return _sklearn_digits(input_shape)
+    if namespace == "torchvision":
+        return _torchvision_dataset(name, data_root, input_shape)
+    if namespace == "imagefolder":
+        return _image_folder(name, input_shape)
+    function = _import_function(spec, "workload.data")
+    result = function()
+    if isinstance(result, DataSplits):
+        return result
+    try:
+        train, val, num_classes = result
+    except (TypeError, ValueError):
+        raise WorkloadError("workload.data", f"{spec} must return (train_dataset, val_dataset, num_classes)") from None
+    return DataSplits(train, val, int(num_classes), f"{spec}:{len(train)}:{len(val)}")
+
+
+def load_workload(
+    model: str, data: str, input_shape: tuple[int, ...], data_root: str | None = None
+) -> Workload:
+    """Load the data and resolve the model; raises `WorkloadError` naming the bad field."""
+    input_shape = tuple(input_shape)
+    splits = load_data(data, input_shape, data_root)
+    make_model = model_factory(model, splits.num_classes, input_shape)
+    return Workload(model, data, input_shape, splits, make_model)

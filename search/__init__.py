@@ -1,0 +1,1 @@
+"""The Optuna side: study files, studies, samplers, the CLI and reports."""

@@ -1,0 +1,227 @@
+"""The study file: one TOML file that says everything a study needs, validated before anything runs.
+
+Every error is one line naming the file, the field, the value and what is allowed, so a user
+can fix it without reading a traceback; nothing is created when the file is invalid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+
+from slimtune.objectives import OBJECTIVE_NAMES
+from slimtune.spaces import SearchSpace
+from slimtune.spaces.distillation import KD_ALPHA_RANGE, KD_TEMPERATURE_RANGE
+from slimtune.spaces.precision import PRECISION_CHOICES
+from slimtune.spaces.pruning import IMPORTANCES, PRUNE_RATIO_RANGE
+from slimtune.spaces.quantization import QUANTIZATION_CHOICES
+from slimtune.spaces.runtime import RUNTIME_CHOICES
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+
+
+class StudyFileError(ValueError):
+    """An invalid study file or override; the message is the one line to show."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudySection(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    n_trials: PositiveInt = 30
+    seed: int = 0
+
+
+class TargetSection(_Section):
+    device: str = "cpu"
+    threads: PositiveInt | None = None
+    runtimes: list[Literal["eager", "compile", "cudagraphs"]] = Field(default=["eager"], min_length=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError("must be 'cpu', 'cuda' or 'cuda:N'")
+        return value
+
+
+class WorkloadSection(_Section):
+    model: str = Field(min_length=1)
+    data: str = Field(min_length=1)
+    data_root: str | None = None
+    input_shape: list[PositiveInt] = Field(min_length=3, max_length=3)
+    batch_sizes: list[PositiveInt] = Field(default=[64], min_length=1)
+
+
+class BaselineSection(_Section):
+    checkpoint: str | None = None
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 3e-3
+
+
+class ConstraintsSection(_Section):
+    max_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+def _range(low: float, high: float):
+    def check(value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return value
+        if len(value) != 2 or value[0] > value[1]:
+            raise ValueError("must be [low, high] with low <= high")
+        if value[0] < low or value[1] > high:
+            raise ValueError(f"must lie within [{low}, {high}]")
+        return value
+
+    return check
+
+
+class SpaceSection(_Section):
+    """Each knob declares its own range or choices; an absent knob is not searched."""
+
+    prune_ratio: list[float] | None = None
+    prune_importance: list[Literal[tuple(IMPORTANCES)]] = ["l2"]  # type: ignore[valid-type]
+    kd_temperature: list[float] | None = None
+    kd_alpha: list[float] | None = None
+    quantization: list[Literal[QUANTIZATION_CHOICES]] = ["none"]  # type: ignore[valid-type]
+    precision: list[Literal[PRECISION_CHOICES]] = ["fp32"]  # type: ignore[valid-type]
+
+    _prune = field_validator("prune_ratio")(_range(*PRUNE_RATIO_RANGE))
+    _temperature = field_validator("kd_temperature")(_range(*KD_TEMPERATURE_RANGE))
+    _alpha = field_validator("kd_alpha")(_range(*KD_ALPHA_RANGE))
+
+    @field_validator("prune_importance", "quantization", "precision")
+    @classmethod
+    def _choices(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("must be a non-empty list without repeats")
+        return value
+
+
+class BudgetSection(_Section):
+    finetune_steps: int = Field(default=200, ge=0)
+    finetune_lr: PositiveFloat = 1e-3
+    trial_timeout_s: PositiveFloat = 60.0
+    latency_warmup: int = Field(default=10, ge=0)
+    latency_repeats: PositiveInt = 50
+
+
+DEFAULT_OBJECTIVES = {"latency_ms": "minimize", "peak_memory_mb": "minimize", "accuracy": "maximize"}
+
+
+class StudyConfig(_Section):
+    study: StudySection
+    target: TargetSection = TargetSection()
+    workload: WorkloadSection
+    baseline: BaselineSection = BaselineSection()
+    objectives: dict[str, Literal["minimize", "maximize"]] = Field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
+    constraints: ConstraintsSection = ConstraintsSection()
+    space: SpaceSection = SpaceSection()
+    budget: BudgetSection = BudgetSection()
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError(f"name at least one objective; allowed: {', '.join(OBJECTIVE_NAMES)}")
+        unknown = [name for name in value if name not in OBJECTIVE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown objective {unknown[0]!r}; allowed: {', '.join(OBJECTIVE_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "StudyConfig":
+        if self.target.device == "cpu" and "cudagraphs" in self.target.runtimes:
+            raise ValueError("target.runtimes: 'cudagraphs' needs a CUDA device; allowed on cpu: eager, compile")
+        return self
+
+    def search_space(self) -> SearchSpace:
+        space = self.space
+        return SearchSpace(
+            prune_ratio=tuple(space.prune_ratio) if space.prune_ratio else None,
+            prune_importance=tuple(space.prune_importance),
+            kd_temperature=tuple(space.kd_temperature) if space.kd_temperature else None,
+            kd_alpha=tuple(space.kd_alpha) if space.kd_alpha else None,
+            quantization=tuple(space.quantization),
+            precision=tuple(space.precision),
+            runtime=tuple(self.target.runtimes),
+            finetune_steps=self.budget.finetune_steps,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change when a study is resumed: everything that decides its results."""
+        return self.model_dump(mode="json", exclude={"study": {"n_trials", "sampler", "seed"}})
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc[:-1]:
+        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """The first problem as one line: `file: field = value: what is allowed`."""
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    field = ".".join(str(part) for part in loc) or "(file)"
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_fields(StudyConfig, loc)
+        return f"{source}: {field}: unknown field; allowed: {', '.join(allowed)}"
+    if first["type"] == "missing":
+        return f"{source}: {field}: required field is missing"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {field} = {first.get('input')!r}: {message}"
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Relative paths in a study file are relative to the file, so it works from any directory."""
+
+    def resolve(path: str) -> str:
+        return path if os.path.isabs(path) else str((base / path).resolve())
+
+    workload = raw.get("workload")
+    if isinstance(workload, dict):
+        if isinstance(workload.get("data_root"), str):
+            workload["data_root"] = resolve(workload["data_root"])
+        data = workload.get("data")
+        if isinstance(data, str) and data.startswith("imagefolder:"):
+            workload["data"] = "imagefolder:" + resolve(data.removeprefix("imagefolder:"))
+    baseline = raw.get("baseline")
+    if isinstance(baseline, dict) and isinstance(baseline.get("checkpoint"), str):
+        baseline["checkpoint"] = resolve(baseline["checkpoint"])
+
+
+def parse_config(raw: dict[str, Any], source: str = "study") -> StudyConfig:
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as error:
+        raise StudyFileError(format_validation_error(error, source)) from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read and validate a study file; `overrides` maps 'section.field' to a value (CLI flags)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyFileError(f"{path}: study file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise StudyFileError(f"{path}: not valid TOML: {error}") from None
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            section, _, name = dotted.partition(".")
+            raw.setdefault(section, {})[name] = value
+    _resolve_paths(raw, path.parent)
+    return parse_config(raw, str(path))

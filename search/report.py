@@ -1,0 +1,98 @@
+"""What a study found, read from storage only: the feasible Pareto front against the baseline,
+and every trial as a pandas DataFrame."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from slimtune.spaces import Recipe
+from slimtune.storage import Repository, StorageError, TrialRecord, connect, optuna_storage, safe_url
+
+
+class StudyNotFound(LookupError):
+    pass
+
+
+def open_study(study_name: str, storage_url: str) -> tuple[optuna.Study, Repository]:
+    """Load an existing study and slimtune's tables without creating anything."""
+    engine = connect(storage_url)
+    storage = optuna_storage(storage_url)
+    if study_name not in optuna.get_all_study_names(storage):
+        raise StudyNotFound(f"study {study_name!r} not found in {safe_url(storage_url)!r}")
+    repository = Repository(engine)
+    repository.check_schema()
+    return optuna.load_study(study_name=study_name, storage=storage), repository
+
+
+def baseline_record(records: list[TrialRecord]) -> TrialRecord | None:
+    for record in records:
+        if record.status == "complete" and Recipe.from_dict(record.recipe).is_baseline:
+            return record
+    return None
+
+
+def _row(number: int, record: TrialRecord | None, baseline: TrialRecord | None) -> dict[str, Any]:
+    measurement = (record.measurement if record else None) or {}
+    row: dict[str, Any] = {
+        "trial": number,
+        "recipe": Recipe.from_dict(record.recipe).describe() if record else "",
+        "latency_ms": measurement.get("latency_ms"),
+        "latency_p95_ms": measurement.get("latency_p95_ms"),
+        "peak_memory_mb": measurement.get("peak_memory_mb"),
+        "weight_mb": measurement.get("weight_mb"),
+        "accuracy": measurement.get("accuracy"),
+    }
+    base = (baseline.measurement if baseline else None) or {}
+    ready = measurement and base
+    row["speedup_x"] = base["latency_ms"] / measurement["latency_ms"] if ready else None
+    row["memory_x"] = base["peak_memory_mb"] / measurement["peak_memory_mb"] if ready else None
+    row["accuracy_drop_pts"] = 100 * (base["accuracy"] - measurement["accuracy"]) if ready else None
+    return row
+
+
+def pareto_front(study: optuna.Study, repository: Repository) -> pd.DataFrame:
+    """The feasible front (Optuna's `best_trials` honours constraints), fastest first."""
+    records = {r.trial_number: r for r in repository.trials(study.study_name)}
+    baseline = baseline_record(list(records.values()))
+    rows = [_row(t.number, records.get(t.number), baseline) for t in study.best_trials]
+    frame = pd.DataFrame(rows, columns=list(_row(0, None, None)))
+    return frame.sort_values(["latency_ms", "trial"]).reset_index(drop=True)
+
+
+def trials_frame(study: optuna.Study, repository: Repository) -> pd.DataFrame:
+    """Every trial: Optuna's state and values joined with slimtune's measurements and reasons."""
+    records = {r.trial_number: r for r in repository.trials(study.study_name)}
+    front = {t.number for t in study.best_trials}
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        record = records.get(trial.number)
+        row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name}
+        row["status"] = record.status if record else trial.user_attrs.get("status")
+        row["reason"] = record.reason if record else trial.system_attrs.get("fail_reason")
+        row.update({f"recipe.{k}": v for k, v in (record.recipe if record else trial.user_attrs.get("recipe", {})).items()})
+        measurement = (record.measurement if record else None) or {}
+        for key, value in measurement.items():
+            if not isinstance(value, (dict, list)):
+                row[key] = value
+        row["quantized_layers"] = len(measurement.get("quantized_layers", []))
+        row["accuracy_drop"] = record.accuracy_drop if record else None
+        row["on_front"] = trial.number in front
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "(no feasible trials)"
+    formats = {
+        "latency_ms": "{:.3f}".format, "latency_p95_ms": "{:.3f}".format, "peak_memory_mb": "{:.2f}".format,
+        "weight_mb": "{:.3f}".format, "accuracy": "{:.4f}".format, "speedup_x": "{:.2f}x".format,
+        "memory_x": "{:.2f}x".format, "accuracy_drop_pts": "{:+.2f}".format,
+    }
+    return frame.to_string(index=False, formatters={k: v for k, v in formats.items() if k in frame}, na_rep="-")
+
+
+__all__ = ["StorageError", "StudyNotFound", "format_table", "open_study", "pareto_front", "trials_frame"]

@@ -1,0 +1,195 @@
+"""Create or resume a study and run its trials: the one place where spaces, objectives and
+storage meet.
+
+Everything that can be wrong with the input (study file, workload, database, an existing
+study with another configuration) is checked before the study is created, so a bad run
+leaves nothing behind. Each trial's measurements are written to slimtune's tables before
+Optuna is told, so a tell that fails loses nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from slimtune.objectives import Budget, Evaluator, TrainingRecipe, TrialStopped, get_baseline, load_workload
+from slimtune.spaces import SearchSpace, probe
+from slimtune.storage import DEFAULT_STORAGE, Repository, connect, optuna_storage, safe_url
+
+from .config import StudyConfig, StudyFileError
+from .fingerprint import fingerprint
+from .samplers import make_sampler
+
+Log = Callable[[str], None]
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+CONFIG_ATTR = "slimtune_config"
+
+
+class TrialFailed(Exception):
+    """A trial that failed or was stopped; Optuna records it as FAIL and the study goes on."""
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+@dataclass
+class TrialObjective:
+    """The Optuna objective: sample a recipe, measure it, record it, return the objectives."""
+
+    config: StudyConfig
+    space: SearchSpace
+    evaluator: Evaluator
+    repository: Repository
+    fingerprint_id: int
+    log: Log
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        recipe = self.space.suggest(trial)
+        trial.set_user_attr("recipe", recipe.to_dict())
+        record = dict(study_name=trial.study.study_name, trial_number=trial.number,
+                      recipe=recipe.to_dict(), fingerprint_id=self.fingerprint_id)
+        try:
+            measurement = self.evaluator.evaluate(recipe, seed=self.config.study.seed + trial.number)
+        except Exception as error:  # any failure of a candidate is a result, not a crash
+            status = "stopped" if isinstance(error, TrialStopped) else "failed"
+            reason = str(error) if isinstance(error, TrialStopped) else _first_line(error)
+            self.repository.record_trial(**record, status=status, reason=reason)
+            trial.set_user_attr("status", status)
+            trial.set_user_attr("reason", reason)
+            self.log(f"trial {trial.number} {status}: {reason}")
+            raise TrialFailed(reason) from error
+        accuracy_drop = self.evaluator.baseline_accuracy - measurement.accuracy
+        self.repository.record_trial(
+            **record, status="complete", measurement=measurement.to_dict(), accuracy_drop=accuracy_drop
+        )
+        trial.set_user_attr("status", "complete")
+        trial.set_user_attr("accuracy_drop", accuracy_drop)
+        max_drop = self.config.constraints.max_accuracy_drop
+        if max_drop is not None:  # on every trial, the baseline included: no constraint = feasible
+            trial.set_constraint("accuracy_drop", accuracy_drop - max_drop)
+        return [measurement.objective(name) for name in self.config.objectives]
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _existing_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
+    if name not in optuna.get_all_study_names(storage):
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _check_resume(study: optuna.Study, config: StudyConfig, storage_url: str) -> None:
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is not None and stored != config.identity():
+        changed = sorted(k for k in config.identity() if stored.get(k) != config.identity()[k])
+        raise StudyFileError(
+            f"study.name = {config.study.name!r}: a study of that name in {safe_url(storage_url)!r} was run with a "
+            f"different [{', '.join(changed)}]; give this one another name"
+        )
+
+
+class SnapshotCallback:
+    """Writes the feasible Pareto front after every completed trial, so its history can be queried."""
+
+    def __init__(self, repository: Repository):
+        self.repository = repository
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.COMPLETE:
+            return
+        front = [{"trial_number": t.number, "values": list(t.values)} for t in study.best_trials]
+        self.repository.record_snapshot(study.study_name, trial.number, front)
+
+
+def run_study(
+    config: StudyConfig,
+    storage_url: str = DEFAULT_STORAGE,
+    *,
+    timeout: float | None = None,
+    log: Log = print,
+    progress: bool = True,
+) -> optuna.Study:
+    """Create or resume `config.study.name` in `storage_url` and run it up to `n_trials` finished
+    trials in all (a resumed study runs only the remainder). Returns the Optuna study."""
+    device = torch.device(config.target.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StudyFileError(f"target.device = {config.target.device!r}: no CUDA device here; allowed: cpu")
+    threads = config.target.threads or torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+
+    workload = load_workload(
+        config.workload.model, config.workload.data, tuple(config.workload.input_shape), config.workload.data_root
+    )
+    engine = connect(storage_url)
+    storage = optuna_storage(storage_url)
+    existing = _existing_study(storage, config.study.name)
+    if existing is not None:
+        _check_resume(existing, config, storage_url)
+
+    baseline = get_baseline(
+        workload, device, checkpoint=config.baseline.checkpoint,
+        recipe=TrainingRecipe(config.baseline.epochs, config.baseline.batch_size, config.baseline.lr, config.study.seed),
+    )
+    log(f"baseline: {baseline.source}" + (f" ({baseline.train_seconds:.1f} s)" if baseline.train_seconds else ""))
+    budget = Budget(
+        finetune_steps=config.budget.finetune_steps, finetune_lr=config.budget.finetune_lr,
+        finetune_batch_size=config.baseline.batch_size, trial_timeout_s=config.budget.trial_timeout_s,
+        latency_warmup=config.budget.latency_warmup, latency_repeats=config.budget.latency_repeats,
+    )
+    evaluator = Evaluator(
+        workload, baseline.model, device, threads=threads, batch_sizes=tuple(config.workload.batch_sizes),
+        budget=budget, max_accuracy_drop=config.constraints.max_accuracy_drop,
+    )
+    space, removals = probe(config.search_space(), device)
+    for removal in removals:
+        log(f"probe: {removal}")
+
+    repository = Repository(engine)
+    repository.create_schema()
+    study = optuna.create_study(
+        study_name=config.study.name,
+        storage=storage,
+        directions=list(config.objectives.values()),
+        sampler=make_sampler(config.study.sampler, config.study.seed, config.study.n_trials),
+        load_if_exists=True,
+    )
+    if existing is None:
+        study.set_metric_names(list(config.objectives))
+        study.set_user_attr(CONFIG_ATTR, config.identity())
+        study.set_user_attr("probe_removed", [str(r) for r in removals])
+        study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
+    fingerprint_id = repository.record_fingerprint(config.study.name, fingerprint(device, threads))
+
+    remaining = config.study.n_trials - finished_trials(study)
+    if remaining <= 0:
+        log(f"study {config.study.name!r} already has {finished_trials(study)} finished trials")
+        return study
+    objective = TrialObjective(config, space, evaluator, repository, fingerprint_id, log)
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [SnapshotCallback(repository)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=remaining, desc=config.study.name, unit="trial")
+        objective.log = bar.write
+
+        def advance(study: optuna.Study, trial: FrozenTrial) -> None:
+            bar.set_postfix(front=len(study.best_trials), refresh=False)
+            bar.update(1)
+
+        callbacks.append(advance)
+    try:
+        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,), callbacks=callbacks)
+    finally:
+        if bar is not None:
+            bar.close()
+    return study

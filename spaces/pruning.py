@@ -1,0 +1,81 @@
+"""Structured pruning: removes whole channels (and attention heads) so the model really shrinks.
+
+Unstructured masks leave tensor shapes alone and save nothing at inference, so this knob
+only does structured pruning, through torch-pruning's dependency graph, which knows which
+channels of coupled layers (residual adds, concatenations, norms) must go together.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+PRUNE_RATIO_RANGE = (0.0, 0.9)
+
+#: importance criterion name -> factory; the criterion is data in the recipe.
+IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    "fpgm": lambda: tp.importance.FPGMImportance(),
+}
+
+
+def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """Layers whose outputs are the class scores; pruning them would change the output shape."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if heads:
+        return heads
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
+    return convs[-1:]
+
+
+def count_params_and_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """Parameters and multiply-accumulates of one forward at the example's shape (counted, not timed)."""
+    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    return int(params), int(macs)
+
+
+def prune(
+    model: nn.Module,
+    ratio: float,
+    example_inputs: torch.Tensor,
+    num_classes: int,
+    importance: str = "l2",
+) -> nn.Module:
+    """Remove `ratio` of the channels of every prunable layer group, in place; returns `model`.
+
+    Attention heads of `nn.MultiheadAttention` are pruned at the same ratio. The classifier
+    keeps its `num_classes` outputs.
+    """
+    if not PRUNE_RATIO_RANGE[0] <= ratio <= PRUNE_RATIO_RANGE[1]:
+        raise ValueError(f"prune_ratio={ratio} outside {list(PRUNE_RATIO_RANGE)}")
+    if importance not in IMPORTANCES:
+        raise ValueError(f"prune_importance={importance!r}; allowed: {sorted(IMPORTANCES)}")
+    if ratio == 0.0:
+        return model
+    heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    was_training = model.training
+    model.eval()
+    with warnings.catch_warnings():
+        # torch-pruning warns about bare parameters (class tokens, position embeddings) and
+        # then does the right thing for them: prune their last dimension.
+        warnings.filterwarnings("ignore", message=".*unwrapped_parameters.*")
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_inputs,
+            importance=IMPORTANCES[importance](),
+            pruning_ratio=ratio,
+            ignored_layers=classifier_layers(model, num_classes),
+            num_heads=heads,
+            prune_num_heads=bool(heads),
+            prune_head_dims=False,
+            head_pruning_ratio=ratio if heads else 0.0,
+        )
+        pruner.step()
+    model.train(was_training)
+    return model

@@ -1,0 +1,98 @@
+"""Quantization with torchao: which layers get which torchao config, per choice and device.
+
+torchao's `quantize_` only touches `nn.Linear` unless told otherwise, and most of its int8
+paths have no convolution kernel. A recipe called "int8" that quantized only a CNN's
+classifier would misreport what it did, so `quantize` returns the names of the layers it
+really quantized (and those torchao refused), and the evaluator records them next to the measured weight bytes.
+
+Layer paths (checked on torch 2.14 / torchao 0.18, CPU):
+- int8_weight_only: Linear -> Int8WeightOnlyConfig; Conv2d -> IntxWeightOnlyConfig(int8).
+- int8_dynamic: Linear -> Int8DynamicActivationInt8WeightConfig; torchao has no conv path.
+- int4_weight_only: Int4WeightOnlyConfig on CUDA Linear (needs the `mslk` package);
+  IntxWeightOnlyConfig(int4) otherwise, which stores int4 values unpacked in int8 bytes.
+- fp8_dynamic: Float8DynamicActivationFloat8WeightConfig on CUDA Linear (needs sm89+).
+Which of these a target really runs is decided by the capability probe, not by this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+QUANTIZATION_CHOICES = ("none", "int8_weight_only", "int8_dynamic", "int4_weight_only", "fp8_dynamic")
+
+LayerFilter = Callable[[nn.Module, str], bool]
+
+
+def _is_linear(module: nn.Module, fqn: str) -> bool:
+    return isinstance(module, nn.Linear)
+
+
+def _is_conv(module: nn.Module, fqn: str) -> bool:
+    return isinstance(module, nn.Conv2d)
+
+
+def _plan(choice: str, device: torch.device) -> list[tuple[object, LayerFilter]]:
+    """(torchao config, layer filter) pairs that implement `choice` on `device`."""
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Int4WeightOnlyConfig,
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        IntxWeightOnlyConfig,
+    )
+    from torchao.quantization.granularity import PerAxis
+
+    int8_conv = IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
+    int4_any = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerAxis(0))
+    cuda = device.type == "cuda"
+    if choice == "int8_weight_only":
+        return [(Int8WeightOnlyConfig(), _is_linear), (int8_conv, _is_conv)]
+    if choice == "int8_dynamic":
+        return [(Int8DynamicActivationInt8WeightConfig(), _is_linear)]
+    if choice == "int4_weight_only":
+        linear = Int4WeightOnlyConfig(group_size=32) if cuda else int4_any
+        return [(linear, _is_linear), (int4_any, _is_conv)]
+    if choice == "fp8_dynamic":
+        if not cuda:
+            raise NotImplementedError("fp8_dynamic needs a CUDA device with float8 support (sm89+)")
+        return [(Float8DynamicActivationFloat8WeightConfig(), _is_linear)]
+    raise ValueError(f"quantization={choice!r}; allowed: {list(QUANTIZATION_CHOICES)}")
+
+
+@dataclass
+class QuantizationReport:
+    """Which layers were quantized, and which torchao refused (name -> reason)."""
+
+    quantized: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def quantize(model: nn.Module, choice: str, device: torch.device) -> QuantizationReport:
+    """Quantize `model` in place, one layer at a time.
+
+    Layer by layer, because torchao refuses some shapes (0.18 fails on conv weights with a
+    single input channel per group, such as a grayscale stem or a depthwise conv): such a
+    layer stays in float and is listed as skipped instead of failing the whole recipe.
+    """
+    report = QuantizationReport()
+    if choice == "none":
+        return report
+    from torchao.quantization import quantize_
+
+    for config, selects in _plan(choice, device):
+        for name, module in list(model.named_modules()):
+            if not selects(module, name):
+                continue
+            try:
+                quantize_(module, config, filter_fn=selects)
+            except Exception as error:  # torchao raises assorted types for unsupported shapes
+                report.skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            else:
+                report.quantized.append(name)
+    if not report.quantized:
+        raise NotImplementedError(f"quantization={choice!r} could quantize no layer: {report.skipped}")
+    return report

@@ -1,0 +1,82 @@
+"""slimtune's own tables, beside Optuna's in the same database (SQLAlchemy 2.0 ORM).
+
+Optuna keeps params, objective values and states; these tables keep what Optuna has no
+place for: every measurement of every trial (objectives or not), why a trial failed, the
+hardware/software it was measured on, and the Pareto front after each completed trial.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: bump when a table changes; `Repository` refuses a database at another version.
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class SchemaVersion(Base):
+    __tablename__ = "slimtune_schema_version"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class Fingerprint(Base):
+    """Where and with what a study's measurements were taken."""
+
+    __tablename__ = "slimtune_fingerprints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(512), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    device: Mapped[str] = mapped_column(String(64))
+    device_name: Mapped[str] = mapped_column(String(256))
+    threads: Mapped[int] = mapped_column(Integer)
+    torch_version: Mapped[str] = mapped_column(String(64))
+    cuda_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class TrialMeasurement(Base):
+    """One row per trial, written before Optuna is told, so a lost tell loses nothing."""
+
+    __tablename__ = "slimtune_trial_measurements"
+    __table_args__ = (UniqueConstraint("study_name", "trial_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(512), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # complete | failed | stopped
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    recipe: Mapped[dict[str, Any]] = mapped_column()
+    measurement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_memory_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    accuracy_drop: Mapped[float | None] = mapped_column(Float, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    fingerprint_id: Mapped[int | None] = mapped_column(ForeignKey("slimtune_fingerprints.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ParetoSnapshot(Base):
+    """The feasible Pareto front right after one trial completed."""
+
+    __tablename__ = "slimtune_pareto_snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(512), index=True)
+    after_trial_number: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    front: Mapped[list[Any]] = mapped_column()  # [{"trial_number": n, "values": [...]}, ...]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
