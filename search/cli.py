@@ -1,4 +1,4 @@
-"""`slimtune run | pareto | trials`. Exit codes: 0 done, 2 bad input (study file, workload,
+"""`slimtune run | pareto | trials | plot`. Exit codes: 0 done, 2 bad input (study file, workload,
 database, unknown study), 130 interrupted (the trials finished so far are kept)."""
 
 from __future__ import annotations
@@ -32,7 +32,25 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("study")
         sub.add_argument("--storage", default=DEFAULT_STORAGE)
         sub.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
+    plot.add_argument("study")
+    plot.add_argument("--storage", default=DEFAULT_STORAGE)
+    plot.add_argument("--out", required=True, help="output file: .html, .png or .svg")
     return parser
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plots import pareto_figure
+    from .report import open_study, pareto_front, trials_frame
+
+    study, repository = open_study(args.study, args.storage)
+    figure = pareto_figure(trials_frame(study, repository), pareto_front(study, repository), f"slimtune: {args.study}")
+    if args.out.endswith(".html"):
+        figure.write_html(args.out, include_plotlyjs="cdn")
+    else:
+        figure.write_image(args.out, scale=2)  # needs the optional `kaleido` package and a Chrome
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _emit(frame, fmt: str) -> None:
@@ -84,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "plot":
+            return _plot(args)
         from .report import open_study, pareto_front, trials_frame
 
         study, repository = open_study(args.study, args.storage)

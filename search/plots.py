@@ -1,0 +1,50 @@
+"""The Pareto front as a plotly figure: every trial measured, the feasible front highlighted.
+
+optuna-dashboard's Pareto plot ignores feasibility, so slimtune draws its own from
+`pareto_front` (feasible front) and `trials_frame` (everything measured).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+
+def pareto_figure(trials: pd.DataFrame, front: pd.DataFrame, title: str) -> go.Figure:
+    """Latency against accuracy, marker area by peak memory; infeasible trials in grey."""
+    measured = trials[trials["status"] == "complete"].copy()
+    on_front = measured["trial"].isin(front["trial"])
+    baseline = measured[measured["trial"] == measured["trial"].min()]
+    size = 8 + 30 * (measured["peak_memory_mb"] / measured["peak_memory_mb"].max()) ** 0.5
+
+    def hover(rows: pd.DataFrame) -> list[str]:
+        return [
+            f"trial {r.trial}<br>latency {r.latency_ms:.3f} ms<br>memory {r.peak_memory_mb:.2f} MB"
+            f"<br>accuracy {r.accuracy:.4f}" for r in rows.itertuples()
+        ]
+
+    figure = go.Figure()
+    others = measured[~on_front]
+    figure.add_trace(go.Scatter(
+        x=others["latency_ms"], y=100 * others["accuracy"], mode="markers", name="other trials",
+        marker=dict(size=size[~on_front], color="lightgrey", line=dict(width=1, color="grey")),
+        hovertext=hover(others), hoverinfo="text",
+    ))
+    front_rows = measured[on_front].sort_values("latency_ms")
+    figure.add_trace(go.Scatter(
+        x=front_rows["latency_ms"], y=100 * front_rows["accuracy"], mode="markers+lines+text",
+        name="feasible Pareto front", text=[f"#{t}" for t in front_rows["trial"]], textposition="top center",
+        marker=dict(size=size[on_front].loc[front_rows.index], color="#d62728", line=dict(width=1, color="black")),
+        line=dict(dash="dot", color="#d62728"), hovertext=hover(front_rows), hoverinfo="text",
+    ))
+    figure.add_trace(go.Scatter(
+        x=baseline["latency_ms"], y=100 * baseline["accuracy"], mode="markers+text", name="baseline",
+        text=["baseline"], textposition="bottom center",
+        marker=dict(size=14, symbol="star", color="#1f77b4"), hovertext=hover(baseline), hoverinfo="text",
+    ))
+    figure.update_layout(
+        title=title, xaxis_title="latency per batch, median (ms)", yaxis_title="top-1 accuracy (%)",
+        xaxis_type="log", template="plotly_white", width=900, height=520,
+        legend=dict(orientation="h", y=-0.18), margin=dict(l=60, r=30, t=60, b=80),
+    )
+    return figure

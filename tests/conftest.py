@@ -1,0 +1,85 @@
+"""Shared fixtures: an isolated baseline cache, the digits workload, and small study files."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+# Optuna's notes on experimental arguments say nothing about slimtune's behaviour.
+warnings.filterwarnings("ignore", module="optuna")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Baselines trained by tests go to a throwaway cache, shared by the whole session."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLIMTUNE_CACHE", str(tmp_path_factory.mktemp("slimtune-cache")))
+    torch.set_num_threads(2)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def digits_workload():
+    from slimtune.objectives import load_workload
+
+    return load_workload("slimtune:small_cnn", "sklearn:digits", (1, 8, 8))
+
+
+@pytest.fixture(scope="session")
+def digits_baseline(digits_workload):
+    """A quickly trained small CNN (3 epochs: about 97% on digits), cached for the session."""
+    from slimtune.objectives import TrainingRecipe, get_baseline
+
+    return get_baseline(digits_workload, torch.device("cpu"), recipe=TrainingRecipe(epochs=3)).model
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+TINY_STUDY: dict[str, dict[str, Any]] = {
+    "study": {"name": "tiny", "sampler": "random", "n_trials": 4, "seed": 0},
+    "target": {"device": "cpu", "threads": 2, "runtimes": ["eager"]},
+    "workload": {"model": "slimtune:small_cnn", "data": "sklearn:digits", "input_shape": [1, 8, 8], "batch_sizes": [32]},
+    "baseline": {"epochs": 3},
+    "objectives": {"latency_ms": "minimize", "peak_memory_mb": "minimize", "accuracy": "maximize"},
+    "constraints": {"max_accuracy_drop": 0.05},
+    "space": {"prune_ratio": [0.0, 0.6], "kd_temperature": [1.0, 8.0], "quantization": ["none", "int8_weight_only"]},
+    "budget": {"finetune_steps": 20, "trial_timeout_s": 60, "latency_warmup": 2, "latency_repeats": 5},
+}
+
+
+@pytest.fixture
+def write_study(tmp_path: Path) -> Callable[..., Path]:
+    """Write a small, fast study file; `changes` maps section -> {field: value or None to drop}."""
+
+    def write(changes: dict[str, dict[str, Any]] | None = None, name: str = "study.toml") -> Path:
+        sections = {k: dict(v) for k, v in TINY_STUDY.items()}
+        for section, fields in (changes or {}).items():
+            target = sections.setdefault(section, {})
+            for key, value in fields.items():
+                if value is None:
+                    target.pop(key, None)
+                else:
+                    target[key] = value
+        lines = []
+        for section, fields in sections.items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in fields.items()]
+            lines.append("")
+        path = tmp_path / name
+        path.write_text("\n".join(lines))
+        return path
+
+    return write
