@@ -3,13 +3,16 @@
 Weights: every parameter and buffer, and for torchao's quantized tensor subclasses the inner
 tensors they really store (int8 data plus scales), so a quantized layer counts at its real size.
 
-Peak during one forward:
-- CUDA: `torch.cuda.max_memory_allocated` after a reset, so weights, input and activations.
-- CPU: weights + input + the peak of bytes held by the CPU allocator during the forward, read
-  from the profiler's allocation events (every allocation is attributed to the op that made
-  it, every free is an event of its own). This includes transients inside ops, such as the
-  fp32 weight an int8 weight-only layer dequantizes, but not memory that kernels allocate
-  outside PyTorch's allocator (oneDNN scratch) nor the allocator's own overhead.
+Peak during one forward = weights + input + the peak of what the forward allocates on top
+(+ the pool a CUDA graph keeps between replays). Only the candidate counts, not the rest of
+the process (the teacher, data, graphs of earlier trials):
+- CUDA: `torch.cuda.max_memory_allocated` after a reset, minus what was allocated before.
+  cuDNN/cuBLAS workspaces taken from PyTorch's allocator during the forward count.
+- CPU: the peak of bytes held by the CPU allocator during the forward, read from the
+  profiler's allocation events (every allocation is attributed to the op that made it, every
+  free is an event of its own). This includes transients inside ops, such as the fp32 weight
+  an int8 weight-only layer dequantizes, but not memory that kernels allocate outside
+  PyTorch's allocator (oneDNN scratch) nor the allocator's own overhead.
 """
 
 from __future__ import annotations
@@ -82,13 +85,17 @@ def _cpu_transient_peak_bytes(run: Callable[[torch.Tensor], torch.Tensor], examp
 def peak_inference_bytes(
     run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, example: torch.Tensor
 ) -> int:
-    """Peak bytes during one forward of `run(example)` (call after warm-up)."""
-    if example.device.type == "cuda":
-        torch.cuda.synchronize(example.device)
-        torch.cuda.reset_peak_memory_stats(example.device)
-        with torch.inference_mode():
-            run(example)
-        torch.cuda.synchronize(example.device)
-        return torch.cuda.max_memory_allocated(example.device)
+    """Peak bytes of one forward of `run(example)` (call after warm-up): the candidate's
+    weights + the input + the peak of what the forward allocates on top, plus what a runtime
+    keeps between calls (a CUDA graph's pool). Other tensors of the process do not count."""
     resident = weight_bytes(model) + example.untyped_storage().nbytes()
-    return resident + _cpu_transient_peak_bytes(run, example)
+    held = getattr(run, "held_bytes", {}).get((tuple(example.shape), example.dtype, example.device), 0)
+    if example.device.type != "cuda":
+        return resident + held + _cpu_transient_peak_bytes(run, example)
+    torch.cuda.synchronize(example.device)
+    before = torch.cuda.memory_allocated(example.device)
+    torch.cuda.reset_peak_memory_stats(example.device)
+    with torch.inference_mode():
+        run(example)
+    torch.cuda.synchronize(example.device)
+    return resident + held + max(0, torch.cuda.max_memory_allocated(example.device) - before)
