@@ -41,10 +41,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _plot(args: argparse.Namespace) -> int:
     from .plots import pareto_figure
-    from .report import open_study, pareto_front, trials_frame
+    from .report import accuracy_floor, open_study, pareto_front, trials_frame
 
     study, repository = open_study(args.study, args.storage)
-    figure = pareto_figure(trials_frame(study, repository), pareto_front(study, repository), f"slimtune: {args.study}")
+    figure = pareto_figure(
+        trials_frame(study, repository), pareto_front(study, repository), f"slimtune: {args.study}",
+        accuracy_floor(study, repository),
+    )
     if args.out.endswith(".html"):
         figure.write_html(args.out, include_plotlyjs="cdn")
     else:

@@ -10,8 +10,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 
-def pareto_figure(trials: pd.DataFrame, front: pd.DataFrame, title: str) -> go.Figure:
-    """Latency against accuracy, marker area by peak memory; infeasible trials in grey."""
+def pareto_figure(
+    trials: pd.DataFrame, front: pd.DataFrame, title: str, accuracy_floor: float | None = None
+) -> go.Figure:
+    """Latency against accuracy, marker area by peak memory, the front in red; a dashed line
+    at `accuracy_floor` (baseline minus the allowed drop) when the study has that constraint."""
     measured = trials[trials["status"] == "complete"].copy()
     on_front = measured["trial"].isin(front["trial"])
     baseline = measured[measured["trial"] == measured["trial"].min()]
@@ -42,8 +45,13 @@ def pareto_figure(trials: pd.DataFrame, front: pd.DataFrame, title: str) -> go.F
         text=["baseline"], textposition="bottom center",
         marker=dict(size=14, symbol="star", color="#1f77b4"), hovertext=hover(baseline), hoverinfo="text",
     ))
+    if accuracy_floor is not None:
+        figure.add_hline(
+            y=100 * accuracy_floor, line=dict(dash="dash", color="grey"),
+            annotation_text="max_accuracy_drop", annotation_position="bottom right",
+        )
     figure.update_layout(
-        title=title, xaxis_title="latency per batch, median (ms)", yaxis_title="top-1 accuracy (%)",
+        title=f"{title}  (marker size: peak memory)", xaxis_title="latency per batch, median (ms)", yaxis_title="top-1 accuracy (%)",
         xaxis_type="log", template="plotly_white", width=900, height=520,
         legend=dict(orientation="h", y=-0.18), margin=dict(l=60, r=30, t=60, b=80),
     )

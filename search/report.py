@@ -34,6 +34,15 @@ def baseline_record(records: list[TrialRecord]) -> TrialRecord | None:
     return None
 
 
+def accuracy_floor(study: optuna.Study, repository: Repository) -> float | None:
+    """The lowest feasible accuracy: the baseline's minus the study's max_accuracy_drop."""
+    max_drop = study.user_attrs.get("slimtune_config", {}).get("constraints", {}).get("max_accuracy_drop")
+    baseline = baseline_record(repository.trials(study.study_name))
+    if max_drop is None or baseline is None:
+        return None
+    return baseline.measurement["accuracy"] - max_drop
+
+
 def _row(number: int, record: TrialRecord | None, baseline: TrialRecord | None) -> dict[str, Any]:
     measurement = (record.measurement if record else None) or {}
     row: dict[str, Any] = {
@@ -95,4 +104,4 @@ def format_table(frame: pd.DataFrame) -> str:
     return frame.to_string(index=False, formatters={k: v for k, v in formats.items() if k in frame}, na_rep="-")
 
 
-__all__ = ["StorageError", "StudyNotFound", "format_table", "open_study", "pareto_front", "trials_frame"]
+__all__ = ["StorageError", "StudyNotFound", "accuracy_floor", "format_table", "open_study", "pareto_front", "trials_frame"]
