@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, field_validator
 
 from slimtune.objectives import OBJECTIVE_NAMES
 from slimtune.spaces import SearchSpace
@@ -50,6 +50,15 @@ class TargetSection(_Section):
     def _device(cls, value: str) -> str:
         if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
             raise ValueError("must be 'cpu', 'cuda' or 'cuda:N'")
+        return value
+
+    @field_validator("runtimes")
+    @classmethod
+    def _runtimes_for_device(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("device") == "cpu" and "cudagraphs" in value:
+            raise ValueError("'cudagraphs' needs a CUDA device; allowed on cpu: eager, compile")
+        if len(set(value)) != len(value):
+            raise ValueError("must be a list without repeats")
         return value
 
 
@@ -138,11 +147,6 @@ class StudyConfig(_Section):
             raise ValueError(f"unknown objective {unknown[0]!r}; allowed: {', '.join(OBJECTIVE_NAMES)}")
         return value
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> "StudyConfig":
-        if self.target.device == "cpu" and "cudagraphs" in self.target.runtimes:
-            raise ValueError("target.runtimes: 'cudagraphs' needs a CUDA device; allowed on cpu: eager, compile")
-        return self
 
     def search_space(self) -> SearchSpace:
         space = self.space
@@ -182,6 +186,8 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     if first["type"] == "missing":
         return f"{source}: {field}: required field is missing"
     message = first["msg"].removeprefix("Value error, ")
+    if isinstance(first.get("input"), dict):  # a whole section: its fields say more than its value
+        return f"{source}: {field}: {message}"
     return f"{source}: {field} = {first.get('input')!r}: {message}"
 
 
@@ -222,6 +228,7 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     for dotted, value in (overrides or {}).items():
         if value is not None:
             section, _, name = dotted.partition(".")
-            raw.setdefault(section, {})[name] = value
+            if isinstance(raw.setdefault(section, {}), dict):  # else validation names the section
+                raw[section][name] = value
     _resolve_paths(raw, path.parent)
     return parse_config(raw, str(path))

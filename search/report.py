@@ -9,7 +9,9 @@ import optuna
 import pandas as pd
 
 from slimtune.spaces import Recipe
-from slimtune.storage import Repository, StorageError, TrialRecord, connect, optuna_storage, safe_url
+from slimtune.storage import (
+    DatabaseMissing, Repository, StorageError, TrialRecord, connect, has_optuna_schema, optuna_storage, safe_url,
+)
 
 
 class StudyNotFound(LookupError):
@@ -18,7 +20,12 @@ class StudyNotFound(LookupError):
 
 def open_study(study_name: str, storage_url: str) -> tuple[optuna.Study, Repository]:
     """Load an existing study and slimtune's tables without creating anything."""
-    engine = connect(storage_url)
+    try:
+        engine = connect(storage_url, must_exist=True)
+    except DatabaseMissing as error:
+        raise StudyNotFound(f"study {study_name!r} not found: {str(error).removeprefix('storage: ')}") from None
+    if not has_optuna_schema(engine):  # RDBStorage would create Optuna's tables
+        raise StudyNotFound(f"study {study_name!r} not found: {safe_url(storage_url)!r} holds no studies")
     storage = optuna_storage(storage_url)
     if study_name not in optuna.get_all_study_names(storage):
         raise StudyNotFound(f"study {study_name!r} not found in {safe_url(storage_url)!r}")

@@ -129,14 +129,19 @@ def run_study(
     workload = load_workload(
         config.workload.model, config.workload.data, tuple(config.workload.input_shape), config.workload.data_root
     )
+    # A checkpoint is checked before the database is touched; training waits until the
+    # database has answered, so a wrong URL does not cost a training run first.
+    checkpoint = get_baseline(workload, device, checkpoint=config.baseline.checkpoint) if config.baseline.checkpoint else None
     engine = connect(storage_url)
+    repository = Repository(engine)
+    repository.check_compatible()
     storage = optuna_storage(storage_url)
     existing = _existing_study(storage, config.study.name)
     if existing is not None:
         _check_resume(existing, config, storage_url)
 
-    baseline = get_baseline(
-        workload, device, checkpoint=config.baseline.checkpoint,
+    baseline = checkpoint or get_baseline(
+        workload, device,
         recipe=TrainingRecipe(config.baseline.epochs, config.baseline.batch_size, config.baseline.lr, config.study.seed),
     )
     log(f"baseline: {baseline.source}" + (f" ({baseline.train_seconds:.1f} s)" if baseline.train_seconds else ""))
@@ -153,7 +158,6 @@ def run_study(
     for removal in removals:
         log(f"probe: {removal}")
 
-    repository = Repository(engine)
     repository.create_schema()
     study = optuna.create_study(
         study_name=config.study.name,

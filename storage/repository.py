@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select
+import time
+
+from sqlalchemy import Engine, inspect, select
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .schema import SCHEMA_VERSION, Base, Fingerprint, ParetoSnapshot, SchemaVersion, TrialMeasurement
@@ -27,14 +30,30 @@ class Repository:
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
 
-    def create_schema(self) -> None:
-        """Create the tables (idempotent) and check their version."""
-        Base.metadata.create_all(self.engine)
-        with self._session.begin() as session:
-            versions = session.scalars(select(SchemaVersion.version)).all()
-            if not versions:
-                session.add(SchemaVersion(version=SCHEMA_VERSION))
+    def create_schema(self, attempts: int = 3) -> None:
+        """Create the tables (idempotent) and check their version.
+
+        Two processes creating the tables at the same moment on PostgreSQL collide in the
+        catalog (IntegrityError on pg_type/pg_class); the loser retries and then finds them.
+        """
+        for attempt in range(attempts):
+            try:
+                Base.metadata.create_all(self.engine)
+                with self._session.begin() as session:
+                    if not session.scalars(select(SchemaVersion.version)).all():
+                        session.add(SchemaVersion(version=SCHEMA_VERSION))
+                break
+            except (IntegrityError, ProgrammingError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         self.check_schema()
+
+    def check_compatible(self) -> None:
+        """Refuse, before anything is written, a database whose slimtune tables are at another
+        version; a database without them is fine (they will be created)."""
+        if inspect(self.engine).has_table(SchemaVersion.__tablename__):
+            self.check_schema()
 
     def check_schema(self) -> None:
         with self._session() as session:
