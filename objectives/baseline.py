@@ -76,13 +76,19 @@ def train(workload: Workload, recipe: TrainingRecipe, device: torch.device) -> n
 def load_checkpoint(workload: Workload, path: str) -> nn.Module:
     if not os.path.isfile(path):
         raise WorkloadError("baseline.checkpoint", f"{path!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling raises many types; a whole pickled module is one
+        first = str(error).strip().splitlines()[0][:200]
+        raise WorkloadError(
+            "baseline.checkpoint", f"{path!r} is not a state_dict that loads with weights_only=True ({first})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     model = workload.make_model()
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError) as error:
+    except (RuntimeError, TypeError, AttributeError) as error:
         first = str(error).strip().splitlines()[0]
         raise WorkloadError("baseline.checkpoint", f"{path!r} does not fit {workload.model_spec}: {first}") from None
     return model.eval()

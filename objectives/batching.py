@@ -11,7 +11,12 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 def training_batches(
     dataset: Dataset, batch_size: int, seed: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """An endless, seeded, reshuffled-each-epoch stream of (inputs, labels) on `device`."""
+    """An endless, seeded, reshuffled-each-epoch stream of (inputs, labels) on `device`.
+
+    A split smaller than `batch_size` yields the whole split as each batch."""
+    if len(dataset) == 0:
+        raise ValueError("the training split is empty")
+    batch_size = min(batch_size, len(dataset))
     generator = torch.Generator().manual_seed(seed)
     if isinstance(dataset, TensorDataset):  # in-memory data: index it, skip the collate overhead
         inputs, labels = (t.to(device) for t in dataset.tensors)

@@ -50,7 +50,10 @@ class TrialObjective:
     log: Log
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        recipe = self.space.suggest(trial)
+        if trial.user_attrs.get("baseline") and not self.space.contains_baseline():
+            recipe = self.space.baseline_recipe()  # outside the space: measured, not sampled
+        else:
+            recipe = self.space.suggest(trial)
         trial.set_user_attr("recipe", recipe.to_dict())
         record = dict(study_name=trial.study.study_name, trial_number=trial.number,
                       recipe=recipe.to_dict(), fingerprint_id=self.fingerprint_id)

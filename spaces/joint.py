@@ -52,13 +52,20 @@ class SearchSpace:
         fields["runtime"] = _choose(trial, "runtime", self.runtime)
         return Recipe(**fields)
 
+    def contains_baseline(self) -> bool:
+        """Whether the unmodified model is a point of this space (prune 0, no quantization, fp32)."""
+        prune_ok = self.prune_ratio is None or self.prune_ratio[0] == 0.0 or self.prune_ratio[1] == 0.0
+        return prune_ok and "none" in self.quantization and "fp32" in self.precision
+
     def baseline_params(self) -> dict[str, Any]:
-        """Params that make `suggest` return the unmodified model (enqueued as trial 0)."""
+        """Params that make `suggest` return the unmodified model (enqueued as trial 0).
+        Only meaningful when `contains_baseline()`; otherwise trial 0 is measured from
+        `baseline_recipe()` without sampling."""
         params: dict[str, Any] = {}
         if self.prune_ratio is not None and self.prune_ratio[1] > 0:
             params["prune_ratio"] = 0.0
         for name, default in (("quantization", "none"), ("precision", "fp32")):
-            if len(getattr(self, name)) > 1:
+            if len(getattr(self, name)) > 1 and default in getattr(self, name):
                 params[name] = default
         if len(self.runtime) > 1:
             params["runtime"] = self.runtime[0]

@@ -49,8 +49,10 @@ def prune(
 ) -> nn.Module:
     """Remove `ratio` of the channels of every prunable layer group, in place; returns `model`.
 
-    Attention heads of `nn.MultiheadAttention` are pruned at the same ratio. The classifier
-    keeps its `num_classes` outputs.
+    The classifier keeps its `num_classes` outputs. In transformers built on
+    `nn.MultiheadAttention` (torchvision's ViT) the MLP channels are pruned and the attention
+    width is kept: torch-pruning removes whole heads only where q, k and v are separate Linear
+    layers (timm-style), and torchvision's ViT hard-codes its hidden width in `forward`.
     """
     if not PRUNE_RATIO_RANGE[0] <= ratio <= PRUNE_RATIO_RANGE[1]:
         raise ValueError(f"prune_ratio={ratio} outside {list(PRUNE_RATIO_RANGE)}")
@@ -64,17 +66,14 @@ def prune(
     with warnings.catch_warnings():
         # torch-pruning warns about bare parameters (class tokens, position embeddings) and
         # then does the right thing for them: prune their last dimension.
-        warnings.filterwarnings("ignore", message=".*unwrapped_parameters.*")
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         pruner = tp.pruner.MetaPruner(
             model,
             example_inputs,
             importance=IMPORTANCES[importance](),
             pruning_ratio=ratio,
             ignored_layers=classifier_layers(model, num_classes),
-            num_heads=heads,
-            prune_num_heads=bool(heads),
-            prune_head_dims=False,
-            head_pruning_ratio=ratio if heads else 0.0,
+            num_heads=heads,  # keeps each attention's width a multiple of its heads
         )
         pruner.step()
     model.train(was_training)

@@ -16,8 +16,9 @@ from typing import Any
 class Recipe:
     """What to do to the baseline, in the order the evaluator applies it.
 
-    `kd_temperature is None` means the candidate was not fine-tuned (nothing to recover);
-    `kd_alpha == 0` with a temperature means plain cross-entropy fine-tuning.
+    `finetune_steps == 0` means not fine-tuned (nothing to recover). When fine-tuned, the loss
+    is KD at `kd_temperature` with weight `kd_alpha`, or plain cross-entropy when
+    `kd_temperature is None` or `kd_alpha == 0`.
     """
 
     prune_ratio: float = 0.0
@@ -49,8 +50,8 @@ class Recipe:
         parts = []
         if self.prune_ratio > 0:
             parts.append(f"prune {self.prune_ratio:.2f}")
-        if self.kd_temperature is not None and self.finetune_steps:
-            if self.kd_alpha > 0:
+        if self.finetune_steps:
+            if self.kd_temperature is not None and self.kd_alpha > 0:
                 parts.append(f"KD T={self.kd_temperature:.1f} a={self.kd_alpha:.2f}")
             else:
                 parts.append("fine-tune")

@@ -1,0 +1,128 @@
+"""torchao quantization per choice on CPU: which layers really change, and what is reported."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchao.utils import TorchAOBaseTensor
+
+from slimtune.spaces.quantization import quantize
+
+CPU = torch.device("cpu")
+LINEARS = {"6", "8"}
+CONVS = {"0", "2"}
+
+
+def _model(in_channels: int = 4) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10),
+    ).eval()
+
+
+def _inputs(in_channels: int = 4) -> torch.Tensor:
+    return torch.randn(8, in_channels, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _is_plain(weight: torch.Tensor) -> bool:
+    return type(weight) is nn.Parameter and type(weight.data) is torch.Tensor
+
+
+def _weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+@pytest.mark.parametrize(
+    "choice, expected",
+    [
+        ("int8_weight_only", LINEARS | CONVS),
+        ("int8_dynamic", LINEARS),
+        ("int4_weight_only", LINEARS | CONVS),
+    ],
+)
+def test_listed_layers_get_torchao_weights_and_the_others_stay_plain(choice, expected):
+    model = _model()
+    assert all(_is_plain(m.weight) for m in _weighted_layers(model).values())
+
+    report = quantize(model, choice, CPU)
+
+    assert set(report.quantized) == expected
+    assert len(report.quantized) == len(expected)  # each layer once
+    assert report.skipped == {}
+    for name, module in _weighted_layers(model).items():
+        if name in report.quantized:
+            assert isinstance(module.weight, TorchAOBaseTensor), name
+            assert not _is_plain(module.weight)
+        else:
+            assert _is_plain(module.weight), name
+
+
+def test_int8_dynamic_leaves_convolutions_alone():
+    model = _model()
+    conv_weights = {name: model[int(name)].weight.detach().clone() for name in CONVS}
+    report = quantize(model, "int8_dynamic", CPU)
+    for name, weight in conv_weights.items():
+        assert name not in report.quantized
+        assert name not in report.skipped
+        assert _is_plain(model[int(name)].weight)
+        assert torch.equal(model[int(name)].weight, weight)
+
+
+@pytest.mark.parametrize(
+    "choice, tolerance", [("int8_weight_only", 0.05), ("int8_dynamic", 0.05), ("int4_weight_only", 0.25)]
+)
+def test_output_shape_is_kept_and_close_to_the_float_model(choice, tolerance):
+    model, inputs = _model(), _inputs()
+    with torch.inference_mode():
+        reference = model(inputs)
+    quantize(model, choice, CPU)
+    with torch.inference_mode():
+        out = model(inputs)
+    assert out.shape == reference.shape == (8, 10)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    scale = reference.abs().max().item()
+    assert (out - reference).abs().max().item() <= tolerance * scale
+    assert not torch.equal(out, reference)  # something was really quantized
+
+
+def test_single_input_channel_conv_is_skipped_with_a_reason():
+    model = _model(in_channels=1)
+    report = quantize(model, "int8_weight_only", CPU)
+    assert "0" in report.skipped
+    assert isinstance(report.skipped["0"], str) and report.skipped["0"].strip()
+    assert "0" not in report.quantized
+    assert _is_plain(model[0].weight)
+    assert set(report.quantized) == {"2"} | LINEARS
+    with torch.inference_mode():
+        assert model(_inputs(in_channels=1)).shape == (8, 10)
+
+
+def test_a_choice_that_quantizes_nothing_raises():
+    convs_only = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    with pytest.raises(NotImplementedError, match="int8_dynamic"):
+        quantize(convs_only, "int8_dynamic", CPU)
+
+
+def test_fp8_dynamic_on_cpu_raises_not_implemented():
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        quantize(_model(), "fp8_dynamic", CPU)
+
+
+def test_unknown_choice_raises_value_error_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match="int8_weight_only"):
+        quantize(_model(), "int3", CPU)
+
+
+def test_none_leaves_the_model_untouched():
+    model = _model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    report = quantize(model, "none", CPU)
+    assert report.quantized == [] and report.skipped == {}
+    assert all(_is_plain(m.weight) for m in _weighted_layers(model).values())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key])
