@@ -16,6 +16,7 @@ Which of these a target really runs is decided by the capability probe, not by t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,8 +36,21 @@ def _is_conv(module: nn.Module, fqn: str) -> bool:
     return isinstance(module, nn.Conv2d)
 
 
+def _import_torchao_quietly() -> None:
+    """Import torchao once with torch's pytree logger muted: on torch 2.14 torchao's import
+    logs a deprecation line about registering an Enum, on every run, that users cannot act on."""
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization  # noqa: F401
+    finally:
+        logger.setLevel(level)
+
+
 def _plan(choice: str, device: torch.device) -> list[tuple[object, LayerFilter]]:
     """(torchao config, layer filter) pairs that implement `choice` on `device`."""
+    _import_torchao_quietly()
     from torchao.quantization import (
         Float8DynamicActivationFloat8WeightConfig,
         Int4WeightOnlyConfig,
@@ -81,6 +95,7 @@ def quantize(model: nn.Module, choice: str, device: torch.device) -> Quantizatio
     report = QuantizationReport()
     if choice == "none":
         return report
+    _import_torchao_quietly()
     from torchao.quantization import quantize_
 
     for config, selects in _plan(choice, device):
