@@ -177,8 +177,9 @@ class Evaluator:
     def _finetune(self, model: nn.Module, recipe: Recipe, seed: int, check_time) -> int:
         """Fine-tune with KD; stop when over time or when recovery cannot reach the floor.
 
-        The hopeless test extrapolates the recovery so far linearly to the end of the budget.
-        Recovery curves flatten, so the extrapolation is optimistic and stops only
+        The hopeless test runs from half the budget on (fine-tuning often loses accuracy
+        before it recovers) and extrapolates the recovery so far linearly to the end of the
+        budget. Recovery curves flatten, so the extrapolation is optimistic and stops only
         candidates that are clearly out of reach. It reads a held-out subset to decide, but
         never takes a gradient on it.
         """
@@ -190,7 +191,7 @@ class Evaluator:
 
         def check(step: int) -> None:
             check_time(f"fine-tuning (step {step}/{steps})")
-            if floor is None:
+            if floor is None or 2 * step < steps:
                 return
             now = self._quick_accuracy(model)
             reachable = now + max(0.0, now - start_accuracy) * (steps - step) / step

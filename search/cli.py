@@ -80,8 +80,9 @@ def _run(args: argparse.Namespace) -> int:
     # slimtune prints its own line for each failed trial and the front at the end.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # torchao 0.17 warns on every quantized layer that its int8 tensor classes are deprecated.
-    warnings.filterwarnings("ignore", message="Deprecation: ", category=UserWarning)
+    # torchao 0.17 warns on every quantized layer that its int8 tensor classes and configs
+    # ("Deprecation: ...", "Config Deprecation: ...") are deprecated.
+    warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
     interrupted = False
     try:
         run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress)
