@@ -36,7 +36,9 @@ def pareto_figure(
     front_rows = measured[on_front].sort_values("latency_ms")
     figure.add_trace(go.Scatter(
         x=front_rows["latency_ms"], y=100 * front_rows["accuracy"], mode="markers+lines+text",
-        name="feasible Pareto front", text=[f"#{t}" for t in front_rows["trial"]], textposition="top center",
+        name="feasible Pareto front", text=[f"#{t}" for t in front_rows["trial"]],
+        # front points often differ only in memory and sit on top of each other: alternate labels
+        textposition=["top left" if i % 2 else "bottom right" for i in range(len(front_rows))],
         marker=dict(size=size[on_front].loc[front_rows.index], color="#d62728", line=dict(width=1, color="black")),
         line=dict(dash="dot", color="#d62728"), hovertext=hover(front_rows), hoverinfo="text",
     ))
