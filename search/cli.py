@@ -57,14 +57,14 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _emit(frame, fmt: str) -> None:
-    from .report import format_table
+    from .report import format_table, trials_table
 
     if fmt == "json":
         print(json.dumps(json.loads(frame.to_json(orient="records")), indent=2))
     elif fmt == "csv":
         print(frame.to_csv(index=False), end="")
     else:
-        print(format_table(frame) if "speedup_x" in frame else frame.to_string(index=False))
+        print(format_table(frame) if "speedup_x" in frame else trials_table(frame))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -100,6 +100,23 @@ def trials_frame(study: optuna.Study, repository: Repository) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: what `slimtune trials` shows in a terminal; json and csv carry every column.
+TRIALS_TABLE_COLUMNS = [
+    "trial", "status", "recipe", "latency_ms", "peak_memory_mb", "weight_mb", "accuracy", "on_front", "reason",
+]
+
+
+def trials_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "(no trials)"
+    view = frame.assign(recipe=[
+        Recipe.from_dict({k.removeprefix("recipe."): v for k, v in row.items() if k.startswith("recipe.") and pd.notna(v)}).describe()
+        for row in frame.to_dict("records")
+    ])
+    view = view[[c for c in TRIALS_TABLE_COLUMNS if c in view]]
+    return format_table(view)
+
+
 def format_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(no feasible trials)"
@@ -111,4 +128,4 @@ def format_table(frame: pd.DataFrame) -> str:
     return frame.to_string(index=False, formatters={k: v for k, v in formats.items() if k in frame}, na_rep="-")
 
 
-__all__ = ["StorageError", "StudyNotFound", "accuracy_floor", "format_table", "open_study", "pareto_front", "trials_frame"]
+__all__ = ["StorageError", "StudyNotFound", "accuracy_floor", "format_table", "trials_table", "open_study", "pareto_front", "trials_frame"]

@@ -90,9 +90,9 @@ def _existing_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.S
 
 
 def _check_resume(study: optuna.Study, config: StudyConfig, storage_url: str) -> None:
-    stored = study.user_attrs.get(CONFIG_ATTR)
-    if stored is not None and stored != config.identity():
-        changed = sorted(k for k in config.identity() if stored.get(k) != config.identity()[k])
+    stored, wanted = study.user_attrs.get(CONFIG_ATTR), config.identity()
+    if stored is not None and stored != wanted:
+        changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
         raise StudyFileError(
             f"study.name = {config.study.name!r}: a study of that name in {safe_url(storage_url)!r} was run with a "
             f"different [{', '.join(changed)}]; give this one another name"
