@@ -59,6 +59,10 @@ class TrialObjective:
                       recipe=recipe.to_dict(), fingerprint_id=self.fingerprint_id)
         try:
             measurement = self.evaluator.evaluate(recipe, seed=self.config.study.seed + trial.number)
+        except KeyboardInterrupt:
+            self.repository.record_trial(**record, status="interrupted", reason="interrupted by the user")
+            trial.set_user_attr("status", "interrupted")
+            raise
         except Exception as error:  # any failure of a candidate is a result, not a crash
             status = "stopped" if isinstance(error, TrialStopped) else "failed"
             reason = str(error) if isinstance(error, TrialStopped) else _first_line(error)

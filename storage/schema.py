@@ -56,7 +56,7 @@ class TrialMeasurement(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_name: Mapped[str] = mapped_column(String(512), index=True)
     trial_number: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # complete | failed | stopped
+    status: Mapped[str] = mapped_column(String(16))  # complete | failed | stopped | interrupted
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     recipe: Mapped[dict[str, Any]] = mapped_column()
     measurement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
