@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtune.spaces.errors import first_line
+
 from .batching import training_batches
 from .workloads import Workload, WorkloadError
 
@@ -79,9 +81,9 @@ def load_checkpoint(workload: Workload, path: str) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling raises many types; a whole pickled module is one
-        first = str(error).strip().splitlines()[0][:200]
         raise WorkloadError(
-            "baseline.checkpoint", f"{path!r} is not a state_dict that loads with weights_only=True ({first})"
+            "baseline.checkpoint",
+            f"{path!r} is not a state_dict that loads with weights_only=True ({first_line(error, 200)})",
         ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -89,8 +91,9 @@ def load_checkpoint(workload: Workload, path: str) -> nn.Module:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise WorkloadError("baseline.checkpoint", f"{path!r} does not fit {workload.model_spec}: {first}") from None
+        raise WorkloadError(
+            "baseline.checkpoint", f"{path!r} does not fit {workload.model_spec}: {first_line(error)}"
+        ) from None
     return model.eval()
 
 

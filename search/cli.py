@@ -11,6 +11,8 @@ from typing import Sequence
 
 from slimtune.storage import DEFAULT_STORAGE
 
+from .samplers import SAMPLERS
+
 EXIT_BAD_INPUT = 2
 
 
@@ -23,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
     run.add_argument("--n-trials", type=int, help="finished trials the study should have in all")
     run.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    run.add_argument("--sampler", choices=["tpe", "nsga2", "gp", "random"])
+    run.add_argument("--sampler", choices=SAMPLERS)
     run.add_argument("--seed", type=int)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 

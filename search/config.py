@@ -22,7 +22,10 @@ from slimtune.spaces.pruning import IMPORTANCES, PRUNE_RATIO_RANGE
 from slimtune.spaces.quantization import QUANTIZATION_CHOICES
 from slimtune.spaces.runtime import RUNTIME_CHOICES
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
+from .samplers import SAMPLERS
+
+#: the Optuna study user attribute that keeps `StudyConfig.identity()`
+CONFIG_ATTR = "slimtune_config"
 
 
 class StudyFileError(ValueError):
@@ -35,7 +38,7 @@ class _Section(BaseModel):
 
 class StudySection(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)
-    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     n_trials: PositiveInt = 30
     seed: int = 0
 
@@ -43,7 +46,7 @@ class StudySection(_Section):
 class TargetSection(_Section):
     device: str = "cpu"
     threads: PositiveInt | None = None
-    runtimes: list[Literal["eager", "compile", "cudagraphs"]] = Field(default=["eager"], min_length=1)
+    runtimes: list[Literal[RUNTIME_CHOICES]] = Field(default=["eager"], min_length=1)  # type: ignore[valid-type]
 
     @field_validator("device")
     @classmethod

@@ -13,6 +13,8 @@ from slimtune.storage import (
     DatabaseMissing, Repository, StorageError, TrialRecord, connect, has_optuna_schema, optuna_storage, safe_url,
 )
 
+from .config import CONFIG_ATTR
+
 
 class StudyNotFound(LookupError):
     pass
@@ -43,7 +45,7 @@ def baseline_record(records: list[TrialRecord]) -> TrialRecord | None:
 
 def accuracy_floor(study: optuna.Study, repository: Repository) -> float | None:
     """The lowest feasible accuracy: the baseline's minus the study's max_accuracy_drop."""
-    max_drop = study.user_attrs.get("slimtune_config", {}).get("constraints", {}).get("max_accuracy_drop")
+    max_drop = study.user_attrs.get(CONFIG_ATTR, {}).get("constraints", {}).get("max_accuracy_drop")
     baseline = baseline_record(repository.trials(study.study_name))
     if max_drop is None or baseline is None:
         return None

@@ -18,24 +18,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from slimtune.objectives import Budget, Evaluator, TrainingRecipe, TrialStopped, get_baseline, load_workload
 from slimtune.spaces import SearchSpace, probe
+from slimtune.spaces.errors import one_line
 from slimtune.storage import DEFAULT_STORAGE, Repository, connect, optuna_storage, safe_url
 
-from .config import StudyConfig, StudyFileError
+from .config import CONFIG_ATTR, StudyConfig, StudyFileError
 from .fingerprint import fingerprint
 from .samplers import make_sampler
 
 Log = Callable[[str], None]
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-CONFIG_ATTR = "slimtune_config"
 
 
 class TrialFailed(Exception):
     """A trial that failed or was stopped; Optuna records it as FAIL and the study goes on."""
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
 
 
 @dataclass
@@ -65,7 +60,7 @@ class TrialObjective:
             raise
         except Exception as error:  # any failure of a candidate is a result, not a crash
             status = "stopped" if isinstance(error, TrialStopped) else "failed"
-            reason = str(error) if isinstance(error, TrialStopped) else _first_line(error)
+            reason = str(error) if isinstance(error, TrialStopped) else one_line(error)
             self.repository.record_trial(**record, status=status, reason=reason)
             trial.set_user_attr("status", status)
             trial.set_user_attr("reason", reason)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import optuna
 
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+
 
 def make_sampler(name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
@@ -19,4 +21,4 @@ def make_sampler(name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSam
         return optuna.samplers.GPSampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"sampler={name!r}; allowed: tpe, nsga2, gp, random")
+    raise ValueError(f"sampler={name!r}; allowed: {', '.join(SAMPLERS)}")

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import precision as precision_knob
+from .errors import one_line
 from . import quantization as quantization_knob
 from . import runtime as runtime_knob
 from .joint import SearchSpace
@@ -38,11 +39,6 @@ def _tiny_model() -> nn.Module:
 
 def _tiny_input(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.randn(32, 4, 8, 8, device=device, dtype=dtype)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
 
 
 def _static_reason(knob: str, value: str, device: torch.device) -> str | None:
@@ -81,7 +77,7 @@ def probe(space: SearchSpace, device: torch.device) -> tuple[SearchSpace, list[R
                 try:
                     _run_choice(knob, value, device)
                 except Exception as error:  # any failure means "cannot run here"
-                    reason = _first_line(error)
+                    reason = one_line(error, limit=200)
             if reason is not None:
                 removals.append(Removal(knob, value, reason))
                 space = space.without(knob, value)

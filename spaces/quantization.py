@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import one_line
+
 QUANTIZATION_CHOICES = ("none", "int8_weight_only", "int8_dynamic", "int4_weight_only", "fp8_dynamic")
 
 LayerFilter = Callable[[nn.Module, str], bool]
@@ -105,7 +107,7 @@ def quantize(model: nn.Module, choice: str, device: torch.device) -> Quantizatio
             try:
                 quantize_(module, config, filter_fn=selects)
             except Exception as error:  # torchao raises assorted types for unsupported shapes
-                report.skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+                report.skipped[name] = one_line(error, limit=160)
             else:
                 report.quantized.append(name)
     if not report.quantized:

@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import one_line
+
 RUNTIME_CHOICES = ("eager", "compile", "cudagraphs")
 
 
@@ -45,8 +47,7 @@ class CudaGraphRunner:
             cause: BaseException = error
             while cause.__context__ is not None:
                 cause = cause.__context__
-            first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-            raise RuntimeError(f"CUDA graph capture failed: {type(cause).__name__}: {first}") from error
+            raise RuntimeError(f"CUDA graph capture failed: {one_line(cause)}") from error
         self.held_bytes[self._key(example)] = torch.cuda.max_memory_allocated(device) - before
         return graph, static_input, static_output
 
