@@ -161,3 +161,9 @@ def test_identity_ignores_only_what_may_change_on_resume(write_study: Callable[.
     assert load_config(write_study(), {"study.n_trials": 9, "study.seed": 3, "study.sampler": "tpe"}).identity() == base
     assert load_config(write_study({"space": {"prune_ratio": [0.0, 0.5]}})).identity() != base
     assert load_config(write_study({"budget": {"finetune_steps": 10}})).identity() != base
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_validates(path: Path) -> None:
+    config = load_config(path)
+    assert config.search_space().runtime == tuple(config.target.runtimes)
