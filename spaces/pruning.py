@@ -7,6 +7,7 @@ channels of coupled layers (residual adds, concatenations, norms) must go togeth
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable
 
@@ -49,10 +50,9 @@ def prune(
 ) -> nn.Module:
     """Remove `ratio` of the channels of every prunable layer group, in place; returns `model`.
 
-    The classifier keeps its `num_classes` outputs. In transformers built on
-    `nn.MultiheadAttention` (torchvision's ViT) the MLP channels are pruned and the attention
-    width is kept: torch-pruning removes whole heads only where q, k and v are separate Linear
-    layers (timm-style), and torchvision's ViT hard-codes its hidden width in `forward`.
+    The classifier keeps its `num_classes` outputs. In `nn.MultiheadAttention` every head is
+    narrowed (the embedding width stays a multiple of the head count, so the head count is
+    kept): torch-pruning removes whole heads only where q, k and v are separate Linear layers.
     """
     if not PRUNE_RATIO_RANGE[0] <= ratio <= PRUNE_RATIO_RANGE[1]:
         raise ValueError(f"prune_ratio={ratio} outside {list(PRUNE_RATIO_RANGE)}")
@@ -60,7 +60,7 @@ def prune(
         raise ValueError(f"prune_importance={importance!r}; allowed: {sorted(IMPORTANCES)}")
     if ratio == 0.0:
         return model
-    heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    head_counts = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     was_training = model.training
     model.eval()
     with warnings.catch_warnings():
@@ -73,8 +73,19 @@ def prune(
             importance=IMPORTANCES[importance](),
             pruning_ratio=ratio,
             ignored_layers=classifier_layers(model, num_classes),
-            num_heads=heads,  # keeps each attention's width a multiple of its heads
+            round_to=math.lcm(*head_counts) if head_counts else None,  # widths stay divisible by heads
         )
         pruner.step()
+    _refresh_cached_widths(model)
     model.train(was_training)
     return model
+
+
+def _refresh_cached_widths(model: nn.Module) -> None:
+    """Some models keep a layer width as a plain attribute that their `forward` reads;
+    torch-pruning changes the layers, so the attribute must follow."""
+    from torchvision.models import VisionTransformer
+
+    for module in model.modules():
+        if isinstance(module, VisionTransformer):
+            module.hidden_dim = module.conv_proj.out_channels

@@ -130,16 +130,19 @@ def test_vision_transformer_gets_fewer_params_and_keeps_its_output():
 
 
 @pytest.mark.filterwarnings("ignore:Unwrapped parameters detected")
-def test_vision_transformer_prunes_the_mlp_and_keeps_the_attention_width():
-    """Documented limit: nn.MultiheadAttention keeps its heads and width (torch-pruning removes
-    heads only from separate q/k/v Linear layers); the MLP channels are pruned."""
+def test_vision_transformer_heads_are_narrowed_and_the_mlp_pruned():
+    """nn.MultiheadAttention keeps its 4 heads, each narrower (torch-pruning removes whole heads
+    only from separate q/k/v Linear layers); the embedding stays a multiple of the heads."""
     model = _tiny_vit()
     attention = model.encoder.layers[0].self_attention
     mlp_in = model.encoder.layers[0].mlp[0]
     hidden_before = mlp_in.out_features
     prune(model, 0.5, torch.randn(1, 3, 16, 16), num_classes=10)
     assert mlp_in.out_features < hidden_before
-    assert (attention.num_heads, attention.embed_dim) == (4, 32)
+    assert attention.num_heads == 4
+    assert attention.embed_dim < 32 and attention.embed_dim % 4 == 0
+    assert attention.head_dim == attention.embed_dim // 4
+    assert model.hidden_dim == attention.embed_dim
     assert model.eval()(torch.randn(2, 3, 16, 16)).shape == (2, 10)
 
 
