@@ -17,7 +17,7 @@ def pareto_figure(
     at `accuracy_floor` (baseline minus the allowed drop) when the study has that constraint."""
     measured = trials[trials["status"] == "complete"].copy()
     on_front = measured["trial"].isin(front["trial"])
-    baseline = measured[measured["trial"] == measured["trial"].min()]
+    baseline = measured[measured["is_baseline"]]
     size = 8 + 30 * (measured["peak_memory_mb"] / measured["peak_memory_mb"].max()) ** 0.5
 
     def hover(rows: pd.DataFrame) -> list[str]:

@@ -84,13 +84,17 @@ def trials_frame(study: optuna.Study, repository: Repository) -> pd.DataFrame:
     """Every trial: Optuna's state and values joined with slimtune's measurements and reasons."""
     records = {r.trial_number: r for r in repository.trials(study.study_name)}
     front = {t.number for t in study.best_trials}
+    baseline = baseline_record(list(records.values()))
     rows = []
     for trial in study.get_trials(deepcopy=False):
         record = records.get(trial.number)
+        recipe = record.recipe if record else trial.user_attrs.get("recipe", {})
         row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name}
         row["status"] = record.status if record else trial.user_attrs.get("status")
         row["reason"] = record.reason if record else trial.system_attrs.get("fail_reason")
-        row.update({f"recipe.{k}": v for k, v in (record.recipe if record else trial.user_attrs.get("recipe", {})).items()})
+        row["recipe"] = Recipe.from_dict(recipe).describe() if recipe else ""
+        row["is_baseline"] = baseline is not None and trial.number == baseline.trial_number
+        row.update({f"recipe.{k}": v for k, v in recipe.items()})
         measurement = (record.measurement if record else None) or {}
         for key, value in measurement.items():
             if not isinstance(value, (dict, list)):
@@ -111,12 +115,7 @@ TRIALS_TABLE_COLUMNS = [
 def trials_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(no trials)"
-    view = frame.assign(recipe=[
-        Recipe.from_dict({k.removeprefix("recipe."): v for k, v in row.items() if k.startswith("recipe.") and pd.notna(v)}).describe()
-        for row in frame.to_dict("records")
-    ])
-    view = view[[c for c in TRIALS_TABLE_COLUMNS if c in view]]
-    return format_table(view)
+    return format_table(frame[[c for c in TRIALS_TABLE_COLUMNS if c in frame]])
 
 
 def format_table(frame: pd.DataFrame) -> str:
