@@ -89,7 +89,7 @@ def peak_inference_bytes(
     weights + the input + the peak of what the forward allocates on top, plus what a runtime
     keeps between calls (a CUDA graph's pool). Other tensors of the process do not count."""
     resident = weight_bytes(model) + example.untyped_storage().nbytes()
-    held = getattr(run, "held_bytes", {}).get((tuple(example.shape), example.dtype, example.device), 0)
+    held = run.held_bytes(example) if hasattr(run, "held_bytes") else 0
     if example.device.type != "cuda":
         return resident + held + _cpu_transient_peak_bytes(run, example)
     torch.cuda.synchronize(example.device)

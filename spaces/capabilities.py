@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from . import precision as precision_knob
-from .errors import one_line
 from . import quantization as quantization_knob
 from . import runtime as runtime_knob
+from .errors import one_line
 from .joint import SearchSpace
 
 

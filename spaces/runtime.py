@@ -21,9 +21,7 @@ class CudaGraphRunner:
     def __init__(self, model: nn.Module):
         self.model = model
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        #: bytes the graphs keep between calls (static input plus the peak of the capture's
-        #: private pool), per input shape: memory that replays use but never allocate.
-        self.held_bytes: dict[tuple, int] = {}
+        self._held_bytes: dict[tuple, int] = {}
 
     def _capture(self, example: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
         device = example.device
@@ -48,8 +46,13 @@ class CudaGraphRunner:
             while cause.__context__ is not None:
                 cause = cause.__context__
             raise RuntimeError(f"CUDA graph capture failed: {one_line(cause)}") from error
-        self.held_bytes[self._key(example)] = torch.cuda.max_memory_allocated(device) - before
+        self._held_bytes[self._key(example)] = torch.cuda.max_memory_allocated(device) - before
         return graph, static_input, static_output
+
+    def held_bytes(self, inputs: torch.Tensor) -> int:
+        """Bytes the graph for this input shape keeps between calls (static input plus the
+        peak of the capture's private pool): memory that replays use but never allocate."""
+        return self._held_bytes.get(self._key(inputs), 0)
 
     @staticmethod
     def _key(inputs: torch.Tensor) -> tuple:
