@@ -24,7 +24,7 @@ from slimtune.storage import DEFAULT_STORAGE, Repository, connect, optuna_storag
 
 from .config import CONFIG_ATTR, StudyConfig, StudyFileError
 from .fingerprint import fingerprint
-from .isolated import IsolatedEvaluator
+from .isolated import IsolatedEvaluator, WorkerFailed
 from .samplers import make_sampler
 
 Log = Callable[[str], None]
@@ -62,7 +62,8 @@ class TrialObjective:
             raise
         except Exception as error:  # any failure of a candidate is a result, not a crash
             status = "stopped" if isinstance(error, TrialStopped) else "failed"
-            reason = str(error) if isinstance(error, TrialStopped) else one_line(error)
+            # the worker's reasons are already one line, with the original error's type in them
+            reason = str(error) if isinstance(error, (TrialStopped, WorkerFailed)) else one_line(error)
             self.repository.record_trial(**record, status=status, reason=reason)
             trial.set_user_attr("status", status)
             trial.set_user_attr("reason", reason)

@@ -21,7 +21,7 @@ def _nan(evaluator, recipe, seed, on_stage):
 
 
 def _allocate(evaluator, recipe, seed, on_stage):
-    hog = bytearray(800 * 2**20)  # touched, so it is resident
+    hog = bytearray(1600 * 2**20)  # touched, so it is resident
     for index in range(0, len(hog), 4096):
         hog[index] = 1
     time.sleep(120)

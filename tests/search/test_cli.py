@@ -73,7 +73,7 @@ def assert_nothing_created(tmp_path: Path, db: Path | None = None) -> None:
         pytest.param({"workload": {"model": "slimtune:no_such_model"}}, ["workload.model", "small_cnn"],
                      id="unknown built-in model"),
         pytest.param({"workload": {"data": "sklearn:iris"}}, ["workload.data", "digits"], id="unknown dataset"),
-        pytest.param({"workload": {"input_shape": [3, 8, 8]}}, ["workload.input_shape", "[1, 8, 8]"],
+        pytest.param({"workload": {"input_shape": [2, 8, 8]}}, ["workload.input_shape", "[1 or 3, H, W]"],
                      id="input shape that does not fit the data"),
     ],
 )
