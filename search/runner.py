@@ -23,7 +23,10 @@ from slimtune.storage import DEFAULT_STORAGE, Repository, connect, optuna_storag
 
 from .config import CONFIG_ATTR, StudyConfig, StudyFileError
 from .fingerprint import fingerprint
+from .hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
 from .samplers import make_sampler
+from .stopping import StopWhenFrontStalls
+from .warm_start import WarmStart, enqueue_warm_start, load_front, plan_warm_start
 
 Log = Callable[[str], None]
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -99,7 +102,8 @@ def _check_resume(study: optuna.Study, config: StudyConfig, storage_url: str) ->
 
 
 class SnapshotCallback:
-    """Writes the feasible Pareto front after every completed trial, so its history can be queried."""
+    """Writes the feasible Pareto front and its hypervolume after every completed trial, so
+    their history can be queried."""
 
     def __init__(self, repository: Repository):
         self.repository = repository
@@ -107,8 +111,9 @@ class SnapshotCallback:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state != TrialState.COMPLETE:
             return
-        front = [{"trial_number": t.number, "values": list(t.values)} for t in study.best_trials]
-        self.repository.record_snapshot(study.study_name, trial.number, front)
+        best = study.best_trials
+        front = [{"trial_number": t.number, "values": list(t.values)} for t in best]
+        self.repository.record_snapshot(study.study_name, trial.number, front, study_hypervolume(study, best))
 
 
 def run_study(
@@ -118,9 +123,11 @@ def run_study(
     timeout: float | None = None,
     log: Log = print,
     progress: bool = True,
+    warm_start: WarmStart | None = None,
 ) -> optuna.Study:
     """Create or resume `config.study.name` in `storage_url` and run it up to `n_trials` finished
-    trials in all (a resumed study runs only the remainder). Returns the Optuna study."""
+    trials in all (a resumed study runs only the remainder). `warm_start` enqueues another
+    study's front as the first trials of a new study. Returns the Optuna study."""
     device = torch.device(config.target.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StudyFileError(f"target.device = {config.target.device!r}: no CUDA device here; allowed: cpu")
@@ -134,6 +141,8 @@ def run_study(
     # A checkpoint is checked before the database is touched; training waits until the
     # database has answered, so a wrong URL does not cost a training run first.
     checkpoint = get_baseline(workload, device, checkpoint=config.baseline.checkpoint) if config.baseline.checkpoint else None
+    # The warm start's source is read (and a wrong one refused) before this database is touched.
+    source = load_front(warm_start, storage_url, config.study.name) if warm_start is not None else None
     engine = connect(storage_url)
     repository = Repository(engine)
     repository.check_compatible()
@@ -141,6 +150,9 @@ def run_study(
     existing = _existing_study(storage, config.study.name)
     if existing is not None:
         _check_resume(existing, config, storage_url)
+    if warm_start is not None and existing is not None:
+        log(f"warm start ignored: study {config.study.name!r} exists (a warm start fills a new study's first trials)")
+        source = None
 
     baseline = checkpoint or get_baseline(
         workload, device,
@@ -159,6 +171,7 @@ def run_study(
     space, removals = probe(config.search_space(), device)
     for removal in removals:
         log(f"probe: {removal}")
+    plan = plan_warm_start(*source, space, removals) if source is not None else None
 
     repository.create_schema()
     study = optuna.create_study(
@@ -172,7 +185,10 @@ def run_study(
         study.set_metric_names(list(config.objectives))
         study.set_user_attr(CONFIG_ATTR, config.identity())
         study.set_user_attr("probe_removed", [str(r) for r in removals])
+        study.set_user_attr(HYPERVOLUME_ATTR, hypervolume_settings(config.objectives, config.constraints.max_accuracy_drop))
         study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
+        if plan is not None:
+            enqueue_warm_start(study, plan, log)
     fingerprint_id = repository.record_fingerprint(config.study.name, fingerprint(device, threads))
 
     remaining = config.study.n_trials - finished_trials(study)
@@ -193,6 +209,9 @@ def run_study(
             bar.update(1)
 
         callbacks.append(advance)
+    stop_when = config.study.stop_when
+    if stop_when is not None:
+        callbacks.append(StopWhenFrontStalls(stop_when.hypervolume_gain_below, stop_when.over_trials, objective.log).start(study))
     try:
         study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,), callbacks=callbacks)
     finally:
