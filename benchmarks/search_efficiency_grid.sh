@@ -30,4 +30,3 @@ done
 wait
 tail -n 1 "$out"/shard*.log
 python3 benchmarks/search_efficiency.py merge --results "$out"
-rm -f "$out"/shard*.log
