@@ -18,13 +18,17 @@ from slimtune.storage import DEFAULT_STORAGE
 from .config import load_config
 from .report import open_study, pareto_front, trials_frame
 from .runner import run_study
+from .warm_start import WarmStart
 
 
 def run(study_file: str, storage: str = DEFAULT_STORAGE, *, timeout: float | None = None,
-        progress: bool = False, **overrides: Any) -> optuna.Study:
-    """Run (or resume) the study a file describes; `overrides` are [study] fields, e.g. n_trials=5."""
+        progress: bool = False, warm_start: str | None = None, warm_storage: str | None = None,
+        **overrides: Any) -> optuna.Study:
+    """Run (or resume) the study a file describes; `overrides` are [study] fields, e.g. n_trials=5.
+    `warm_start` names a study (in `warm_storage`, default `storage`) whose front seeds a new study."""
     config = load_config(study_file, {f"study.{k}": v for k, v in overrides.items()})
-    return run_study(config, storage, timeout=timeout, progress=progress, log=lambda _: None)
+    source = WarmStart(warm_start, warm_storage) if warm_start else None
+    return run_study(config, storage, timeout=timeout, progress=progress, log=lambda _: None, warm_start=source)
 
 
 def pareto(study_name: str, storage: str = DEFAULT_STORAGE) -> pd.DataFrame:

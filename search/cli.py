@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sampler", choices=SAMPLERS)
     run.add_argument("--seed", type=int)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--warm-start", metavar="STUDY", help="enqueue the feasible front of STUDY as the first trials of a new study")
+    run.add_argument("--warm-storage", metavar="URL", help="where the --warm-start study is (default: --storage)")
 
     for name, text in (("pareto", "the feasible Pareto front of a study"), ("trials", "every trial of a study")):
         sub = commands.add_parser(name, help=text)
@@ -42,13 +44,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .plots import pareto_figure
+    from .plots import hypervolume_history, pareto_figure
     from .report import accuracy_floor, open_study, pareto_front, trials_frame
 
     study, repository = open_study(args.study, args.storage)
     figure = pareto_figure(
         trials_frame(study, repository), pareto_front(study, repository), f"slimtune: {args.study}",
-        accuracy_floor(study, repository),
+        accuracy_floor(study, repository), hypervolume_history(repository.snapshots(args.study)),
     )
     if args.out.endswith(".html"):
         figure.write_html(args.out, include_plotlyjs="cdn")
@@ -58,7 +60,7 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _emit(frame, fmt: str) -> None:
+def _emit(frame, fmt: str, footer: str | None = None) -> None:
     from .report import format_table, trials_table
 
     if fmt == "json":
@@ -67,14 +69,18 @@ def _emit(frame, fmt: str) -> None:
         print(frame.to_csv(index=False), end="")
     else:
         print(format_table(frame) if "speedup_x" in frame else trials_table(frame))
+        if footer:
+            print(footer)
 
 
 def _run(args: argparse.Namespace) -> int:
     import optuna
 
     from .config import load_config
+    from .hypervolume import hypervolume_line
     from .report import format_table, open_study, pareto_front
     from .runner import run_study
+    from .warm_start import WarmStart
 
     overrides = {"study.n_trials": args.n_trials, "study.sampler": args.sampler, "study.seed": args.seed}
     config = load_config(args.study_file, overrides)
@@ -87,7 +93,9 @@ def _run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
     interrupted = False
     try:
-        run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress)
+        warm_start = WarmStart(args.warm_start, args.warm_storage) if args.warm_start else None
+        run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress,
+                  warm_start=warm_start)
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
@@ -96,11 +104,15 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nPareto front of {config.study.name!r}: {len(front)} feasible points, "
           f"{len(study.trials)} trials (storage {args.storage})")
     print(format_table(front))
+    print(hypervolume_line(study))
     return 130 if interrupted else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "warm_storage", None) and not args.warm_start:
+        parser.error("--warm-storage needs --warm-start STUDY")
     from slimtune.objectives import WorkloadError
     from slimtune.storage import StorageError
 
@@ -112,10 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "plot":
             return _plot(args)
+        from .hypervolume import hypervolume_line
         from .report import open_study, pareto_front, trials_frame
 
         study, repository = open_study(args.study, args.storage)
-        _emit(pareto_front(study, repository) if args.command == "pareto" else trials_frame(study, repository), args.format)
+        if args.command == "pareto":
+            _emit(pareto_front(study, repository), args.format, hypervolume_line(study))
+        else:
+            _emit(trials_frame(study, repository), args.format)
         return 0
     except (StudyFileError, WorkloadError, StorageError, StudyNotFound) as error:
         print(f"slimtune: error: {error}", file=sys.stderr)

@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, create_model, field_validator,
@@ -35,11 +35,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StopWhen(_Section):
+    """End the study once the front stops improving (search/stopping.py says how)."""
+
+    hypervolume_gain_below: float = Field(gt=0.0, lt=1.0)  # a fraction: 0.005 = 0.5%
+    over_trials: PositiveInt
+
+
 class StudySection(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     n_trials: PositiveInt = 30
     seed: int = 0
+    stop_when: StopWhen | None = None
 
 
 class TargetSection(_Section):
@@ -167,12 +175,13 @@ class StudyConfig(_Section):
 
     def identity(self) -> dict[str, Any]:
         """What must not change when a study is resumed: everything that decides its results."""
-        return self.model_dump(mode="json", exclude={"study": {"n_trials", "sampler", "seed"}})
+        return self.model_dump(mode="json", exclude={"study": {"n_trials", "sampler", "seed", "stop_when"}})
 
 
 def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc[:-1]:
         annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        annotation = next((a for a in get_args(annotation) if isinstance(a, type)), annotation)  # X | None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

@@ -24,8 +24,11 @@ from slimtune.storage import DEFAULT_STORAGE, Repository, connect, optuna_storag
 
 from .config import CONFIG_ATTR, StudyConfig, StudyFileError
 from .fingerprint import fingerprint
+from .hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
 from .isolated import IsolatedEvaluator, WorkerFailed
 from .samplers import make_sampler
+from .stopping import StopWhenFrontStalls
+from .warm_start import WarmStart, enqueue_warm_start, load_front, plan_warm_start
 
 Log = Callable[[str], None]
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -110,8 +113,9 @@ class SnapshotCallback:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state != TrialState.COMPLETE:
             return
-        front = [{"trial_number": t.number, "values": list(t.values)} for t in study.best_trials]
-        self.repository.record_snapshot(study.study_name, trial.number, front)
+        best = study.best_trials
+        front = [{"trial_number": t.number, "values": list(t.values)} for t in best]
+        self.repository.record_snapshot(study.study_name, trial.number, front, study_hypervolume(study, best))
 
 
 def worker_spec(config: StudyConfig, factory: str = DEFAULT_FACTORY) -> WorkerSpec:
@@ -146,9 +150,11 @@ def run_study(
     log: Log = print,
     progress: bool = True,
     evaluator_factory: str = DEFAULT_FACTORY,
+    warm_start: WarmStart | None = None,
 ) -> optuna.Study:
     """Create or resume `config.study.name` in `storage_url` and run it up to `n_trials` finished
-    trials in all (a resumed study runs only the remainder). Returns the Optuna study.
+    trials in all (a resumed study runs only the remainder). `warm_start` enqueues another
+    study's front as the first trials of a new study. Returns the Optuna study.
 
     Trials run in a worker process (see `isolated.py`); `evaluator_factory` ("module:function")
     builds the evaluator there (tests name one that injects faults)."""
@@ -163,6 +169,8 @@ def run_study(
         # touched; training waits until the database has answered, so a wrong URL does not
         # cost a training run first.
         evaluator.load()
+        # The warm start's source is read (and a wrong one refused) before this database is touched.
+        source = load_front(warm_start, storage_url, config.study.name) if warm_start is not None else None
         engine = connect(storage_url)
         repository = Repository(engine)
         repository.check_compatible()
@@ -170,18 +178,26 @@ def run_study(
         existing = _existing_study(storage, config.study.name)
         if existing is not None:
             _check_resume(existing, config, storage_url)
+        if warm_start is not None and existing is not None:
+            log(f"warm start ignored: study {config.study.name!r} exists (a warm start fills a new study's first trials)")
+            source = None
 
         evaluator.prepare()
         log(f"baseline: {evaluator.source}" + (f" ({evaluator.train_seconds:.1f} s)" if evaluator.train_seconds else ""))
         space, removals = evaluator.space, evaluator.removals
         for removal in removals:
             log(f"probe: {removal}")
-        return _optimize(config, storage_url, storage, repository, existing, evaluator, space, removals,
-                         device, threads, timeout, log, progress)
+        plan = plan_warm_start(*source, space, removals) if source is not None else None
+        return _optimize(config, storage, repository, existing, evaluator, plan, device, threads, timeout, log, progress)
 
 
-def _optimize(config, storage_url, storage, repository, existing, evaluator, space, removals,
-              device, threads, timeout, log, progress) -> optuna.Study:
+def _optimize(
+    config: StudyConfig, storage: optuna.storages.BaseStorage, repository: Repository, existing: optuna.Study | None,
+    evaluator: IsolatedEvaluator, plan, device: torch.device, threads: int, timeout: float | None, log: Log,
+    progress: bool,
+) -> optuna.Study:
+    """Create the study (or take the existing one) and run trials until it has `n_trials`."""
+    space, removals = evaluator.space, evaluator.removals
     repository.create_schema()
     study = optuna.create_study(
         study_name=config.study.name,
@@ -194,7 +210,10 @@ def _optimize(config, storage_url, storage, repository, existing, evaluator, spa
         study.set_metric_names(list(config.objectives))
         study.set_user_attr(CONFIG_ATTR, config.identity())
         study.set_user_attr("probe_removed", [str(r) for r in removals])
+        study.set_user_attr(HYPERVOLUME_ATTR, hypervolume_settings(config.objectives, config.constraints.max_accuracy_drop))
         study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
+        if plan is not None:
+            enqueue_warm_start(study, plan, log)
     fingerprint_id = repository.record_fingerprint(config.study.name, fingerprint(device, threads))
 
     remaining = config.study.n_trials - finished_trials(study)
@@ -215,6 +234,9 @@ def _optimize(config, storage_url, storage, repository, existing, evaluator, spa
             bar.update(1)
 
         callbacks.append(advance)
+    stop_when = config.study.stop_when
+    if stop_when is not None:
+        callbacks.append(StopWhenFrontStalls(stop_when.hypervolume_gain_below, stop_when.over_trials, objective.log).start(study))
     try:
         study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,), callbacks=callbacks)
     finally:

@@ -117,10 +117,13 @@ class Repository:
             TrialRecord(r.trial_number, r.status, r.reason, r.recipe, r.measurement, r.accuracy_drop) for r in rows
         ]
 
-    def record_snapshot(self, study_name: str, after_trial_number: int, front: list[dict[str, Any]]) -> None:
+    def record_snapshot(
+        self, study_name: str, after_trial_number: int, front: list[dict[str, Any]], hypervolume: float | None = None
+    ) -> None:
         with self._session.begin() as session:
             session.add(ParetoSnapshot(
-                study_name=study_name, after_trial_number=after_trial_number, size=len(front), front=front
+                study_name=study_name, after_trial_number=after_trial_number, size=len(front), front=front,
+                hypervolume=hypervolume,
             ))
 
     def snapshots(self, study_name: str) -> list[ParetoSnapshot]:

@@ -14,7 +14,8 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text,
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: bump when a table changes; `Repository` refuses a database at another version.
-SCHEMA_VERSION = 1
+#: 2: ParetoSnapshot.hypervolume (the 1 -> 2 migration lives with the migrations, not here).
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -79,4 +80,7 @@ class ParetoSnapshot(Base):
     after_trial_number: Mapped[int] = mapped_column(Integer)
     size: Mapped[int] = mapped_column(Integer)
     front: Mapped[list[Any]] = mapped_column()  # [{"trial_number": n, "values": [...]}, ...]
+    # normalised to the baseline, reference point fixed per study (search/hypervolume.py);
+    # None before the baseline completed or for a study created without hypervolume tracking
+    hypervolume: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -167,3 +167,29 @@ def test_identity_ignores_only_what_may_change_on_resume(write_study: Callable[.
 def test_every_shipped_study_file_validates(path: Path) -> None:
     config = load_config(path)
     assert config.search_space().runtime == tuple(config.target.runtimes)
+
+
+def test_stop_when_validates_and_may_change_on_resume(write_study: Callable[..., Path]) -> None:
+    path = write_study({"study": {"stop_when": {"hypervolume_gain_below": 0.005, "over_trials": 10}}})
+    stop = load_config(path).study.stop_when
+    assert (stop.hypervolume_gain_below, stop.over_trials) == (0.005, 10)
+    assert load_config(write_study()).study.stop_when is None
+    assert load_config(path).identity() == load_config(write_study()).identity()  # when to stop is no result
+
+
+@pytest.mark.parametrize(
+    "stop_when, expected",
+    [
+        ({"hypervolume_gain_below": 0.0, "over_trials": 10},
+         "study.stop_when.hypervolume_gain_below = 0.0: Input should be greater than 0"),
+        ({"hypervolume_gain_below": 1.5, "over_trials": 10},
+         "study.stop_when.hypervolume_gain_below = 1.5: Input should be less than 1"),
+        ({"hypervolume_gain_below": 0.01, "over_trials": 0}, "study.stop_when.over_trials = 0: Input should be greater than 0"),
+        ({"hypervolume_gain_below": 0.01}, "study.stop_when.over_trials: required field is missing"),
+        ({"hypervolume_gain_below": 0.01, "over_trials": 5, "patience": 3},
+         "study.stop_when.patience: unknown field; allowed: hypervolume_gain_below, over_trials"),
+    ],
+)
+def test_a_bad_stop_when_is_one_line(write_study: Callable[..., Path], stop_when: dict[str, Any], expected: str) -> None:
+    path = write_study({"study": {"stop_when": stop_when}})
+    assert error_of(path) == f"{path}: {expected}"

@@ -26,6 +26,7 @@ from slimtune.search import pareto as api_pareto
 from slimtune.search import run as api_run
 from slimtune.search import trials as api_trials
 from slimtune.search.cli import main
+from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume_line, study_hypervolume
 from slimtune.spaces import Recipe
 from slimtune.storage import Repository, connect
 from tests.conftest import TINY_STUDY, toml_value
@@ -97,7 +98,8 @@ def test_run_exits_0_and_prints_the_pareto_table(finished: Run) -> None:
     table = finished.out.split(f"Pareto front of {NAME!r}: ")[1].splitlines()
     header = table[1].split()
     assert header == PARETO_COLUMNS
-    assert len(table) - 2 == len(finished.study().best_trials) >= 1
+    assert len(table) - 3 == len(finished.study().best_trials) >= 1  # title, header, rows, hypervolume
+    assert table[-1].startswith("hypervolume ")
 
 
 def test_the_study_has_the_requested_trials_and_objectives(finished: Run) -> None:
@@ -173,6 +175,12 @@ def test_a_pareto_snapshot_follows_each_complete_trial(finished: Run) -> None:
             assert point["values"] == pytest.approx(trial.values)
             assert trial.user_attrs["accuracy_drop"] <= MAX_DROP  # only feasible trials make the front
     assert {p["trial_number"] for p in snapshots[-1].front} == {t.number for t in study.best_trials}
+    # the hypervolume of each front, from the baseline on: a growing front never loses volume
+    volumes = [s.hypervolume for s in snapshots]
+    assert all(v is not None and v > 0 for v in volumes) and volumes == sorted(volumes)
+    assert volumes[-1] == pytest.approx(study_hypervolume(study))
+    assert study.user_attrs[HYPERVOLUME_ATTR]["axes"][2] == {
+        "name": "accuracy", "direction": "maximize", "scale": MAX_DROP, "reference": 2.0}
 
 
 def test_pareto_as_json_and_csv(finished: Run) -> None:
@@ -197,6 +205,9 @@ def test_pareto_as_json_and_csv(finished: Run) -> None:
     code, out, err = run_cli("pareto", NAME, "--storage", finished.url)
     assert code == 0, err
     assert out.splitlines()[0].split() == PARETO_COLUMNS
+    assert out.splitlines()[-1] == hypervolume_line(finished.study())
+    assert out.splitlines()[-1].startswith(f"hypervolume {study_hypervolume(finished.study()):.4f} ")
+    assert finished.out.splitlines()[-1] == out.splitlines()[-1]  # `run` ends with it too
 
 
 def test_trials_as_json_and_csv(finished: Run) -> None:
@@ -287,6 +298,7 @@ def test_plot_writes_an_html_figure(finished: Run, tmp_path: Path) -> None:
     assert out.strip() == f"wrote {out_file}"
     html = out_file.read_text()
     assert "feasible Pareto front" in html and "baseline" in html
+    assert "hypervolume of the feasible front" in html
 
     code, out, err = run_cli("plot", "no-such-study", "--storage", finished.url, "--out", str(tmp_path / "x.html"))
     assert code == 2 and err.startswith("slimtune: error: ") and "'no-such-study'" in err

@@ -1,0 +1,493 @@
+"""Which sampler finds the front in fewest trials? Measure a grid of real recipes once, then
+replay every sampler against that table.
+
+    python benchmarks/search_efficiency.py measure [--study studies/digits.toml] [--threads 1]
+    python benchmarks/search_efficiency.py replay [--trials 50] [--seeds 10]
+
+`measure` builds and measures every recipe of a grid over the study's space with slimtune's
+own `Evaluator` (prune, KD fine-tune, cast, quantize, measure latency/memory/accuracy on this
+CPU) and writes the table to `results/search-efficiency/grid.csv` (+ `grid.json`: how, where,
+how long). The recipes of one (prune ratio, KD temperature, KD alpha) point share one
+fine-tuning run: precision and quantization are applied after fine-tuning, so this gives the
+same candidate the evaluator would build for that seed, at a fraction of the time.
+
+`replay` runs each sampler (slimtune's own configurations from `search/samplers.py`) on an
+in-memory Optuna study over the study's real `SearchSpace`: every sampled recipe is answered
+with the measurements of the nearest grid point (each knob snapped on its own: prune ratio
+and KD alpha linearly, KD temperature in log space, categorical knobs exactly). The baseline
+is trial 0, as in a real study; failed and stopped grid points are failed trials; the
+accuracy constraint is set on every completed trial. After each trial the hypervolume is
+computed by `slimtune.search.hypervolume`, the same code a real study uses.
+Results: `results/search-efficiency/` (results.json, results.md, hypervolume.html, .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import csv
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results" / "search-efficiency"
+GRID_COLUMNS = [
+    "prune_ratio", "kd_temperature", "kd_alpha", "quantization", "precision", "status", "reason",
+    "accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "params", "macs",
+    "seconds", "finetune_seconds", "latency_passes",
+]
+
+
+# ---------------------------------------------------------------------------------------- grid
+def grid_levels(config) -> dict[str, list]:
+    """Prune ratio every 0.1, and every 0.05 from 0.6 on (where accuracy falls off and the demo's
+    front lies); KD temperature at 1/4 and 3/4 of its log range; KD alpha at 1/4 and 3/4 of its
+    range; every categorical choice."""
+    space = config.space
+    low, high = space.prune_ratio
+    candidates = [round(0.1 * i, 4) for i in range(10)] + [round(0.6 + 0.05 * i, 4) for i in range(8)]
+    prune = sorted({v for v in candidates if low <= v <= high} | {low, high})
+    t_low, t_high = (math.log(v) for v in space.kd_temperature)
+    temperature = [round(math.exp(t_low + f * (t_high - t_low)), 3) for f in (0.25, 0.75)]
+    a_low, a_high = space.kd_alpha
+    alpha = [round(a_low + f * (a_high - a_low), 3) for f in (0.25, 0.75)]
+    return {"prune_ratio": prune, "kd_temperature": temperature, "kd_alpha": alpha,
+            "quantization": list(space.quantization), "precision": list(space.precision)}
+
+
+def grid_recipes(levels: dict[str, list], finetune_steps: int, importance: str, runtime: str):
+    from slimtune.spaces import Recipe
+
+    combos = [(q, p) for q in levels["quantization"] for p in levels["precision"]]
+    for prune in levels["prune_ratio"]:
+        kd = [(t, a) for t in levels["kd_temperature"] for a in levels["kd_alpha"]] if prune > 0 else [(None, 0.0)]
+        for temperature, alpha in kd:
+            for quantization, precision in combos:
+                yield Recipe(
+                    prune_ratio=prune, prune_importance=importance, kd_temperature=temperature, kd_alpha=alpha,
+                    finetune_steps=finetune_steps if prune > 0 else 0,
+                    quantization=quantization, precision=precision, runtime=runtime,
+                )
+
+
+def _caching_evaluator(base):
+    """The study's Evaluator, with fine-tuning done once per (prune, KD) point and reused."""
+
+    class CachingEvaluator(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.cache: dict[tuple, tuple] = {}
+
+        def _finetune(self, model, recipe, seed, check_time):
+            key = (recipe.prune_ratio, recipe.prune_importance, recipe.kd_temperature, recipe.kd_alpha,
+                   recipe.finetune_steps, seed)
+            if key not in self.cache:
+                started = time.perf_counter()
+                try:
+                    steps = super()._finetune(model, recipe, seed, check_time)
+                    self.cache[key] = ("ok", copy.deepcopy(model.state_dict()), steps, time.perf_counter() - started)
+                except Exception as error:
+                    self.cache[key] = ("error", error, 0, time.perf_counter() - started)
+                    raise
+            kind, payload, steps, _ = self.cache[key]
+            if kind == "error":
+                raise payload
+            model.load_state_dict(payload)  # same pruned shapes, or this raises
+            return steps
+
+        def finetune_seconds(self, recipe, seed) -> float | None:
+            key = (recipe.prune_ratio, recipe.prune_importance, recipe.kd_temperature, recipe.kd_alpha,
+                   recipe.finetune_steps, seed)
+            return self.cache[key][3] if key in self.cache else None
+
+    return CachingEvaluator
+
+
+def measure(args: argparse.Namespace) -> None:
+    import torch
+
+    from slimtune.objectives import Budget, Evaluator, TrainingRecipe, TrialStopped, get_baseline, load_workload
+    from slimtune.search.config import load_config
+    from slimtune.search.fingerprint import fingerprint
+    from slimtune.spaces import probe
+    from slimtune.spaces.errors import one_line
+
+    folder = Path(args.results)
+    config = load_config(args.study)
+    device = torch.device(config.target.device)
+    threads = args.threads or config.target.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    workload = load_workload(config.workload.model, config.workload.data, tuple(config.workload.input_shape))
+    baseline = get_baseline(workload, device, recipe=TrainingRecipe(
+        config.baseline.epochs, config.baseline.batch_size, config.baseline.lr, config.study.seed))
+    budget = Budget(
+        finetune_steps=config.budget.finetune_steps, finetune_lr=config.budget.finetune_lr,
+        finetune_batch_size=config.baseline.batch_size, trial_timeout_s=config.budget.trial_timeout_s,
+        latency_warmup=config.budget.latency_warmup, latency_repeats=config.budget.latency_repeats,
+    )
+    if args.shared_machine:
+        # On a shared, loaded machine: wall-clock timeouts would stop candidates for the load, not
+        # for what they cost, and shorter latency runs (3 warm-up forwards, then up to
+        # latency_repeats, stopping after 1 s once 10 ran) leave CPU time for repeated passes.
+        budget = dataclasses.replace(budget, trial_timeout_s=3600.0, latency_warmup=min(3, budget.latency_warmup),
+                                     latency_max_s=1.0)
+    evaluator = _caching_evaluator(Evaluator)(
+        workload, baseline.model, device, threads=threads, batch_sizes=tuple(config.workload.batch_sizes),
+        budget=budget, max_accuracy_drop=config.constraints.max_accuracy_drop,
+    )
+    space, removals = probe(config.search_space(), device)
+    levels = grid_levels(config)
+    levels["quantization"] = [q for q in levels["quantization"] if q in space.quantization]
+    levels["precision"] = [p for p in levels["precision"] if p in space.precision]
+    recipes = list(grid_recipes(levels, config.budget.finetune_steps, space.prune_importance[0], space.runtime[0]))
+    # Shuffled, so a slow spell of the machine does not land on one region of the grid.
+    random.Random(0).shuffle(recipes)
+    if args.shard:  # "I/N": the fine-tuning points whose index is I modulo N, all their variants
+        index, count = (int(v) for v in args.shard.split("/"))
+        points = sorted({(r.prune_ratio, r.kd_temperature or 0.0, r.kd_alpha) for r in recipes})
+        mine = {p for i, p in enumerate(points) if i % count == index}
+        recipes = [r for r in recipes if (r.prune_ratio, r.kd_temperature or 0.0, r.kd_alpha) in mine]
+    if args.limit:
+        recipes = recipes[: args.limit]
+    print(f"{len(recipes)} recipes, {len({(r.prune_ratio, r.kd_temperature, r.kd_alpha) for r in recipes})} fine-tuning points")
+    folder.mkdir(parents=True, exist_ok=True)
+    best: dict[Any, dict[str, Any]] = {}
+    started = time.time()
+    for number in range(args.passes):
+        # Each pass in its own shuffled order; contention only adds time, so a recipe keeps the
+        # pass whose median latency was lowest (all passes' medians are kept in latency_passes).
+        order = recipes if number == 0 else random.Random(number).sample(recipes, len(recipes))
+        for index, recipe in enumerate(order):
+            row: dict[str, Any] = {k: getattr(recipe, k) for k in ("prune_ratio", "kd_temperature", "kd_alpha", "quantization", "precision")}
+            try:
+                m = evaluator.evaluate(recipe, seed=args.seed)
+                row.update(status="complete", reason="", accuracy=m.accuracy, latency_ms=m.latency_ms,
+                           latency_p95_ms=m.latency_p95_ms, peak_memory_mb=m.peak_memory_mb, weight_mb=m.weight_mb,
+                           params=m.params, macs=m.macs, seconds=round(m.seconds, 3))
+            except TrialStopped as error:
+                row.update(status="stopped", reason=str(error))
+            except Exception as error:
+                row.update(status="failed", reason=one_line(error))
+            ft = evaluator.finetune_seconds(recipe, args.seed) if recipe.finetune_steps else 0.0
+            row["finetune_seconds"] = round(ft, 3) if ft is not None else ""
+            previous = best.get(recipe)
+            passes = (previous["latency_passes"] if previous else []) + [row.get("latency_ms")]
+            if previous is None or (row["status"] == "complete" and row["latency_ms"] < (previous.get("latency_ms") or math.inf)):
+                best[recipe] = row
+            best[recipe]["latency_passes"] = passes
+            if index % 50 == 0:
+                print(f"pass {number + 1}/{args.passes}: {index + 1}/{len(recipes)} after {time.time() - started:.0f} s", flush=True)
+    rows = []
+    for row in best.values():
+        row["latency_passes"] = " ".join(f"{v:.4f}" for v in row["latency_passes"] if v is not None)
+        rows.append(row)
+    commit = os.environ.get("SLIMTUNE_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    meta = {
+        "study_file": str(Path(args.study).resolve().relative_to(ROOT)) if Path(args.study).resolve().is_relative_to(ROOT) else args.study,
+        "levels": levels, "budget": dataclasses.asdict(budget), "recipes": len(rows), "threads": threads, "seed": args.seed,
+        "passes": args.passes, "shared_machine": args.shared_machine,
+        "load_average": os.getloadavg(),
+        "baseline_accuracy": evaluator.baseline_accuracy,
+        "probe_removed": [str(r) for r in removals],
+        "status_counts": {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped", "failed")},
+        "wall_seconds": round(time.time() - started, 1),
+        "cpu_seconds": round(time.process_time(), 1),
+        "commit": commit, "date": time.strftime("%Y-%m-%d"),
+        "fingerprint": fingerprint(device, threads),
+        "how": "slimtune Evaluator per recipe (prune -> KD fine-tune -> cast -> quantize -> measure) with the "
+               "study file's budget; the fine-tuned weights of one (prune_ratio, kd_temperature, kd_alpha) point "
+               "are reused for its quantization x precision variants",
+    }
+    name = f"grid.shard-{args.shard.replace('/', '-of-')}" if args.shard else "grid"
+    write_grid(folder, name, rows, meta)
+
+
+def write_grid(folder: Path, name: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    rows = sorted(rows, key=lambda r: (float(r["prune_ratio"]), float(r["kd_temperature"] or 0), float(r["kd_alpha"]),
+                                       r["quantization"], r["precision"]))
+    meta = {**meta, "recipes": len(rows),
+            "status_counts": {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped", "failed")}}
+    with open(folder / f"{name}.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, GRID_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (folder / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {folder / name}.csv ({len(rows)} rows) in {meta['wall_seconds']} s")
+
+
+def merge(args: argparse.Namespace) -> None:
+    """grid.shard-*.csv (measured in parallel, each process on its own cores) -> grid.csv."""
+    folder = Path(args.results)
+    shards = sorted(folder.glob("grid.shard-*.json"))
+    if not shards:
+        raise SystemExit(f"no grid.shard-*.json in {folder}")
+    metas = [json.loads(path.read_text()) for path in shards]
+    rows: list[dict[str, Any]] = []
+    for path in shards:
+        with open(path.with_suffix(".csv"), newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    meta = {k: v for k, v in metas[0].items() if k not in ("wall_seconds", "cpu_seconds")}
+    meta["shards"] = len(shards)
+    meta["wall_seconds"] = max(m["wall_seconds"] for m in metas)
+    meta["cpu_seconds"] = round(sum(m["cpu_seconds"] for m in metas), 1)
+    write_grid(folder, "grid", rows, meta)
+    for path in shards:
+        path.unlink()
+        path.with_suffix(".csv").unlink()
+
+
+# -------------------------------------------------------------------------------------- replay
+GridKey = tuple  # (prune_ratio, kd_temperature, kd_alpha, quantization, precision)
+SAMPLER_LABELS = {"tpe": "TPE (multivariate, constraints)", "nsga2": "NSGA-II", "gp": "GP (Optuna GPSampler)",
+                  "random": "random"}
+
+
+class Grid:
+    """The measured table, looked up by the nearest grid point of a sampled recipe."""
+
+    def __init__(self, folder: Path):
+        self.meta = json.loads((folder / "grid.json").read_text())
+        self.levels = self.meta["levels"]
+        self.rows: dict[GridKey, dict[str, Any]] = {}
+        with open(folder / "grid.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                temperature = float(row["kd_temperature"]) if row["kd_temperature"] else None
+                key = (float(row["prune_ratio"]), temperature, float(row["kd_alpha"]), row["quantization"], row["precision"])
+                self.rows[key] = row
+        self.baseline = self.rows[(0.0, None, 0.0, "none", "fp32")]
+
+    @staticmethod
+    def _nearest(levels: list[float], value: float, log: bool = False) -> float:
+        measure = (lambda v: math.log(v)) if log else (lambda v: v)
+        return min(levels, key=lambda level: abs(measure(level) - measure(value)))
+
+    def key(self, recipe) -> GridKey:
+        """Each knob snapped on its own: prune ratio and KD alpha linearly, the KD temperature in
+        log space (it is sampled on a log scale), categorical knobs exactly."""
+        prune = self._nearest(self.levels["prune_ratio"], recipe.prune_ratio)
+        if prune == 0:
+            return (0.0, None, 0.0, recipe.quantization, recipe.precision)
+        temperature = self._nearest(self.levels["kd_temperature"], recipe.kd_temperature or 1.0, log=True)
+        alpha = self._nearest(self.levels["kd_alpha"], recipe.kd_alpha)
+        return (prune, temperature, alpha, recipe.quantization, recipe.precision)
+
+
+class ReplayFailed(Exception):
+    pass
+
+
+def replay_one(grid: Grid, config, sampler_name: str, seed: int, n_trials: int, max_drop: float,
+               objectives: dict[str, str]) -> dict[str, Any]:
+    """One seeded study of `n_trials` (the baseline first) against the table; the hypervolume
+    after each finished trial, computed by slimtune's own code."""
+    import optuna
+
+    from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
+    from slimtune.search.samplers import make_sampler
+
+    space = config.search_space()
+    base_accuracy = float(grid.baseline["accuracy"])
+    study = optuna.create_study(directions=list(objectives.values()), sampler=make_sampler(sampler_name, seed, n_trials))
+    study.set_user_attr(HYPERVOLUME_ATTR, hypervolume_settings(objectives, max_drop))
+    study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
+    volumes: list[float] = []
+    points: list[GridKey] = []
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        key = grid.key(space.suggest(trial))
+        points.append(key)
+        row = grid.rows[key]
+        if row["status"] != "complete":
+            raise ReplayFailed(row["reason"])
+        accuracy = float(row["accuracy"])
+        trial.set_constraint("accuracy_drop", (base_accuracy - accuracy) - max_drop)
+        return [float(row[name]) for name in objectives]
+
+    def track(study: optuna.Study, trial) -> None:
+        volumes.append(study_hypervolume(study) or 0.0)
+
+    study.optimize(objective, n_trials=n_trials, catch=(ReplayFailed,), callbacks=[track])
+    states = [t.state.name for t in study.trials]
+    return {
+        "hypervolume": volumes,
+        "distinct_points": len(set(points)),
+        "failed": states.count("FAIL"),
+        "front_size": len(study.best_trials),
+    }
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    q = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 3
+    return {"median": statistics.median(ordered), "q25": q[0], "q75": q[2], "min": ordered[0], "max": ordered[-1]}
+
+
+def replay(args: argparse.Namespace) -> None:
+    import optuna
+
+    from slimtune.search.config import load_config
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    folder = Path(args.results)
+    grid = Grid(folder)
+    config = load_config(ROOT / grid.meta["study_file"])
+    objectives = dict(config.objectives)
+    max_drop = args.max_accuracy_drop if args.max_accuracy_drop is not None else config.constraints.max_accuracy_drop
+    seeds = list(range(args.seeds))
+    results: dict[str, Any] = {}
+    for name in args.samplers:
+        started = time.time()
+        runs = [replay_one(grid, config, name, seed, args.trials, max_drop, objectives) for seed in seeds]
+        per_trial = [_quantiles([run["hypervolume"][i] for run in runs]) for i in range(args.trials)]
+        results[name] = {
+            "label": SAMPLER_LABELS[name],
+            "per_trial": per_trial,
+            "runs": runs,
+            "seconds": round(time.time() - started, 1),
+        }
+        at = per_trial[min(args.trials, 30) - 1]
+        print(f"{name:7s} median hypervolume at trial {min(args.trials, 30)}: {at['median']:.4f} "
+              f"[{at['q25']:.4f}, {at['q75']:.4f}]  ({results[name]['seconds']} s)", flush=True)
+    write_results(folder, results, grid, config, args, objectives, max_drop, seeds)
+
+
+def write_results(folder, results, grid, config, args, objectives, max_drop, seeds) -> None:
+    checkpoints = [n for n in (5, 10, 15, 20, 30, 40, 50, 60, 80, 100) if n <= args.trials]
+    complete = [r for r in grid.rows.values() if r["status"] == "complete"]
+    best_possible = _grid_hypervolume(grid, objectives, max_drop)
+    summary = {
+        "what": "hypervolume of the feasible front after each trial, samplers replayed against a table of real "
+                "measurements (nearest grid point per sampled recipe); objectives normalised to the baseline",
+        "study_file": grid.meta["study_file"], "objectives": objectives, "max_accuracy_drop": max_drop,
+        "trials": args.trials, "seeds": seeds,
+        "grid": {k: grid.meta[k] for k in ("recipes", "levels", "status_counts", "threads", "date", "commit")},
+        "grid_complete": len(complete),
+        "grid_hypervolume": best_possible,
+        "samplers": results,
+    }
+    tag = args.tag
+    (folder / f"results{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = [
+        f"# Sampler efficiency: hypervolume against trials{(' (' + tag.strip('-') + ')') if tag else ''}",
+        "",
+        f"Study `{grid.meta['study_file']}` (objectives {', '.join(f'{k} {v}' for k, v in objectives.items())}; "
+        f"max_accuracy_drop {max_drop}), replayed against {grid.meta['recipes']} recipes measured on this CPU "
+        f"({grid.meta['date']}, `grid.csv`): each sampled recipe gets the measurements of its nearest grid point. "
+        f"{len(seeds)} seeds per sampler, {args.trials} trials per study (trial 0 is the baseline). "
+        f"Hypervolume normalised to the baseline (`search/hypervolume.py`); the whole grid's feasible front has "
+        f"{best_possible:.4f}.",
+        "",
+        "Median hypervolume [25th-75th percentile] after N trials:",
+        "",
+        "| sampler | " + " | ".join(f"N={n}" for n in checkpoints) + " | median / random at N=30 |",
+        "|---|" + "---|" * (len(checkpoints) + 1),
+    ]
+    random_at = results.get("random", {}).get("per_trial", [None] * 30)
+    for name, result in results.items():
+        cells = [f"{result['per_trial'][n - 1]['median']:.4f} [{result['per_trial'][n - 1]['q25']:.4f}-"
+                 f"{result['per_trial'][n - 1]['q75']:.4f}]" for n in checkpoints]
+        ratio = ""
+        if "random" in results and args.trials >= 30:
+            ratio = f"{result['per_trial'][29]['median'] / random_at[29]['median']:.2f}x"
+        lines.append(f"| {result['label']} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += ["", "Distinct grid points visited and failed trials (median over seeds):", "",
+              "| sampler | distinct points | failed trials | front size at the end | seconds (all seeds) |", "|---|---|---|---|---|"]
+    for name, result in results.items():
+        runs = result["runs"]
+        lines.append(f"| {result['label']} | {statistics.median(r['distinct_points'] for r in runs):g} | "
+                     f"{statistics.median(r['failed'] for r in runs):g} | {statistics.median(r['front_size'] for r in runs):g} | "
+                     f"{result['seconds']} |")
+    (folder / f"results{tag}.md").write_text("\n".join(lines) + "\n")
+    figure = hypervolume_figure(results, args.trials, best_possible, objectives, max_drop)
+    figure.write_html(folder / f"hypervolume{tag}.html", include_plotlyjs=True)
+    try:
+        figure.write_image(folder / f"hypervolume{tag}.png", scale=2)
+    except Exception as error:  # kaleido or a Chrome missing: the HTML is the figure
+        print(f"no PNG: {type(error).__name__}: {error}")
+    print(f"wrote {folder}/results{tag}.json, .md, hypervolume{tag}.html")
+
+
+def _grid_hypervolume(grid: Grid, objectives: dict[str, str], max_drop: float) -> float:
+    """The best any sampler could reach: the hypervolume of the whole table's feasible front."""
+    from slimtune.search.hypervolume import hypervolume, hypervolume_settings
+
+    base = float(grid.baseline["accuracy"])
+    values = [[float(r[name]) for name in objectives] for r in grid.rows.values()
+              if r["status"] == "complete" and base - float(r["accuracy"]) <= max_drop]
+    baseline = [float(grid.baseline[name]) for name in objectives]
+    return hypervolume(values, baseline, hypervolume_settings(objectives, max_drop)) or 0.0
+
+
+def hypervolume_figure(results, trials: int, best_possible: float, objectives, max_drop):
+    import plotly.graph_objects as go
+
+    colours = {"tpe": "#d62728", "nsga2": "#1f77b4", "gp": "#2ca02c", "random": "#7f7f7f"}
+    fills = {"tpe": "rgba(214,39,40,0.15)", "nsga2": "rgba(31,119,180,0.15)", "gp": "rgba(44,160,44,0.15)",
+             "random": "rgba(127,127,127,0.2)"}
+    x = list(range(1, trials + 1))
+    figure = go.Figure()
+    for name, result in results.items():
+        per = result["per_trial"]
+        figure.add_trace(go.Scatter(x=x + x[::-1], y=[p["q75"] for p in per] + [p["q25"] for p in per][::-1],
+                                    fill="toself", fillcolor=fills[name], line=dict(width=0), hoverinfo="skip",
+                                    showlegend=False, legendgroup=name))
+        figure.add_trace(go.Scatter(x=x, y=[p["median"] for p in per], mode="lines", name=result["label"],
+                                    line=dict(color=colours[name], width=2.5), legendgroup=name))
+    figure.add_hline(y=best_possible, line=dict(dash="dash", color="black"),
+                     annotation_text="whole grid's feasible front", annotation_position="bottom right")
+    figure.update_layout(
+        title=f"Hypervolume against trials: median and 25-75% band over {len(next(iter(results.values()))['runs'])} seeds"
+              f"<br><sup>digits demo ({', '.join(objectives)}; max_accuracy_drop {max_drop}), replayed against "
+              f"real measurements on a CPU</sup>",
+        xaxis_title="trials (trial 1 = the baseline)", yaxis_title="hypervolume (normalised to the baseline)",
+        template="plotly_white", width=900, height=540, legend=dict(orientation="h", y=-0.18),
+    )
+    return figure
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    m = commands.add_parser("measure", help="measure the grid of real recipes (minutes of CPU)")
+    m.add_argument("--study", default=str(ROOT / "studies" / "digits.toml"))
+    m.add_argument("--threads", type=int, help="default: the study file's target.threads")
+    m.add_argument("--shard", help="I/N: measure one of N parts (run N at once on separate cores, then `merge`)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--passes", type=int, default=1, help="measure every recipe this many times; keep the lowest median latency")
+    m.add_argument("--shared-machine", action="store_true", help="no wall-clock trial timeout, shorter latency runs")
+    m.add_argument("--limit", type=int, help="measure only the first N recipes of the shuffled grid (a smoke test)")
+    r = commands.add_parser("replay", help="replay the samplers against the measured grid (no model is run)")
+    r.add_argument("--trials", type=int, default=50)
+    r.add_argument("--seeds", type=int, default=10)
+    r.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "gp", "random"], choices=list(SAMPLER_LABELS))
+    r.add_argument("--max-accuracy-drop", type=float, help="a tighter constraint than the study's (the grid was "
+                   "measured with the study's: its hopeless-candidate stops stay valid only for tighter ones)")
+    r.add_argument("--tag", default="", help="suffix for the result files, e.g. -tight")
+    g = commands.add_parser("merge", help="join the grid.shard-* files into grid.csv / grid.json")
+    for sub in (m, r, g):
+        sub.add_argument("--results", default=str(RESULTS), help="folder of grid.csv and the results (default %(default)s)")
+    args = parser.parse_args(argv)
+    import warnings
+
+    # torchao warns on every quantized layer that its configs are deprecated; torch-pruning and
+    # Optuna's experimental-argument notes say nothing about the results either.
+    warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
+    warnings.filterwarnings("ignore", module="optuna")
+    {"measure": measure, "merge": merge, "replay": replay}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""How much of the objective space a study's feasible front covers: its hypervolume, with every
+objective normalised against the baseline and a reference point fixed when the study is created.
+
+Normalisation (each objective becomes a loss, the baseline at 1 on every axis):
+- a minimised objective v: ``v / b`` (b: the baseline's measured value), so 0.5 = half the
+  baseline's latency; reference 1.1 (up to 10% worse than the baseline still counts);
+- ``accuracy`` under ``max_accuracy_drop = d > 0``: ``1 + (b - v) / d``, so the baseline is 1
+  and the constraint's floor ``b - d`` is 2, which is the reference: every feasible point
+  counts, and the accuracy axis is measured in units of the allowed drop;
+- any other maximised objective: ``2 - v / b``; reference 1.1.
+The baseline is the study's trial 0 (the unmodified model, enqueued at creation); until it has
+completed there is no hypervolume. The rule and the reference are stored in the study's user
+attribute `HYPERVOLUME_ATTR` when the study is created, so a later slimtune reads the same.
+
+Which Optuna API: Optuna 5.0's only public hypervolume is
+`optuna.visualization.plot_hypervolume_history` (a figure over raw values, infeasible trials
+skipped). The computation behind it, `optuna._hypervolume.compute_hypervolume` (exact: a sweep
+in 2-D, O(n^2) in 3-D, WFG above), is a private module; slimtune calls it from this one place,
+and tests/search/test_hypervolume.py checks it against the public plot's numbers, so an
+Optuna release that moves or changes it fails there first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume  # private: see the module docstring
+from optuna.trial import FrozenTrial, TrialState
+
+#: the Optuna study user attribute with the normalisation and reference point
+HYPERVOLUME_ATTR = "slimtune_hypervolume"
+#: how much worse than the baseline a point may be on an unconstrained axis and still count
+MARGIN = 0.1
+
+
+def hypervolume_settings(objectives: dict[str, str], max_accuracy_drop: float | None) -> dict[str, Any]:
+    """The per-study normalisation and reference point (JSON, stored at creation)."""
+    axes = []
+    for name, direction in objectives.items():
+        if direction == "maximize" and name == "accuracy" and max_accuracy_drop:
+            axes.append({"name": name, "direction": direction, "scale": float(max_accuracy_drop), "reference": 2.0})
+        else:
+            axes.append({"name": name, "direction": direction, "scale": "baseline", "reference": 1.0 + MARGIN})
+    return {
+        "axes": axes,
+        "normalise": "1 + (v - b) / scale for minimised objectives, 1 + (b - v) / scale for maximised ones; "
+                     "b is the baseline trial's value; scale 'baseline' means b",
+    }
+
+
+def reference_point(settings: dict[str, Any]) -> np.ndarray:
+    return np.array([axis["reference"] for axis in settings["axes"]], dtype=float)
+
+
+def normalise(values: Sequence[Sequence[float]], baseline: Sequence[float], settings: dict[str, Any]) -> np.ndarray:
+    """Objective values (one row per point, in the study's objective order) as losses to minimise."""
+    points = np.asarray(values, dtype=float).reshape(-1, len(settings["axes"]))
+    out = np.empty_like(points)
+    for i, (axis, b) in enumerate(zip(settings["axes"], baseline)):
+        scale = abs(b) if axis["scale"] == "baseline" else float(axis["scale"])
+        sign = 1.0 if axis["direction"] == "minimize" else -1.0
+        out[:, i] = 1.0 + sign * (points[:, i] - b) / scale
+    return out
+
+
+def hypervolume(values: Sequence[Sequence[float]], baseline: Sequence[float], settings: dict[str, Any]) -> float | None:
+    """Hypervolume of `values` (feasible points) normalised against `baseline`; points beyond the
+    reference on any axis add nothing. None when the baseline cannot normalise (a zero value)."""
+    if any(b == 0 or not math.isfinite(b) for b, axis in zip(baseline, settings["axes"]) if axis["scale"] == "baseline"):
+        return None
+    reference = reference_point(settings)
+    if len(values) == 0:
+        return 0.0
+    points = normalise(values, baseline, settings)
+    points = points[np.all(points <= reference, axis=1)]
+    return float(compute_hypervolume(points, reference)) if len(points) else 0.0
+
+
+def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The completed baseline trial (enqueued with user attribute ``baseline``), if any."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.user_attrs.get("baseline"):
+            return trial
+    return None
+
+
+def study_hypervolume(study: optuna.Study, front: list[FrozenTrial] | None = None) -> float | None:
+    """The hypervolume of the study's feasible front (Optuna's `best_trials`, which honours
+    constraints) now; None for a study without settings or before its baseline completed."""
+    settings = study.user_attrs.get(HYPERVOLUME_ATTR)
+    if settings is None:
+        return None
+    baseline = baseline_trial(study)
+    if baseline is None:
+        return None
+    front = study.best_trials if front is None else front
+    return hypervolume([t.values for t in front], baseline.values, settings)
+
+
+def describe_reference(settings: dict[str, Any]) -> str:
+    parts = []
+    for axis in settings["axes"]:
+        if axis["scale"] == "baseline":
+            parts.append(f"{axis['name']} {axis['reference']:g}x baseline" if axis["direction"] == "minimize"
+                         else f"{axis['name']} {2 - axis['reference']:g}x baseline")
+        else:
+            parts.append(f"{axis['name']} at the max_accuracy_drop floor")
+    return ", ".join(parts)
+
+
+def hypervolume_line(study: optuna.Study) -> str:
+    """One line for reports: the current hypervolume and what it is measured against."""
+    settings = study.user_attrs.get(HYPERVOLUME_ATTR)
+    if settings is None:
+        return "hypervolume: not tracked (the study was created by a slimtune without hypervolume tracking)"
+    value = study_hypervolume(study)
+    if value is None:
+        return "hypervolume: none yet (the baseline trial has not completed)"
+    return (f"hypervolume {value:.4f} (objectives normalised to the baseline = 1; "
+            f"reference point: {describe_reference(settings)})")
