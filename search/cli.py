@@ -1,5 +1,6 @@
-"""`slimtune run | pareto | trials | plot`. Exit codes: 0 done, 2 bad input (study file, workload,
-database, unknown study), 130 interrupted (the trials finished so far are kept)."""
+"""`slimtune run | worker | launch | pareto | trials | plot | upgrade`. Exit codes: 0 done, 2 bad
+input (study file, workload, database, unknown study), 130 interrupted by SIGINT (Ctrl-C), 143
+by SIGTERM (the trials finished so far are kept; the same command resumes)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import sys
 import warnings
 from typing import Sequence
 
-from slimtune.storage import DEFAULT_STORAGE
+from slimtune.storage import DEFAULT_STORAGE, safe_url
 
 from .samplers import SAMPLERS
+from .signals import exit_code, handle_signals
 
 EXIT_BAD_INPUT = 2
 
@@ -28,6 +30,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sampler", choices=SAMPLERS)
     run.add_argument("--seed", type=int)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    worker = commands.add_parser("worker", help="join an existing study from any machine (its configuration is in storage)")
+    worker.add_argument("study", help="the study's name")
+    worker.add_argument("--storage", default=DEFAULT_STORAGE)
+    worker.add_argument("--device", help="measure on this device instead of the study's target.device (same type)")
+    worker.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    worker.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    launch = commands.add_parser("launch", help="run N local workers on a study and wait for them")
+    launch.add_argument("study", help="a study file (created or resumed first) or the name of a study in --storage")
+    launch.add_argument("--storage", default=DEFAULT_STORAGE)
+    launch.add_argument("--workers", type=int, required=True)
+    launch.add_argument("--gpus", type=lambda text: text.split(","), help="GPU indices, one per worker: 0,1,2")
+    launch.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+
+    upgrade = commands.add_parser("upgrade", help="upgrade Optuna's and slimtune's tables to this version")
+    upgrade.add_argument("--storage", default=DEFAULT_STORAGE)
 
     for name, text in (("pareto", "the feasible Pareto front of a study"), ("trials", "every trial of a study")):
         sub = commands.add_parser(name, help=text)
@@ -70,33 +89,108 @@ def _emit(frame, fmt: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import optuna
-
     from .config import load_config
-    from .report import format_table, open_study, pareto_front
     from .runner import run_study
 
     overrides = {"study.n_trials": args.n_trials, "study.sampler": args.sampler, "study.seed": args.seed}
     config = load_config(args.study_file, overrides)
     # Optuna's per-trial INFO lines and its notes on experimental arguments are noise here:
     # slimtune prints its own line for each failed trial and the front at the end.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # torchao 0.17 warns on every quantized layer that its int8 tensor classes and configs
     # ("Deprecation: ...", "Config Deprecation: ...") are deprecated.
-    warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
-    interrupted = False
+    _quiet()
+    interrupted = None
     try:
-        run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        interrupted = True
+        with handle_signals():
+            run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress)
+    except KeyboardInterrupt as error:
+        interrupted = error
         print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
-    study, repository = open_study(config.study.name, args.storage)
+    return _front(config.study.name, args.storage, interrupted)
+
+
+def _quiet() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
+
+
+def _front(study_name: str, storage: str, interrupted: KeyboardInterrupt | None = None) -> int:
+    """Print the front; the exit code: 130/143 when a signal stopped the run, else 0."""
+    from .report import StudyNotFound, format_table, open_study, pareto_front
+
+    try:
+        study, repository = open_study(study_name, storage)
+    except StudyNotFound:
+        if interrupted is None:
+            raise
+        return exit_code(interrupted)  # stopped before the study existed: nothing to show
     front = pareto_front(study, repository)
-    print(f"\nPareto front of {config.study.name!r}: {len(front)} feasible points, "
-          f"{len(study.trials)} trials (storage {args.storage})")
+    print(f"\nPareto front of {study_name!r}: {len(front)} feasible points, "
+          f"{len(study.trials)} trials (storage {safe_url(storage)})")
     print(format_table(front))
-    return 130 if interrupted else 0
+    return exit_code(interrupted) if interrupted is not None else 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .runner import run_study
+    from .workers import stored_config
+
+    _quiet()
+    config = stored_config(args.study, args.storage)
+    if args.device is not None:
+        config = override_device(config, args.device)
+    try:
+        with handle_signals():
+            run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress, join=True)
+    except KeyboardInterrupt as error:
+        print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
+        return exit_code(error)
+    return 0
+
+
+def override_device(config, device: str):
+    from .config import StudyFileError, parse_config
+
+    if device.split(":")[0] != config.target.device.split(":")[0]:
+        raise StudyFileError(f"--device = {device!r}: the study measures on {config.target.device!r}; "
+                             "a worker may change the device index only")
+    raw = config.model_dump(mode="json")
+    raw["target"]["device"] = device
+    return parse_config(raw, "--device")
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from .launch import launch
+    from .report import open_study
+
+    _quiet()
+    try:
+        with handle_signals():
+            config, codes = launch(args.study, args.storage, args.workers, args.gpus, timeout=args.timeout)
+    except KeyboardInterrupt as error:
+        print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
+        return exit_code(error)
+    from slimtune.storage import SlotBook
+
+    study, repository = open_study(config.study.name, args.storage)
+    usage = SlotBook(repository.engine).usage(config.study.name)
+    code = _front(config.study.name, args.storage)
+    if usage.done >= usage.n_trials:
+        return code
+    print(f"slimtune: study {config.study.name!r} has {usage.done} of {usage.n_trials} trials; "
+          "run the same command to go on", file=sys.stderr)
+    return max(codes) if max(codes) > 0 else 1
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from slimtune.storage.migrations import upgrade_storage
+
+    done = upgrade_storage(args.storage)
+    print("\n".join(done) if done else f"{safe_url(args.storage)}: already up to date")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "worker":
+            return _worker(args)
+        if args.command == "launch":
+            return _launch(args)
+        if args.command == "upgrade":
+            return _upgrade(args)
         if args.command == "plot":
             return _plot(args)
         from .report import open_study, pareto_front, trials_frame

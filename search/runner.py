@@ -9,6 +9,7 @@ Optuna is told, so a tell that fails loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,11 +20,13 @@ from optuna.trial import FrozenTrial, TrialState
 from slimtune.objectives import Budget, Evaluator, TrainingRecipe, TrialStopped, get_baseline, load_workload
 from slimtune.spaces import SearchSpace, probe
 from slimtune.spaces.errors import one_line
-from slimtune.storage import DEFAULT_STORAGE, Repository, connect, optuna_storage, safe_url
+from slimtune.storage import DEFAULT_STORAGE, Repository, SlotBook, connect, is_sqlite, optuna_storage, safe_url, single_process
 
-from .config import CONFIG_ATTR, StudyConfig, StudyFileError
+from . import signals
+from .config import CONFIG_ATTR, STUDY_FILE_ATTR, StudyConfig, StudyFileError
 from .fingerprint import fingerprint
 from .samplers import make_sampler
+from .workers import LostTrialHandler, Worker, fail_running
 
 Log = Callable[[str], None]
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -53,7 +56,8 @@ class TrialObjective:
         record = dict(study_name=trial.study.study_name, trial_number=trial.number,
                       recipe=recipe.to_dict(), fingerprint_id=self.fingerprint_id)
         try:
-            measurement = self.evaluator.evaluate(recipe, seed=self.config.study.seed + trial.number)
+            with signals.delivered():  # SIGTERM/SIGINT stop a measurement, not Optuna's bookkeeping
+                measurement = self.evaluator.evaluate(recipe, seed=self.config.study.seed + trial.number)
         except KeyboardInterrupt:
             self.repository.record_trial(**record, status="interrupted", reason="interrupted by the user")
             trial.set_user_attr("status", "interrupted")
@@ -80,6 +84,14 @@ class TrialObjective:
 
 def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def result_numbers(study: optuna.Study) -> list[int]:
+    """Trials that finished with a result of their own (not interrupted, not lost)."""
+    from slimtune.storage.slots import counts_as_result
+
+    return [t.number for t in study.get_trials(deepcopy=False, states=FINISHED)
+            if counts_as_result(t.state, t.user_attrs.get("status"))]
 
 
 def _existing_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
@@ -118,9 +130,29 @@ def run_study(
     timeout: float | None = None,
     log: Log = print,
     progress: bool = True,
+    join: bool = False,
+    prepare_only: bool = False,
 ) -> optuna.Study:
     """Create or resume `config.study.name` in `storage_url` and run it up to `n_trials` finished
-    trials in all (a resumed study runs only the remainder). Returns the Optuna study."""
+    trials in all, across every worker (a resumed study runs only the remainder). Returns the
+    Optuna study. `join`: the study must exist (`slimtune worker`); `prepare_only`: create or
+    resume it and train the baseline, but run no trial (`slimtune launch`)."""
+    with contextlib.ExitStack() as held:
+        return _run_study(config, storage_url, held, timeout=timeout, log=log, progress=progress, join=join,
+                          prepare_only=prepare_only)
+
+
+def _run_study(
+    config: StudyConfig,
+    storage_url: str,
+    held: contextlib.ExitStack,
+    *,
+    timeout: float | None,
+    log: Log,
+    progress: bool,
+    join: bool,
+    prepare_only: bool,
+) -> optuna.Study:
     device = torch.device(config.target.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StudyFileError(f"target.device = {config.target.device!r}: no CUDA device here; allowed: cpu")
@@ -135,11 +167,21 @@ def run_study(
     # database has answered, so a wrong URL does not cost a training run first.
     checkpoint = get_baseline(workload, device, checkpoint=config.baseline.checkpoint) if config.baseline.checkpoint else None
     engine = connect(storage_url)
+    held.enter_context(single_process(storage_url))  # SQLite: this process only
     repository = Repository(engine)
     repository.check_compatible()
-    storage = optuna_storage(storage_url)
+    slots = SlotBook(engine)
+    lost = LostTrialHandler(repository, slots, config.workers, log)
+    storage = optuna_storage(
+        storage_url, heartbeat_interval=config.workers.heartbeat_interval_s,
+        grace_period=config.workers.grace_period_s, stale_trial_callback=lost,
+    )
     existing = _existing_study(storage, config.study.name)
-    if existing is not None:
+    if existing is None and join:
+        from .report import StudyNotFound
+
+        raise StudyNotFound(f"study {config.study.name!r} not found in {safe_url(storage_url)!r}")
+    if existing is not None and not join:  # a joining worker runs the study's own configuration
         _check_resume(existing, config, storage_url)
 
     baseline = checkpoint or get_baseline(
@@ -160,24 +202,35 @@ def run_study(
     for removal in removals:
         log(f"probe: {removal}")
 
-    repository.create_schema()
-    study = optuna.create_study(
-        study_name=config.study.name,
-        storage=storage,
-        directions=list(config.objectives.values()),
-        sampler=make_sampler(config.study.sampler, config.study.seed, config.study.n_trials),
-        load_if_exists=True,
-    )
-    if existing is None:
-        study.set_metric_names(list(config.objectives))
-        study.set_user_attr(CONFIG_ATTR, config.identity())
-        study.set_user_attr("probe_removed", [str(r) for r in removals])
-        study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
-    fingerprint_id = repository.record_fingerprint(config.study.name, fingerprint(device, threads))
+    with signals.deferred():  # a study is created whole or not at all
+        repository.create_schema()
+        study = optuna.create_study(
+            study_name=config.study.name,
+            storage=storage,
+            directions=list(config.objectives.values()),
+            sampler=make_sampler(config.study.sampler, config.study.seed, config.study.n_trials),
+            load_if_exists=True,
+        )
+        if existing is None:
+            study.set_metric_names(list(config.objectives))
+            study.set_user_attr(CONFIG_ATTR, config.identity())
+            study.set_user_attr("probe_removed", [str(r) for r in removals])
+            study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
+        if not join:  # what `slimtune worker` reads: the study file as last run
+            study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
+        slots.set_budget(config.study.name, config.study.n_trials, result_numbers(study), replace=not join)
+        fingerprint_id = repository.record_fingerprint(config.study.name, fingerprint(device, threads))
+    if join:  # every worker samples its own points (the same seed everywhere would repeat them)
+        study.sampler.reseed_rng()
+    if is_sqlite(storage_url):  # this process holds the file: a RUNNING trial is a dead one
+        fail_running(study, lost)
 
-    remaining = config.study.n_trials - finished_trials(study)
+    usage = slots.usage(config.study.name)
+    remaining = usage.n_trials - usage.done
+    if prepare_only:
+        return study
     if remaining <= 0:
-        log(f"study {config.study.name!r} already has {finished_trials(study)} finished trials")
+        log(f"study {config.study.name!r} already has {usage.done} finished trials")
         return study
     objective = TrialObjective(config, space, evaluator, repository, fingerprint_id, log)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [SnapshotCallback(repository)]
@@ -193,8 +246,9 @@ def run_study(
             bar.update(1)
 
         callbacks.append(advance)
+    worker = Worker(study, objective, slots, repository, config.workers, log, callbacks, catch=(TrialFailed,))
     try:
-        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,), callbacks=callbacks)
+        worker.run(timeout=timeout)
     finally:
         if bar is not None:
             bar.close()
