@@ -136,10 +136,13 @@ def _front(study_name: str, storage: str, interrupted: KeyboardInterrupt | None 
 
 def _worker(args: argparse.Namespace) -> int:
     from .runner import run_study
-    from .workers import stored_config
+    from .workers import stored_config, study_is_done
 
     _quiet()
     config = stored_config(args.study, args.storage)
+    if study_is_done(config.study.name, args.storage):  # before loading data and models for nothing
+        print(f"study {config.study.name!r} already has its {config.study.n_trials} finished trials")
+        return 0
     if args.device is not None:
         config = override_device(config, args.device)
     try:
@@ -182,7 +185,7 @@ def _launch(args: argparse.Namespace) -> int:
         return code
     print(f"slimtune: study {config.study.name!r} has {usage.done} of {usage.n_trials} trials; "
           "run the same command to go on", file=sys.stderr)
-    return max(codes) if max(codes) > 0 else 1
+    return max((c for c in codes if c > 0), default=1)
 
 
 def _upgrade(args: argparse.Namespace) -> int:

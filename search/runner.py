@@ -222,6 +222,8 @@ def _run_study(
         fingerprint_id = repository.record_fingerprint(config.study.name, fingerprint(device, threads))
     if join:  # every worker samples its own points (the same seed everywhere would repeat them)
         study.sampler.reseed_rng()
+    elif existing is not None:  # a resumed run must not replay the points its seed gave the first time
+        study.sampler = make_sampler(config.study.sampler, config.study.seed + len(study.trials), config.study.n_trials)
     if is_sqlite(storage_url):  # this process holds the file: a RUNNING trial is a dead one
         fail_running(study, lost)
 

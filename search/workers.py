@@ -242,3 +242,15 @@ def stored_config(study_name: str, storage_url: str):
             f"`slimtune run FILE --storage URL` once to store it"
         )
     return parse_config(raw, f"study {study_name!r}")
+
+
+def study_is_done(study_name: str, storage_url: str) -> bool:
+    """True when the study's trial budget is used up (no slot claimed, none free)."""
+    from slimtune.storage import connect
+
+    engine = connect(storage_url, must_exist=True)
+    try:
+        usage = SlotBook(engine).usage(study_name)
+    finally:
+        engine.dispose()
+    return usage.n_trials > 0 and usage.done >= usage.n_trials

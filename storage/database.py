@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import time
 from typing import Any, Callable
 
 import optuna
 from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 
 DEFAULT_STORAGE = "sqlite:///slimtune.db"
 
@@ -33,14 +35,16 @@ def safe_url(url: str) -> str:
     """The URL without its password, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):  # unparsable: hide what looks like user:password@
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 #: seconds a SQLite connection waits for a lock before "database is locked"
 SQLITE_BUSY_TIMEOUT_S = 30
 #: seconds to wait for a PostgreSQL server before calling it unreachable
 CONNECT_TIMEOUT_S = 10
+#: tries at creating Optuna's tables when another process creates them at the same moment
+SCHEMA_ATTEMPTS = 5
 
 
 def normalize_url(url: str) -> str:
@@ -138,10 +142,18 @@ def optuna_storage(
     """Optuna's storage on `url`; with `heartbeat_interval`, running trials send heartbeats and
     a trial silent for `grace_period` seconds is failed (and handed to `stale_trial_callback`)."""
     url = normalize_url(url)
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs(url), heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period, heartbeat_stale_trial_callback=stale_trial_callback,
-        )
-    except RuntimeError as error:  # Optuna's schema is at another version
-        raise StorageError(f"storage: {str(error).splitlines()[0]}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs(url), heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period, heartbeat_stale_trial_callback=stale_trial_callback,
+            )
+        except RuntimeError as error:  # Optuna's schema is at another version
+            raise StorageError(f"storage: {str(error).splitlines()[0]}") from None
+        except (IntegrityError, ProgrammingError):
+            # Two processes creating Optuna's tables at once on an empty PostgreSQL database
+            # collide in the catalog (pg_type, pg_class); the loser finds the tables next time.
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")

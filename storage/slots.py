@@ -2,8 +2,7 @@
 
 Optuna counts `n_trials` per process, and its MaxTrialsCallback overshoots by up to workers - 1
 (each worker has asked its next trial before it sees the others finish). So before asking
-Optuna for a trial, a worker locks the study's budget row (`SELECT ... FOR UPDATE`; SQLite has
-one writer anyway), counts the slots that are done or in use, and inserts a new `claimed` slot
+Optuna for a trial, a worker locks the study's budget row (a row lock; on SQLite the write lock), counts the slots that are done or in use, and inserts a new `claimed` slot
 only while that count is below the budget. The trial it then runs is attached to the slot.
 
 A slot ends `done` when its trial finished with a result of its own (complete, failed,
@@ -84,9 +83,8 @@ class SlotBook:
         for attempt in range(2):
             try:
                 with self._session.begin() as session:
-                    row = session.scalar(
-                        select(StudyBudget).where(StudyBudget.study_name == study_name).with_for_update()
-                    )
+                    self._lock(session, study_name)
+                    row = session.scalar(select(StudyBudget).where(StudyBudget.study_name == study_name))
                     if row is None:
                         session.add(StudyBudget(study_name=study_name, n_trials=n_trials))
                         session.add_all(
@@ -119,9 +117,8 @@ class SlotBook:
     def claim(self, study_name: str, outcome: TrialOutcome, grace_period_s: float) -> tuple[Claim | None, Usage]:
         """A new slot when the budget has room (after settling slots no live worker holds)."""
         with self._session.begin() as session:
-            budget = session.scalar(
-                select(StudyBudget).where(StudyBudget.study_name == study_name).with_for_update()
-            )
+            self._lock(session, study_name)
+            budget = session.scalar(select(StudyBudget).where(StudyBudget.study_name == study_name))
             if budget is None:
                 raise LookupError(f"study {study_name!r} has no trial budget")
             self._settle_orphans(session, study_name, outcome, grace_period_s)
@@ -132,6 +129,15 @@ class SlotBook:
             session.add(slot)
             session.flush()
             return Claim(slot.id, study_name), Usage(usage.n_trials, usage.done, usage.active + 1)
+
+    @staticmethod
+    def _lock(session: Session, study_name: str) -> None:
+        """Take the study's budget row for this transaction before reading anything: a no-op
+        UPDATE row-locks it on PostgreSQL (as SELECT ... FOR UPDATE would) and, on SQLite, takes
+        the write lock up front, so a read-then-write claim never meets a newer snapshot."""
+        session.execute(
+            update(StudyBudget).where(StudyBudget.study_name == study_name).values(n_trials=StudyBudget.n_trials)
+        )
 
     def _settle_orphans(self, session: Session, study_name: str, outcome: TrialOutcome, grace_period_s: float) -> None:
         claimed = session.scalars(
