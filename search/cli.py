@@ -16,6 +16,7 @@ from .samplers import SAMPLERS
 from .signals import exit_code, handle_signals
 
 EXIT_BAD_INPUT = 2
+EXIT_STORAGE_FAILED = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -198,6 +199,8 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from sqlalchemy.exc import DBAPIError
+
     from slimtune.objectives import WorkloadError
     from slimtune.storage import StorageError
 
@@ -223,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StudyFileError, WorkloadError, StorageError, StudyNotFound) as error:
         print(f"slimtune: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except DBAPIError as error:  # the database went away mid-run; its trial fails as lost later
+        reason = str(error.orig or error).strip().splitlines()[0] if str(error.orig or error).strip() else type(error).__name__
+        print(f"slimtune: error: storage: the database failed during the run: {reason}", file=sys.stderr)
+        return EXIT_STORAGE_FAILED
 
 
 if __name__ == "__main__":

@@ -76,10 +76,13 @@ class LostTrialHandler:
     log: Log = print
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.lost(study, trial, f"no heartbeat for {self.settings.grace_period_s} s (its worker died or stalled)")
+
+    def lost(self, study: optuna.Study, trial: FrozenTrial, why: str) -> None:
         retry = retry_trial(study, trial, self.settings.max_retries)
         self.slots.release_trial(study.study_name, trial.number, "lost")
         then = f"retried as trial {retry}" if retry is not None else f"not retried (max_retries={self.settings.max_retries})"
-        reason = f"lost: no heartbeat for {self.settings.grace_period_s} s (its worker died or stalled); {then}"
+        reason = f"lost: {why}; {then}"
         self.repository.set_status(
             study.study_name, trial.number, status="lost", reason=reason, recipe=trial.user_attrs.get("recipe"),
         )
@@ -90,17 +93,23 @@ def _study_id(study: optuna.Study) -> int:
     return study._storage.get_study_id_from_name(study.study_name)
 
 
-def fail_running(study: optuna.Study, handler: Callback) -> list[int]:
+def _trial(study: optuna.Study, study_id: int, number: int) -> FrozenTrial:
+    storage = study._storage
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
+
+def fail_running(study: optuna.Study, handler: LostTrialHandler) -> list[int]:
     """Fail every RUNNING trial now and hand it to `handler`. Only for a process that knows no
     other one can be running trials of this study (it holds the SQLite file)."""
     failed = []
-    storage = study._storage
+    storage, study_id = study._storage, _study_id(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(_study_id(study), trial.number)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 failed.append(trial.number)
-                handler(study, storage.get_trial(trial_id))
+                handler.lost(study, storage.get_trial(trial_id), "its process ended while it ran (found by the next "
+                             "process on this SQLite file)")
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
     return failed
@@ -135,9 +144,16 @@ class Worker:
     catch: tuple[type[Exception], ...] = ()
     finished: int = 0
 
+    def __post_init__(self) -> None:
+        self._study_id = _study_id(self.study)
+        self._told: FrozenTrial | None = None
+
     def _trial(self, number: int) -> FrozenTrial:
-        storage = self.study._storage
-        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(_study_id(self.study), number))
+        return _trial(self.study, self._study_id, number)
+
+    def _remember(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """An optimize callback: the trial as told, so settling its slot needs no second read."""
+        self._told = trial
 
     def _outcome(self, number: int) -> tuple[TrialState, str | None]:
         trial = self._trial(number)
@@ -169,9 +185,10 @@ class Worker:
 
     def _run_one(self, claim: Claim) -> None:
         attached = _AttachedObjective(self.objective, self.slots, claim)
+        self._told = None
         try:
             with signals.deferred():
-                self.study.optimize(attached, n_trials=1, catch=self.catch, callbacks=self.callbacks)
+                self.study.optimize(attached, n_trials=1, catch=self.catch, callbacks=[self._remember, *self.callbacks])
         except KeyboardInterrupt as interrupt:
             with signals.deferred():
                 self._after_interrupt(claim, attached.trial_number, interrupt)
@@ -183,7 +200,8 @@ class Worker:
                 self.slots.settle(claim, "released", "error")
             raise
         with signals.deferred():
-            state, status = self._outcome(attached.trial_number)
+            told = self._told if self._told is not None else self._trial(attached.trial_number)
+            state, status = told.state, told.user_attrs.get("status")
             if counts_as_result(state, status):
                 self.slots.settle(claim, "done")
                 self.finished += 1
@@ -199,7 +217,7 @@ class Worker:
         trial = self._trial(number)
         if trial.state == TrialState.RUNNING:
             storage = self.study._storage
-            storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(_study_id(self.study), number),
+            storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(self._study_id, number),
                                            state=TrialState.FAIL)
             trial = self._trial(number)
         if trial.state != TrialState.FAIL:

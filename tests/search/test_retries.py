@@ -130,3 +130,32 @@ def test_a_live_trial_judged_lost_keeps_its_measurement_and_the_study_goes_on(
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 1]
     assert len(retry) == 1 and retry[0].params == study.trials[1].params
     assert any("finished after another worker had judged it lost" in line for line in logged)
+
+
+def test_on_sqlite_a_trial_left_running_by_a_dead_process_is_failed_at_once(tmp_path: Path) -> None:
+    """The next process on a SQLite file holds it alone, so a RUNNING trial there is a dead one:
+    no need to wait for the grace period."""
+    path = study_file(tmp_path / "study.toml", "crashed", n_trials=2, finetune_steps=10,
+                      workers={"heartbeat_interval_s": 10, "grace_period_s": 600})
+    url = f"sqlite:///{tmp_path / 'crashed.db'}"
+    config = load_config(path)
+    run_study(config, url, progress=False, log=lambda _: None, prepare_only=True)
+    study = optuna.load_study(study_name="crashed", storage=url)
+    crashed = study.ask()  # the baseline, popped and never told: what SIGKILL mid-trial leaves
+    assert crashed.number == 0
+
+    logged: list[str] = []
+    started = time.monotonic()
+    run_study(config, url, progress=False, log=logged.append)
+    assert time.monotonic() - started < 120  # far below the 600 s grace period
+    study = check_study(url, "crashed", 2)
+    assert study.trials[0].state == TrialState.FAIL
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].user_attrs["baseline"] is True  # still the baseline
+    engine = connect(url)
+    record = Repository(engine).trial("crashed", 0)
+    engine.dispose()
+    assert record.status == "lost"
+    assert record.reason == f"lost: its process ended while it ran (found by the next process on this SQLite file); " \
+                            f"retried as trial {retry[0].number}"
+    assert any(line.startswith("trial 0 lost: its process ended") for line in logged)

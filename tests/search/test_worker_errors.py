@@ -130,3 +130,16 @@ def test_a_plain_postgresql_url_uses_psycopg_3(postgres_url: str) -> None:
     engine = connect(plain)
     assert engine.dialect.driver == "psycopg"
     engine.dispose()
+
+
+def test_a_worker_may_change_the_device_index_but_not_its_type(write_study) -> None:
+    from slimtune.search.cli import override_device
+    from slimtune.search.config import StudyFileError, load_config
+
+    cuda = load_config(write_study({"target": {"device": "cuda:0"}}))
+    assert override_device(cuda, "cuda:1").target.device == "cuda:1"
+    assert override_device(cuda, "cuda").target.device == "cuda"
+    with pytest.raises(StudyFileError, match="--device = 'cpu': the study measures on 'cuda:0'"):
+        override_device(cuda, "cpu")
+    with pytest.raises(StudyFileError, match="--device"):
+        override_device(cuda, "cuda:x")
