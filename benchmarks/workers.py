@@ -229,16 +229,25 @@ def markdown(report: dict[str, Any]) -> str:
         "## Cost of the database per trial (one worker, PostgreSQL on the same host)",
         "",
         "| study | trials | evaluator (s/trial) | SQL on the trial's path (ms/trial) | statements/trial | "
-        "all time outside the evaluator (ms/trial) | SQL share | outside-evaluator share |",
-        "|---|---|---|---|---|---|---|---|",
+        "all time outside the evaluator (ms/trial) | SQL share | outside-evaluator share | load avg before |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["overhead"]:
         lines.append(
             f"| {row['study']} | {row['trials']} | {row['evaluator_s_per_trial']} | {row['sql_ms_per_trial']} | "
             f"{row['sql_statements_per_trial']} | {row['outside_evaluator_ms_per_trial']} | "
-            f"{row['sql_share_of_trial_pct']}% | {row['outside_share_of_trial_pct']}% |"
+            f"{row['sql_share_of_trial_pct']}% | {row['outside_share_of_trial_pct']}% | {row['loadavg_before'][0]} |"
         )
-    lines += ["", report["verdict"], ""]
+    lines += [
+        "",
+        report["verdict"],
+        "",
+        "A load average above the CPU count means other processes shared the machine during the "
+        "run: every figure here is slower than on an idle machine, the evaluator's (CPU-bound, "
+        "two threads) more than the database's. The steady rate is bound by the CPUs: with more "
+        "workers than cores, each trial takes longer (mean trial time) and the rate stays flat.",
+        "",
+    ]
     return "\n".join(lines)
 
 

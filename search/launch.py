@@ -64,16 +64,26 @@ def _check(storage_url: str, workers: int, gpus: list[str] | None) -> None:
         raise StorageError(f"storage: SQLite holds one process at a time; {POSTGRES_HINT}")
 
 
-def prepare(study: str, storage_url: str, log: Log) -> StudyConfig:
-    """Create or resume the study a file describes (or find the one named) before any worker starts."""
+def _check_device(config: StudyConfig, gpus: list[str] | None) -> None:
+    if gpus is not None and not config.target.device.startswith("cuda"):
+        raise StudyFileError(f"--gpus: study {config.study.name!r} measures on target.device = "
+                             f"{config.target.device!r}; GPUs need a cuda target")
+
+
+def prepare(study: str, storage_url: str, gpus: list[str] | None, log: Log) -> StudyConfig:
+    """Create or resume the study a file describes (or find the one named) before any worker
+    starts; everything is checked before anything is written."""
     from .runner import run_study
     from .workers import stored_config
 
     if study.endswith(".toml") or Path(study).is_file():
         config = load_config(study)
+        _check_device(config, gpus)
         run_study(config, storage_url, log=log, progress=False, prepare_only=True)
         return config
-    return stored_config(study, storage_url)
+    config = stored_config(study, storage_url)
+    _check_device(config, gpus)
+    return config
 
 
 def _relay(stream, prefix: str, log: Log) -> None:
@@ -137,9 +147,6 @@ def launch(
     """Prepare the study, run `workers` worker processes on it, wait; returns the study's
     configuration and the workers' exit codes."""
     _check(storage_url, workers, gpus)
-    config = prepare(study, storage_url, log)
-    if gpus is not None and not config.target.device.startswith("cuda"):
-        raise StudyFileError(f"--gpus: study {config.study.name!r} measures on target.device = "
-                             f"{config.target.device!r}; GPUs need a cuda target")
+    config = prepare(study, storage_url, gpus, log)
     started = start_workers(config.study.name, storage_url, workers, gpus, timeout, log)
     return config, wait_for(started, log)

@@ -22,7 +22,7 @@ from .processes import Database, check_study, finish, running_trial, start, stud
 def test_a_signal_on_run_interrupts_the_trial_and_the_same_command_resumes(
     tmp_path: Path, signum: int, code: int, resume: bool,
 ) -> None:
-    path = study_file(tmp_path / "study.toml", "signalled", n_trials=3, finetune_steps=400)
+    path = study_file(tmp_path / "study.toml", "signalled", n_trials=3, finetune_steps=100)
     url = f"sqlite:///{tmp_path / 'signals.db'}"
     db = Database(url)
     command = ("run", str(path), "--storage", url, "--no-progress")
