@@ -135,68 +135,6 @@ def _front(study_name: str, storage: str, interrupted: KeyboardInterrupt | None 
     return exit_code(interrupted) if interrupted is not None else 0
 
 
-def _worker(args: argparse.Namespace) -> int:
-    from .runner import run_study
-    from .workers import stored_config, study_is_done
-
-    _quiet()
-    config = stored_config(args.study, args.storage)
-    if study_is_done(config.study.name, args.storage):  # before loading data and models for nothing
-        print(f"study {config.study.name!r} already has its {config.study.n_trials} finished trials")
-        return 0
-    if args.device is not None:
-        config = override_device(config, args.device)
-    try:
-        with handle_signals():
-            run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress, join=True)
-    except KeyboardInterrupt as error:
-        print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
-        return exit_code(error)
-    return 0
-
-
-def override_device(config, device: str):
-    from .config import StudyFileError, parse_config
-
-    if device.split(":")[0] != config.target.device.split(":")[0]:
-        raise StudyFileError(f"--device = {device!r}: the study measures on {config.target.device!r}; "
-                             "a worker may change the device index only")
-    raw = config.model_dump(mode="json")
-    raw["target"]["device"] = device
-    return parse_config(raw, "--device")
-
-
-def _launch(args: argparse.Namespace) -> int:
-    from .launch import launch
-    from .report import open_study
-
-    _quiet()
-    try:
-        with handle_signals():
-            config, codes = launch(args.study, args.storage, args.workers, args.gpus, timeout=args.timeout)
-    except KeyboardInterrupt as error:
-        print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
-        return exit_code(error)
-    from slimtune.storage import SlotBook
-
-    study, repository = open_study(config.study.name, args.storage)
-    usage = SlotBook(repository.engine).usage(config.study.name)
-    code = _front(config.study.name, args.storage)
-    if usage.done >= usage.n_trials:
-        return code
-    print(f"slimtune: study {config.study.name!r} has {usage.done} of {usage.n_trials} trials; "
-          "run the same command to go on", file=sys.stderr)
-    return max((c for c in codes if c > 0), default=1)
-
-
-def _upgrade(args: argparse.Namespace) -> int:
-    from slimtune.storage.migrations import upgrade_storage
-
-    done = upgrade_storage(args.storage)
-    print("\n".join(done) if done else f"{safe_url(args.storage)}: already up to date")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from sqlalchemy.exc import DBAPIError
@@ -210,12 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
-        if args.command == "worker":
-            return _worker(args)
-        if args.command == "launch":
-            return _launch(args)
-        if args.command == "upgrade":
-            return _upgrade(args)
+        if args.command in ("worker", "launch", "upgrade"):  # many workers: search/commands.py
+            from . import commands
+
+            return getattr(commands, args.command)(args)
         if args.command == "plot":
             return _plot(args)
         from .report import open_study, pareto_front, trials_frame

@@ -133,7 +133,7 @@ def test_a_plain_postgresql_url_uses_psycopg_3(postgres_url: str) -> None:
 
 
 def test_a_worker_may_change_the_device_index_but_not_its_type(write_study) -> None:
-    from slimtune.search.cli import override_device
+    from slimtune.search.commands import override_device
     from slimtune.search.config import StudyFileError, load_config
 
     cuda = load_config(write_study({"target": {"device": "cuda:0"}}))
