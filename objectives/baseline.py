@@ -130,7 +130,7 @@ def get_baseline(
     model = train(workload, recipe, device, progress).cpu()
     seconds = time.perf_counter() - started
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
+    partial = path.with_suffix(f".{os.getpid()}.tmp")  # workers starting together each write their own
     torch.save(model.state_dict(), partial)
     partial.replace(path)  # atomic: a killed run never leaves a half-written cache entry
     return Baseline(model, f"trained:{path}", seconds)

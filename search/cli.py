@@ -1,5 +1,6 @@
-"""`slimtune run | pareto | trials | plot`. Exit codes: 0 done, 2 bad input (study file, workload,
-database, unknown study), 130 interrupted (the trials finished so far are kept)."""
+"""`slimtune run | worker | launch | pareto | trials | plot | upgrade`. Exit codes: 0 done, 2 bad
+input (study file, workload, database, unknown study), 130 interrupted by SIGINT (Ctrl-C), 143
+by SIGTERM (the trials finished so far are kept; the same command resumes)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import sys
 import warnings
 from typing import Sequence
 
-from slimtune.storage import DEFAULT_STORAGE
+from slimtune.storage import DEFAULT_STORAGE, safe_url
 
 from .samplers import SAMPLERS
+from .signals import exit_code, handle_signals
 
 EXIT_BAD_INPUT = 2
+EXIT_STORAGE_FAILED = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--warm-start", metavar="STUDY", help="enqueue the feasible front of STUDY as the first trials of a new study")
     run.add_argument("--warm-storage", metavar="URL", help="where the --warm-start study is (default: --storage)")
 
+    worker = commands.add_parser("worker", help="join an existing study from any machine (its configuration is in storage)")
+    worker.add_argument("study", help="the study's name")
+    worker.add_argument("--storage", default=DEFAULT_STORAGE)
+    worker.add_argument("--device", help="measure on this device instead of the study's target.device (same type)")
+    worker.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    worker.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    launch = commands.add_parser("launch", help="run N local workers on a study and wait for them")
+    launch.add_argument("study", help="a study file (created or resumed first) or the name of a study in --storage")
+    launch.add_argument("--storage", default=DEFAULT_STORAGE)
+    launch.add_argument("--workers", type=int, required=True)
+    launch.add_argument("--gpus", type=lambda text: text.split(","), help="GPU indices, one per worker: 0,1,2")
+    launch.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+
+    upgrade = commands.add_parser("upgrade", help="upgrade Optuna's and slimtune's tables to this version")
+    upgrade.add_argument("--storage", default=DEFAULT_STORAGE)
+
     for name, text in (("pareto", "the feasible Pareto front of a study"), ("trials", "every trial of a study")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("study")
@@ -44,13 +64,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .plots import hypervolume_history, pareto_figure
+    from .plots import pareto_figure
     from .report import accuracy_floor, open_study, pareto_front, trials_frame
 
     study, repository = open_study(args.study, args.storage)
     figure = pareto_figure(
         trials_frame(study, repository), pareto_front(study, repository), f"slimtune: {args.study}",
-        accuracy_floor(study, repository), hypervolume_history(repository.snapshots(args.study)),
+        accuracy_floor(study, repository),
     )
     if args.out.endswith(".html"):
         figure.write_html(args.out, include_plotlyjs="cdn")
@@ -74,11 +94,7 @@ def _emit(frame, fmt: str, footer: str | None = None) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import optuna
-
     from .config import load_config
-    from .hypervolume import hypervolume_line
-    from .report import format_table, open_study, pareto_front
     from .runner import run_study
     from .warm_start import WarmStart
 
@@ -86,26 +102,46 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.study_file, overrides)
     # Optuna's per-trial INFO lines and its notes on experimental arguments are noise here:
     # slimtune prints its own line for each failed trial and the front at the end.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # torchao 0.17 warns on every quantized layer that its int8 tensor classes and configs
     # ("Deprecation: ...", "Config Deprecation: ...") are deprecated.
-    warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
-    interrupted = False
+    _quiet()
+    interrupted = None
     try:
         warm_start = WarmStart(args.warm_start, args.warm_storage) if args.warm_start else None
-        run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress,
-                  warm_start=warm_start)
-    except KeyboardInterrupt:
-        interrupted = True
+        with handle_signals():
+            run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress,
+                      warm_start=warm_start)
+    except KeyboardInterrupt as error:
+        interrupted = error
         print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
-    study, repository = open_study(config.study.name, args.storage)
+    return _front(config.study.name, args.storage, interrupted)
+
+
+def _quiet() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
+
+
+def _front(study_name: str, storage: str, interrupted: KeyboardInterrupt | None = None) -> int:
+    """Print the front and its hypervolume; the exit code: 130/143 when a signal stopped the run, else 0."""
+    from .hypervolume import hypervolume_line
+    from .report import StudyNotFound, format_table, open_study, pareto_front
+
+    try:
+        study, repository = open_study(study_name, storage)
+    except StudyNotFound:
+        if interrupted is None:
+            raise
+        return exit_code(interrupted)  # stopped before the study existed: nothing to show
     front = pareto_front(study, repository)
-    print(f"\nPareto front of {config.study.name!r}: {len(front)} feasible points, "
-          f"{len(study.trials)} trials (storage {args.storage})")
+    print(f"\nPareto front of {study_name!r}: {len(front)} feasible points, "
+          f"{len(study.trials)} trials (storage {safe_url(storage)})")
     print(format_table(front))
     print(hypervolume_line(study))
-    return 130 if interrupted else 0
+    return exit_code(interrupted) if interrupted is not None else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "warm_storage", None) and not args.warm_start:
         parser.error("--warm-storage needs --warm-start STUDY")
+    from sqlalchemy.exc import DBAPIError
+
     from slimtune.objectives import WorkloadError
     from slimtune.storage import StorageError
 
@@ -122,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command in ("worker", "launch", "upgrade"):  # many workers: search/commands.py
+            from . import commands
+
+            return getattr(commands, args.command)(args)
         if args.command == "plot":
             return _plot(args)
         from .hypervolume import hypervolume_line
@@ -136,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StudyFileError, WorkloadError, StorageError, StudyNotFound) as error:
         print(f"slimtune: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except DBAPIError as error:  # the database went away mid-run; its trial fails as lost later
+        reason = str(error.orig or error).strip().splitlines()[0] if str(error.orig or error).strip() else type(error).__name__
+        print(f"slimtune: error: storage: the database failed during the run: {reason}", file=sys.stderr)
+        return EXIT_STORAGE_FAILED
 
 
 if __name__ == "__main__":

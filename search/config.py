@@ -25,6 +25,8 @@ from .samplers import SAMPLERS
 
 #: the Optuna study user attribute that keeps `StudyConfig.identity()`
 CONFIG_ATTR = "slimtune_config"
+#: the one that keeps the whole validated study file, so `slimtune worker` needs no file
+STUDY_FILE_ATTR = "slimtune_study_file"
 
 
 class StudyFileError(ValueError):
@@ -142,6 +144,28 @@ class BudgetSection(_Section):
     latency_repeats: PositiveInt = 50
 
 
+class WorkersSection(_Section):
+    """Many workers on one database: Optuna heartbeats, and retries of trials whose worker died.
+
+    A running trial records a heartbeat every `heartbeat_interval_s`; one silent for
+    `grace_period_s` is failed as lost and retried (at most `max_retries` times per recipe).
+    Keep the grace period well above the longest database stall: a live trial judged dead keeps
+    its measurement, but is measured again.
+    """
+
+    heartbeat_interval_s: PositiveInt = 10
+    grace_period_s: PositiveInt = 60
+    max_retries: int = Field(default=2, ge=0)
+
+    @field_validator("grace_period_s")
+    @classmethod
+    def _grace(cls, value: int, info: ValidationInfo) -> int:
+        interval = info.data.get("heartbeat_interval_s")
+        if interval is not None and value < 2 * interval:
+            raise ValueError(f"must be at least twice heartbeat_interval_s ({2 * interval})")
+        return value
+
+
 DEFAULT_OBJECTIVES = {"latency_ms": "minimize", "peak_memory_mb": "minimize", "accuracy": "maximize"}
 
 
@@ -154,6 +178,7 @@ class StudyConfig(_Section):
     constraints: ConstraintsSection = ConstraintsSection()
     space: SpaceSection = SpaceSection()
     budget: BudgetSection = BudgetSection()
+    workers: WorkersSection = WorkersSection()
 
     @field_validator("objectives")
     @classmethod
@@ -175,7 +200,7 @@ class StudyConfig(_Section):
 
     def identity(self) -> dict[str, Any]:
         """What must not change when a study is resumed: everything that decides its results."""
-        return self.model_dump(mode="json", exclude={"study": {"n_trials", "sampler", "seed", "stop_when"}})
+        return self.model_dump(mode="json", exclude={"study": {"n_trials", "sampler", "seed", "stop_when"}, "workers": True})
 
 
 def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

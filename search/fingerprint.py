@@ -43,4 +43,9 @@ def fingerprint(device: torch.device, threads: int) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        # which worker and which physical GPU: several workers measure one study
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "gpu_uuid": str(getattr(torch.cuda.get_device_properties(device), "uuid", "")) or None if cuda else None,
     }

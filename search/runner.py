@@ -9,6 +9,7 @@ Optuna is told, so a tell that fails loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,15 +21,17 @@ from slimtune.objectives import TrialStopped
 from slimtune.objectives.worker import DEFAULT_FACTORY, WorkerSpec
 from slimtune.spaces import SearchSpace
 from slimtune.spaces.errors import one_line
-from slimtune.storage import DEFAULT_STORAGE, Repository, connect, optuna_storage, safe_url
+from slimtune.storage import DEFAULT_STORAGE, Repository, SlotBook, connect, is_sqlite, optuna_storage, safe_url, single_process
 
-from .config import CONFIG_ATTR, StudyConfig, StudyFileError
+from . import signals
+from .config import CONFIG_ATTR, STUDY_FILE_ATTR, StudyConfig, StudyFileError
 from .fingerprint import fingerprint
 from .hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
 from .isolated import IsolatedEvaluator, WorkerFailed
 from .samplers import make_sampler
 from .stopping import StopWhenFrontStalls
 from .warm_start import WarmStart, enqueue_warm_start, load_front, plan_warm_start
+from .workers import LostTrialHandler, Worker, fail_running
 
 Log = Callable[[str], None]
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -58,7 +61,8 @@ class TrialObjective:
         record = dict(study_name=trial.study.study_name, trial_number=trial.number,
                       recipe=recipe.to_dict(), fingerprint_id=self.fingerprint_id)
         try:
-            measurement = self.evaluator.evaluate(recipe, seed=self.config.study.seed + trial.number)
+            with signals.delivered():  # SIGTERM/SIGINT stop a measurement, not Optuna's bookkeeping
+                measurement = self.evaluator.evaluate(recipe, seed=self.config.study.seed + trial.number)
         except KeyboardInterrupt:
             self.repository.record_trial(**record, status="interrupted", reason="interrupted by the user")
             trial.set_user_attr("status", "interrupted")
@@ -86,6 +90,14 @@ class TrialObjective:
 
 def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def result_numbers(study: optuna.Study) -> list[int]:
+    """Trials that finished with a result of their own (not interrupted, not lost)."""
+    from slimtune.storage.slots import counts_as_result
+
+    return [t.number for t in study.get_trials(deepcopy=False, states=FINISHED)
+            if counts_as_result(t.state, t.user_attrs.get("status"))]
 
 
 def _existing_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
@@ -149,76 +161,113 @@ def run_study(
     timeout: float | None = None,
     log: Log = print,
     progress: bool = True,
-    evaluator_factory: str = DEFAULT_FACTORY,
+    join: bool = False,
+    prepare_only: bool = False,
     warm_start: WarmStart | None = None,
+    evaluator_factory: str = DEFAULT_FACTORY,
 ) -> optuna.Study:
     """Create or resume `config.study.name` in `storage_url` and run it up to `n_trials` finished
-    trials in all (a resumed study runs only the remainder). `warm_start` enqueues another
-    study's front as the first trials of a new study. Returns the Optuna study.
+    trials in all, across every worker (a resumed study runs only the remainder). Returns the
+    Optuna study. `join`: the study must exist (`slimtune worker`); `prepare_only`: create or
+    resume it and train the baseline, but run no trial (`slimtune launch`). `warm_start` enqueues
+    another study's front as the first trials of a new study. Trials run in a worker process
+    (`isolated.py`); `evaluator_factory` ("module:function") builds the evaluator there (tests
+    name one that injects faults)."""
+    with contextlib.ExitStack() as held:
+        return _run_study(config, storage_url, held, timeout=timeout, log=log, progress=progress, join=join,
+                          prepare_only=prepare_only, warm_start=warm_start, evaluator_factory=evaluator_factory)
 
-    Trials run in a worker process (see `isolated.py`); `evaluator_factory` ("module:function")
-    builds the evaluator there (tests name one that injects faults)."""
+
+def _run_study(
+    config: StudyConfig,
+    storage_url: str,
+    held: contextlib.ExitStack,
+    *,
+    timeout: float | None,
+    log: Log,
+    progress: bool,
+    join: bool,
+    prepare_only: bool,
+    warm_start: WarmStart | None,
+    evaluator_factory: str,
+) -> optuna.Study:
     device = torch.device(config.target.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StudyFileError(f"target.device = {config.target.device!r}: no CUDA device here; allowed: cpu")
     threads = config.target.threads or torch.get_num_threads()
 
-    with IsolatedEvaluator(worker_spec(config, evaluator_factory), log=log,
-                           memory_limit_mb=config.budget.memory_limit_mb) as evaluator:
-        # The workload (and a checkpoint) are checked in the worker before the database is
-        # touched; training waits until the database has answered, so a wrong URL does not
-        # cost a training run first.
+    evaluator = held.enter_context(IsolatedEvaluator(
+        worker_spec(config, evaluator_factory), log=log, memory_limit_mb=config.budget.memory_limit_mb,
+    ))
+    # The workload (and a checkpoint) are checked in the worker before the database is touched;
+    # training waits until the database has answered, so a wrong URL does not cost a training run.
+    with signals.delivered():
         evaluator.load()
-        # The warm start's source is read (and a wrong one refused) before this database is touched.
-        source = load_front(warm_start, storage_url, config.study.name) if warm_start is not None else None
-        engine = connect(storage_url)
-        repository = Repository(engine)
-        repository.check_compatible()
-        storage = optuna_storage(storage_url)
-        existing = _existing_study(storage, config.study.name)
-        if existing is not None:
-            _check_resume(existing, config, storage_url)
-        if warm_start is not None and existing is not None:
-            log(f"warm start ignored: study {config.study.name!r} exists (a warm start fills a new study's first trials)")
-            source = None
-
-        evaluator.prepare()
-        log(f"baseline: {evaluator.source}" + (f" ({evaluator.train_seconds:.1f} s)" if evaluator.train_seconds else ""))
-        space, removals = evaluator.space, evaluator.removals
-        for removal in removals:
-            log(f"probe: {removal}")
-        plan = plan_warm_start(*source, space, removals) if source is not None else None
-        return _optimize(config, storage, repository, existing, evaluator, plan, device, threads, timeout, log, progress)
-
-
-def _optimize(
-    config: StudyConfig, storage: optuna.storages.BaseStorage, repository: Repository, existing: optuna.Study | None,
-    evaluator: IsolatedEvaluator, plan, device: torch.device, threads: int, timeout: float | None, log: Log,
-    progress: bool,
-) -> optuna.Study:
-    """Create the study (or take the existing one) and run trials until it has `n_trials`."""
-    space, removals = evaluator.space, evaluator.removals
-    repository.create_schema()
-    study = optuna.create_study(
-        study_name=config.study.name,
-        storage=storage,
-        directions=list(config.objectives.values()),
-        sampler=make_sampler(config.study.sampler, config.study.seed, config.study.n_trials),
-        load_if_exists=True,
+    # The warm start's source is read (and a wrong one refused) before this database is touched.
+    source = load_front(warm_start, storage_url, config.study.name) if warm_start is not None else None
+    engine = connect(storage_url)
+    held.enter_context(single_process(storage_url))  # SQLite: this process only
+    repository = Repository(engine)
+    repository.check_compatible()
+    slots = SlotBook(engine)
+    lost = LostTrialHandler(repository, slots, config.workers, log)
+    storage = optuna_storage(
+        storage_url, heartbeat_interval=config.workers.heartbeat_interval_s,
+        grace_period=config.workers.grace_period_s, stale_trial_callback=lost,
     )
-    if existing is None:
-        study.set_metric_names(list(config.objectives))
-        study.set_user_attr(CONFIG_ATTR, config.identity())
-        study.set_user_attr("probe_removed", [str(r) for r in removals])
-        study.set_user_attr(HYPERVOLUME_ATTR, hypervolume_settings(config.objectives, config.constraints.max_accuracy_drop))
-        study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
-        if plan is not None:
-            enqueue_warm_start(study, plan, log)
-    fingerprint_id = repository.record_fingerprint(config.study.name, fingerprint(device, threads))
+    existing = _existing_study(storage, config.study.name)
+    if existing is None and join:
+        from .report import StudyNotFound
 
-    remaining = config.study.n_trials - finished_trials(study)
+        raise StudyNotFound(f"study {config.study.name!r} not found in {safe_url(storage_url)!r}")
+    if existing is not None and not join:  # a joining worker runs the study's own configuration
+        _check_resume(existing, config, storage_url)
+    if warm_start is not None and existing is not None:
+        log(f"warm start ignored: study {config.study.name!r} exists (a warm start fills a new study's first trials)")
+        source = None
+
+    with signals.delivered():
+        evaluator.prepare()
+    log(f"baseline: {evaluator.source}" + (f" ({evaluator.train_seconds:.1f} s)" if evaluator.train_seconds else ""))
+    space, removals = evaluator.space, evaluator.removals
+    for removal in removals:
+        log(f"probe: {removal}")
+    plan = plan_warm_start(*source, space, removals) if source is not None else None
+
+    with signals.deferred():  # a study is created whole or not at all
+        repository.create_schema()
+        study = optuna.create_study(
+            study_name=config.study.name,
+            storage=storage,
+            directions=list(config.objectives.values()),
+            sampler=make_sampler(config.study.sampler, config.study.seed, config.study.n_trials),
+            load_if_exists=True,
+        )
+        if existing is None:
+            study.set_metric_names(list(config.objectives))
+            study.set_user_attr(CONFIG_ATTR, config.identity())
+            study.set_user_attr("probe_removed", [str(r) for r in removals])
+            study.set_user_attr(HYPERVOLUME_ATTR, hypervolume_settings(config.objectives, config.constraints.max_accuracy_drop))
+            study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
+            if plan is not None:
+                enqueue_warm_start(study, plan, log)
+        if not join:  # what `slimtune worker` reads: the study file as last run
+            study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
+        slots.set_budget(config.study.name, config.study.n_trials, result_numbers(study), replace=not join)
+        fingerprint_id = repository.record_fingerprint(config.study.name, fingerprint(device, threads))
+    if join:  # every worker samples its own points (the same seed everywhere would repeat them)
+        study.sampler.reseed_rng()
+    elif existing is not None:  # a resumed run must not replay the points its seed gave the first time
+        study.sampler = make_sampler(config.study.sampler, config.study.seed + len(study.trials), config.study.n_trials)
+    if is_sqlite(storage_url):  # this process holds the file: a RUNNING trial is a dead one
+        fail_running(study, lost)
+
+    usage = slots.usage(config.study.name)
+    remaining = usage.n_trials - usage.done
+    if prepare_only:
+        return study
     if remaining <= 0:
-        log(f"study {config.study.name!r} already has {finished_trials(study)} finished trials")
+        log(f"study {config.study.name!r} already has {usage.done} finished trials")
         return study
     objective = TrialObjective(config, space, evaluator, repository, fingerprint_id, log)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [SnapshotCallback(repository)]
@@ -235,10 +284,14 @@ def _optimize(
 
         callbacks.append(advance)
     stop_when = config.study.stop_when
+    stopper = None
     if stop_when is not None:
-        callbacks.append(StopWhenFrontStalls(stop_when.hypervolume_gain_below, stop_when.over_trials, objective.log).start(study))
+        stopper = StopWhenFrontStalls(stop_when.hypervolume_gain_below, stop_when.over_trials, objective.log).start(study)
+        callbacks.append(stopper)
+    worker = Worker(study, objective, slots, repository, config.workers, log, callbacks, catch=(TrialFailed,),
+                    should_stop=(lambda: stopper.stopped is not None) if stopper is not None else None)
     try:
-        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,), callbacks=callbacks)
+        worker.run(timeout=timeout)
     finally:
         if bar is not None:
             bar.close()

@@ -61,10 +61,20 @@ class Repository:
                 versions = session.scalars(select(SchemaVersion.version)).all()
             except Exception:
                 raise StorageError(f"storage: {safe_url(str(self.engine.url))!r} has no slimtune tables") from None
-        if versions != [SCHEMA_VERSION]:
+        if versions == [SCHEMA_VERSION]:
+            return
+        url = safe_url(str(self.engine.url))
+        if len(versions) == 1 and versions[0] < SCHEMA_VERSION:
             raise StorageError(
-                f"storage: slimtune tables are at version {versions}, this slimtune needs {SCHEMA_VERSION}"
+                f"storage: slimtune tables in {url!r} are at version {versions[0]}, this slimtune needs "
+                f"{SCHEMA_VERSION}: stop its workers, then run `slimtune upgrade --storage URL`"
             )
+        if len(versions) == 1:
+            raise StorageError(
+                f"storage: slimtune tables in {url!r} are at version {versions[0]}, newer than this slimtune "
+                f"({SCHEMA_VERSION}): upgrade slimtune"
+            )
+        raise StorageError(f"storage: slimtune tables in {url!r} are at versions {versions}; expected one")
 
     def record_fingerprint(self, study_name: str, fingerprint: dict[str, Any]) -> int:
         known = {"device", "device_name", "threads", "torch_version", "cuda_version"}
@@ -106,6 +116,33 @@ class Repository:
             row.accuracy_drop = accuracy_drop
             row.fingerprint_id = fingerprint_id
             session.add(row)
+
+    def set_status(
+        self, study_name: str, trial_number: int, *, status: str, reason: str, recipe: dict[str, Any] | None = None
+    ) -> None:
+        """Change a trial's status and reason, keeping any measurement its row already has (a
+        worker judged dead may have finished after all); insert the row when there is none."""
+        with self._session.begin() as session:
+            row = session.scalar(
+                select(TrialMeasurement).where(
+                    TrialMeasurement.study_name == study_name, TrialMeasurement.trial_number == trial_number
+                )
+            )
+            if row is None:
+                row = TrialMeasurement(study_name=study_name, trial_number=trial_number, recipe=recipe or {})
+                session.add(row)
+            row.status, row.reason = status, reason
+
+    def trial(self, study_name: str, trial_number: int) -> TrialRecord | None:
+        with self._session() as session:
+            r = session.scalar(
+                select(TrialMeasurement).where(
+                    TrialMeasurement.study_name == study_name, TrialMeasurement.trial_number == trial_number
+                )
+            )
+        if r is None:
+            return None
+        return TrialRecord(r.trial_number, r.status, r.reason, r.recipe, r.measurement, r.accuracy_drop)
 
     def trials(self, study_name: str) -> list[TrialRecord]:
         with self._session() as session:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: bump when a table changes; `Repository` refuses a database at another version.
-#: 2: ParetoSnapshot.hypervolume (the 1 -> 2 migration lives with the migrations, not here).
+#: bump when a table changes, and add the step to storage/migrations.py.
+#: 2: ParetoSnapshot.hypervolume; the tables StudyBudget and TrialSlot (exactly N trials across workers).
 SCHEMA_VERSION = 2
 
 
@@ -84,3 +84,31 @@ class ParetoSnapshot(Base):
     # None before the baseline completed or for a study created without hypervolume tracking
     hypervolume: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StudyBudget(Base):
+    """How many trials a study should finish, across all its workers. Its row is also the lock
+    a worker takes (SELECT ... FOR UPDATE) to claim a trial slot, so claims never overshoot."""
+
+    __tablename__ = "slimtune_study_budgets"
+
+    study_name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    n_trials: Mapped[int] = mapped_column(Integer)
+
+
+class TrialSlot(Base):
+    """One claim on the study's budget: `claimed` while a worker runs (or is about to run) a
+    trial, `done` once that trial finished with a result (complete, failed, stopped), `released`
+    when it was interrupted or its worker died (its retry takes a new slot)."""
+
+    __tablename__ = "slimtune_trial_slots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(512), index=True)
+    state: Mapped[str] = mapped_column(String(16))  # claimed | done | released
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker: Mapped[str] = mapped_column(String(256))  # host:pid, for people reading the table
+    note: Mapped[str | None] = mapped_column(String(64), nullable=True)  # why it was released
+    # the database's clock, the one every worker shares: an unattached claim older than the
+    # heartbeat grace period belongs to a worker that died between claiming and starting
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -18,7 +18,7 @@ from slimtune.search.cli import main
 from slimtune.storage import Repository, connect
 from slimtune.storage.schema import SchemaVersion
 
-UNREACHABLE = "postgresql+psycopg2://postgres@127.0.0.1:1/x"
+UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/x"
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +132,7 @@ def test_a_missing_checkpoint_exits_2_and_creates_nothing(
 @pytest.mark.parametrize("password", [None, "pw-secret"])
 def test_an_unreachable_database_exits_2(write_study: Callable[..., Path], capsys: pytest.CaptureFixture[str],
                                          tmp_path: Path, password: str | None) -> None:
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed")
+    pytest.importorskip("psycopg", reason="psycopg (3) is not installed")
     url = UNREACHABLE.replace("postgres@", f"postgres:{password}@") if password else UNREACHABLE
     code, _, err = cli(capsys, "run", str(write_study()), "--storage", url, "--no-progress")
     line = assert_bad_input(code, err, "storage", "127.0.0.1:1", "cannot connect")
@@ -173,7 +173,7 @@ def test_reports_of_an_unknown_study_exit_2(capsys: pytest.CaptureFixture[str], 
 
 @pytest.mark.parametrize("command", ["pareto", "trials"])
 def test_reports_from_an_unreachable_database_exit_2(capsys: pytest.CaptureFixture[str], command: str) -> None:
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed")
+    pytest.importorskip("psycopg", reason="psycopg (3) is not installed")
     code, _, err = cli(capsys, command, "tiny", "--storage", UNREACHABLE, "--format", "json")
     assert_bad_input(code, err, "storage", "127.0.0.1:1")
 

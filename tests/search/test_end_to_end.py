@@ -10,7 +10,7 @@ import contextlib
 import csv
 import io
 import json
-import shutil
+import sqlite3
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,15 @@ def study_text(changes: dict[str, dict[str, Any]] | None = None) -> str:
         f"[{section}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in fields.items())
         for section, fields in sections.items()
     )
+
+
+def copy_sqlite(source: str | Path, target: str | Path) -> None:
+    """A consistent copy of a SQLite database in WAL mode (the file alone may miss the latest
+    commits, which live in its -wal file until a checkpoint)."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -248,7 +257,7 @@ def test_the_python_api_returns_dataframes(finished: Run) -> None:
 
 def test_the_same_command_with_more_trials_resumes(finished: Run, tmp_path: Path) -> None:
     db = tmp_path / "resumed.db"
-    shutil.copy(finished.url.removeprefix("sqlite:///"), db)  # the module's study stays as it was
+    copy_sqlite(finished.url.removeprefix("sqlite:///"), db)  # the module's study stays as it was
     url = f"sqlite:///{db}"
     before = optuna.load_study(study_name=NAME, storage=url).trials
 

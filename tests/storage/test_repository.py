@@ -197,12 +197,12 @@ def test_tables_at_another_schema_version_are_refused(url: str) -> None:
 @pytest.mark.parametrize(
     "url, shown",
     [
-        ("postgresql+psycopg2://slim:s3cret-pw@127.0.0.1:1/x", "postgresql+psycopg2://slim:***@127.0.0.1:1/x"),
-        ("postgresql+psycopg2://postgres@127.0.0.1:1/x", "postgresql+psycopg2://postgres@127.0.0.1:1/x"),
+        ("postgresql+psycopg://slim:s3cret-pw@127.0.0.1:1/x", "postgresql+psycopg://slim:***@127.0.0.1:1/x"),
+        ("postgresql+psycopg://postgres@127.0.0.1:1/x", "postgresql+psycopg://postgres@127.0.0.1:1/x"),
     ],
 )
 def test_connect_to_an_unreachable_server_raises_one_line_without_the_password(url: str, shown: str) -> None:
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed")
+    pytest.importorskip("psycopg", reason="psycopg (3) is not installed")
     with pytest.raises(StorageError) as caught:
         connect(url)
     message = str(caught.value)
@@ -231,6 +231,6 @@ def test_connect_to_an_unusable_url_raises_one_line(url: str) -> None:
 
 
 def test_safe_url_hides_only_the_password() -> None:
-    assert safe_url("postgresql+psycopg2://u:pw@db.example:5432/slim") == "postgresql+psycopg2://u:***@db.example:5432/slim"
+    assert safe_url("postgresql+psycopg://u:pw@db.example:5432/slim") == "postgresql+psycopg://u:***@db.example:5432/slim"
     assert safe_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
     assert safe_url("not a url") == "not a url"
