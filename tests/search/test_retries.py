@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from slimtune.objectives import Evaluator
+from slimtune.search.isolated import IsolatedEvaluator
 from slimtune.search.config import WorkersSection, load_config
 from slimtune.search.runner import run_study
 from slimtune.search.workers import LostTrialHandler, retry_trial
@@ -94,7 +94,7 @@ def test_a_live_trial_judged_lost_keeps_its_measurement_and_the_study_goes_on(
                       workers={"heartbeat_interval_s": 1, "grace_period_s": 2})
     url = f"sqlite:///{tmp_path / 'stalled.db'}"
     config = load_config(path)
-    real_evaluate, real_heartbeat = Evaluator.evaluate, optuna.storages.RDBStorage.record_heartbeat
+    real_evaluate, real_heartbeat = IsolatedEvaluator.evaluate, optuna.storages.RDBStorage.record_heartbeat
     silent = [False]
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -116,7 +116,7 @@ def test_a_live_trial_judged_lost_keeps_its_measurement_and_the_study_goes_on(
         return measurement
 
     monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", record_heartbeat)
-    monkeypatch.setattr(Evaluator, "evaluate", evaluate)
+    monkeypatch.setattr(IsolatedEvaluator, "evaluate", evaluate)
     logged: list[str] = []
     run_study(config, url, progress=False, log=logged.append)
 
