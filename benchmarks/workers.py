@@ -14,7 +14,7 @@ database on the server (dropped afterwards); baselines come from a cache trained
    cursor-execute time (server, network and driver) on the main thread, the one a trial waits
    for; the heartbeat thread's statements run beside the evaluator and are counted apart. All
    time outside the evaluator (SQL, ORM, Optuna's sampler and bookkeeping, slots, snapshots)
-   is the loop's wall time minus the time in `Evaluator.evaluate`. Run for the tiny study and
+   is the loop's wall time minus the time waiting on the worker process (`IsolatedEvaluator.evaluate`). Run for the tiny study and
    for the demo (studies/digits.toml, its first trials): the target is under 2% of a demo trial.
 """
 
@@ -140,7 +140,7 @@ class Instruments:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
-        from slimtune.objectives import Evaluator
+        from slimtune.search.isolated import IsolatedEvaluator as Evaluator  # the driver waits here for the worker process
         from slimtune.search.workers import Worker
 
         local = threading.local()
