@@ -64,13 +64,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .plots import pareto_figure
+    from .plots import hypervolume_history, pareto_figure
     from .report import accuracy_floor, open_study, pareto_front, trials_frame
 
     study, repository = open_study(args.study, args.storage)
     figure = pareto_figure(
         trials_frame(study, repository), pareto_front(study, repository), f"slimtune: {args.study}",
-        accuracy_floor(study, repository),
+        accuracy_floor(study, repository), hypervolume_history(repository.snapshots(args.study)),
     )
     if args.out.endswith(".html"):
         figure.write_html(args.out, include_plotlyjs="cdn")
