@@ -364,59 +364,98 @@ def replay(args: argparse.Namespace) -> None:
 
 
 def write_results(folder, results, grid, config, args, objectives, max_drop, seeds) -> None:
-    checkpoints = [n for n in (5, 10, 15, 20, 30, 40, 50, 60, 80, 100) if n <= args.trials]
-    complete = [r for r in grid.rows.values() if r["status"] == "complete"]
     best_possible = _grid_hypervolume(grid, objectives, max_drop)
     summary = {
         "what": "hypervolume of the feasible front after each trial, samplers replayed against a table of real "
                 "measurements (nearest grid point per sampled recipe); objectives normalised to the baseline",
         "study_file": grid.meta["study_file"], "objectives": objectives, "max_accuracy_drop": max_drop,
+        "study_max_accuracy_drop": config.constraints.max_accuracy_drop,
         "trials": args.trials, "seeds": seeds,
-        "grid": {k: grid.meta[k] for k in ("recipes", "levels", "status_counts", "threads", "date", "commit")},
-        "grid_complete": len(complete),
+        "grid": {k: grid.meta[k] for k in ("recipes", "levels", "status_counts", "threads", "passes", "date", "commit")},
+        "grid_complete": sum(r["status"] == "complete" for r in grid.rows.values()),
         "grid_hypervolume": best_possible,
         "samplers": results,
     }
-    tag = args.tag
-    (folder / f"results{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (folder / f"results{args.tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_report(folder, summary, args.tag)
+
+
+def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
+    """results{tag}.md and hypervolume{tag}.html (+ .png with kaleido) from the summary."""
+    results, trials, best = summary["samplers"], summary["trials"], summary["grid_hypervolume"]
+    objectives, max_drop, grid = summary["objectives"], summary["max_accuracy_drop"], summary["grid"]
+    checkpoints = [n for n in (5, 10, 15, 20, 30, 40, 50, 60, 80, 100) if n <= trials]
+    tighter = max_drop < summary["study_max_accuracy_drop"]
     lines = [
-        f"# Sampler efficiency: hypervolume against trials{(' (' + tag.strip('-') + ')') if tag else ''}",
+        f"# Sampler efficiency: hypervolume against trials (max_accuracy_drop {max_drop})",
         "",
-        f"Study `{grid.meta['study_file']}` (objectives {', '.join(f'{k} {v}' for k, v in objectives.items())}; "
-        f"max_accuracy_drop {max_drop}), replayed against {grid.meta['recipes']} recipes measured on this CPU "
-        f"({grid.meta['date']}, `grid.csv`): each sampled recipe gets the measurements of its nearest grid point. "
-        f"{len(seeds)} seeds per sampler, {args.trials} trials per study (trial 0 is the baseline). "
+        f"Study `{summary['study_file']}` (objectives {', '.join(f'{k} {v}' for k, v in objectives.items())}; "
+        f"max_accuracy_drop {max_drop}" + (f", tighter than the study file's {summary['study_max_accuracy_drop']}" if tighter else "")
+        + f"), replayed against the {grid['recipes']} recipes of `grid.csv`, each built and measured with slimtune's "
+        f"Evaluator on the development CPU ({grid['date']}): each sampled recipe gets the measurements of its nearest "
+        f"grid point. {len(summary['seeds'])} seeds per sampler, {trials} trials per study (the first is the baseline). "
         f"Hypervolume normalised to the baseline (`search/hypervolume.py`); the whole grid's feasible front has "
-        f"{best_possible:.4f}.",
+        f"**{best:.4f}**, the most any sampler can reach.",
         "",
         "Median hypervolume [25th-75th percentile] after N trials:",
         "",
-        "| sampler | " + " | ".join(f"N={n}" for n in checkpoints) + " | median / random at N=30 |",
-        "|---|" + "---|" * (len(checkpoints) + 1),
+        "| sampler | " + " | ".join(f"N={n}" for n in checkpoints) + " | N=30: median / random's | N=30: % of the grid's |",
+        "|---|" + "---|" * (len(checkpoints) + 2),
     ]
-    random_at = results.get("random", {}).get("per_trial", [None] * 30)
     for name, result in results.items():
-        cells = [f"{result['per_trial'][n - 1]['median']:.4f} [{result['per_trial'][n - 1]['q25']:.4f}-"
-                 f"{result['per_trial'][n - 1]['q75']:.4f}]" for n in checkpoints]
-        ratio = ""
-        if "random" in results and args.trials >= 30:
-            ratio = f"{result['per_trial'][29]['median'] / random_at[29]['median']:.2f}x"
-        lines.append(f"| {result['label']} | " + " | ".join(cells) + f" | {ratio} |")
-    lines += ["", "Distinct grid points visited and failed trials (median over seeds):", "",
-              "| sampler | distinct points | failed trials | front size at the end | seconds (all seeds) |", "|---|---|---|---|---|"]
+        per = result["per_trial"]
+        cells = [f"{per[n - 1]['median']:.4f} [{per[n - 1]['q25']:.4f}-{per[n - 1]['q75']:.4f}]" for n in checkpoints]
+        ratio = share = ""
+        if trials >= 30:
+            share = f"{100 * per[29]['median'] / best:.0f}%"
+            if "random" in results:
+                ratio = f"{per[29]['median'] / results['random']['per_trial'][29]['median']:.2f}x"
+        lines.append(f"| {result['label']} | " + " | ".join(cells) + f" | {ratio} | {share} |")
+    lines += ["", "Per study (median over seeds): distinct grid points visited, failed trials (grid points whose "
+              "fine-tuning was stopped as hopeless), size of the final front; and the sampler's own time for all seeds:", "",
+              "| sampler | distinct points | failed trials | front size | sampler seconds (all seeds) |", "|---|---|---|---|---|"]
     for name, result in results.items():
         runs = result["runs"]
         lines.append(f"| {result['label']} | {statistics.median(r['distinct_points'] for r in runs):g} | "
                      f"{statistics.median(r['failed'] for r in runs):g} | {statistics.median(r['front_size'] for r in runs):g} | "
                      f"{result['seconds']} |")
+    gain, window = 0.005, 10
+    lines += ["", f"What `stop_when = {{ hypervolume_gain_below = {gain}, over_trials = {window} }}` would have done in these "
+              f"studies (search/stopping.py's rule applied to each study's hypervolume history; median over seeds):", "",
+              "| sampler | stopped studies | trials run | hypervolume at the stop, % of the full run's |", "|---|---|---|---|"]
+    for name, result in results.items():
+        stops = [_stop_at(run["hypervolume"], gain, window) for run in result["runs"]]
+        spent = [stop + 1 if stop is not None else trials for stop in stops]
+        kept = [run["hypervolume"][n - 1] / run["hypervolume"][-1] for run, n in zip(result["runs"], spent)]
+        lines.append(f"| {result['label']} | {sum(s is not None for s in stops)}/{len(stops)} | "
+                     f"{statistics.median(spent):g} of {trials} | {100 * statistics.median(kept):.0f}% |")
+    if tighter:
+        lines += ["", f"The grid was measured under the study file's max_accuracy_drop = {summary['study_max_accuracy_drop']}; "
+                  "replaying a tighter constraint keeps every hopeless stop valid (a candidate that cannot reach the looser "
+                  "floor cannot reach the tighter one), but candidates a real study would stop early at the tighter floor "
+                  "are complete, infeasible trials here."]
     (folder / f"results{tag}.md").write_text("\n".join(lines) + "\n")
-    figure = hypervolume_figure(results, args.trials, best_possible, objectives, max_drop)
+    figure = hypervolume_figure(results, trials, best, objectives, max_drop)
     figure.write_html(folder / f"hypervolume{tag}.html", include_plotlyjs=True)
     try:
         figure.write_image(folder / f"hypervolume{tag}.png", scale=2)
     except Exception as error:  # kaleido or a Chrome missing: the HTML is the figure
         print(f"no PNG: {type(error).__name__}: {error}")
     print(f"wrote {folder}/results{tag}.json, .md, hypervolume{tag}.html")
+
+
+def _stop_at(volumes: list[float], gain: float, window: int) -> int | None:
+    """The trial index after which StopWhenFrontStalls(gain, window) stops a fresh study."""
+    for now in range(window, len(volumes)):
+        before = volumes[now - window]
+        if before > 0 and (volumes[now] - before) / before < gain:
+            return now
+    return None
+
+
+def report(args: argparse.Namespace) -> None:
+    folder = Path(args.results)
+    write_report(folder, json.loads((folder / f"results{args.tag}.json").read_text()), args.tag)
 
 
 def _grid_hypervolume(grid: Grid, objectives: dict[str, str], max_drop: float) -> float:
@@ -476,7 +515,9 @@ def main(argv: list[str] | None = None) -> int:
                    "measured with the study's: its hopeless-candidate stops stay valid only for tighter ones)")
     r.add_argument("--tag", default="", help="suffix for the result files, e.g. -tight")
     g = commands.add_parser("merge", help="join the grid.shard-* files into grid.csv / grid.json")
-    for sub in (m, r, g):
+    p = commands.add_parser("report", help="rewrite results.md and the figure from results.json")
+    p.add_argument("--tag", default="")
+    for sub in (m, r, g, p):
         sub.add_argument("--results", default=str(RESULTS), help="folder of grid.csv and the results (default %(default)s)")
     args = parser.parse_args(argv)
     import warnings
@@ -485,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     # Optuna's experimental-argument notes say nothing about the results either.
     warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
     warnings.filterwarnings("ignore", module="optuna")
-    {"measure": measure, "merge": merge, "replay": replay}[args.command](args)
+    {"measure": measure, "merge": merge, "replay": replay, "report": report}[args.command](args)
     return 0
 
 

@@ -8,9 +8,8 @@ A recipe is enqueued only if the new target can run it and the new study's space
 - otherwise the recipe is replayed through the study's own `SearchSpace.suggest`, with a trial
   that answers from the recipe (`RecipeTrial`): every parameter the space asks for must be set
   by the recipe and lie in the range or choices the space gives it, and every knob the space
-  fixes must match. This asks the
-  space itself, so it keeps working when knobs are added. What is not a knob (the fine-tuning
-  budget) comes from the new study.
+  fixes must match. This asks the space itself, so it keeps working when knobs are added.
+  What is not a knob (the fine-tuning budget) comes from the new study.
 Skipped recipes are listed with their reasons, and both lists are kept in the study's user
 attribute `WARM_START_ATTR`. The source is read before anything is written.
 """
