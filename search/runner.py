@@ -21,7 +21,7 @@ from slimtune.spaces import SearchSpace, probe
 from slimtune.spaces.errors import one_line
 from slimtune.storage import DEFAULT_STORAGE, Repository, connect, optuna_storage, safe_url
 
-from .config import CONFIG_ATTR, StudyConfig, StudyFileError
+from .config import CONFIG_ATTR, N_TRIALS_ATTR, StudyConfig, StudyFileError
 from .fingerprint import fingerprint
 from .samplers import make_sampler
 
@@ -173,6 +173,7 @@ def run_study(
         study.set_user_attr(CONFIG_ATTR, config.identity())
         study.set_user_attr("probe_removed", [str(r) for r in removals])
         study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
+    study.set_user_attr(N_TRIALS_ATTR, config.study.n_trials)  # what "finished" means to the dashboard
     fingerprint_id = repository.record_fingerprint(config.study.name, fingerprint(device, threads))
 
     remaining = config.study.n_trials - finished_trials(study)
