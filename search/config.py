@@ -26,8 +26,6 @@ from .samplers import SAMPLERS
 
 #: the Optuna study user attribute that keeps `StudyConfig.identity()`
 CONFIG_ATTR = "slimtune_config"
-#: the Optuna study user attribute that keeps the finished trials the last run asked for
-N_TRIALS_ATTR = "slimtune_n_trials"
 
 
 class StudyFileError(ValueError):

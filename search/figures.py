@@ -132,28 +132,24 @@ def front_3d_figure(points: pd.DataFrame, objectives: dict[str, str], axes: Sequ
     return figure
 
 
-RECIPE_DIMENSIONS = {
-    "recipe.prune_ratio": "prune ratio",
-    "recipe.prune_importance": "prune importance",
-    "recipe.kd_temperature": "KD temperature (0: none)",
-    "recipe.kd_alpha": "KD alpha",
-    "recipe.quantization": "quantization",
-    "recipe.precision": "precision",
-    "recipe.runtime": "runtime",
-}
+#: recipe fields that say nothing a parallel-coordinates axis could show
+NOT_AXES = {"recipe.finetune_steps"}
 
 
 def parallel_figure(points: pd.DataFrame, objectives: dict[str, str], height: int = 460) -> go.Figure:
-    """Recipe knobs (those that vary) then objectives, one line per measured trial; front red."""
+    """Recipe knobs (every recipe field that varies, so new knobs appear by themselves) then
+    objectives, one line per measured trial; the front red."""
     measured = points[points["status"] == "complete"] if "status" in points else points
     dimensions = []
-    for column, label in RECIPE_DIMENSIONS.items():
-        if column not in measured or measured[column].nunique(dropna=False) < 2:
+    for column in [c for c in measured.columns if c.startswith("recipe.") and c not in NOT_AXES]:
+        if measured[column].nunique(dropna=False) < 2:  # a knob the study did not search
             continue
+        label = column.removeprefix("recipe.").replace("_", " ") + (" (0: none)" if column == "recipe.kd_temperature" else "")
         values = measured[column]
         if not pd.api.types.is_numeric_dtype(values):
             categories = sorted(str(v) for v in values.dropna().unique())
-            codes = values.map({c: i for i, c in enumerate(categories)})
+            index = {c: i for i, c in enumerate(categories)}
+            codes = values.map(lambda v: None if v is None or v != v else index[str(v)])
             dimensions.append(dict(label=label, values=codes, tickvals=list(range(len(categories))), ticktext=categories))
         else:
             dimensions.append(dict(label=label, values=values.astype(float).fillna(0.0)))

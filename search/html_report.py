@@ -21,7 +21,7 @@ def write_report(study_name: str, storage_url: str, out: str | os.PathLike[str])
     view = Catalog(storage_url).study(study_name)
     chosen = rendering.axes(view)
     points = view.points()
-    rows = points.sort_values("trial").to_dict("records") if not points.empty else []
+    rows = rendering.table_rows(points.sort_values("trial")) if not points.empty else []
     static = rendering.HERE / "static"
     html = rendering.environment.get_template("study.html").render(
         **rendering.study_context(view, chosen, rendering.study_plots(view, chosen, importances=True)),

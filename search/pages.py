@@ -54,7 +54,7 @@ def study_page(
     rows, total = view.trial_page(sort, order == "desc", (page - 1) * PAGE_SIZE, PAGE_SIZE)
     return render(
         request, "study.html", **rendering.study_context(view, chosen, rendering.study_plots(view, chosen)),
-        rows=rows.to_dict("records"), total=total, page=page, pages=pages, page_size=PAGE_SIZE, sort=sort,
+        rows=rendering.table_rows(rows), total=total, page=page, pages=pages, page_size=PAGE_SIZE, sort=sort,
         order=order, running=view.running_trials(),
     )
 

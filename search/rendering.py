@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pandas as pd
 import plotly.graph_objects as go
 
 from slimtune.storage import safe_url
@@ -73,6 +74,11 @@ LABELS = {
 
 environment.filters["age"] = age
 environment.globals.update(number=number, titles=AXIS_TITLES, labels=LABELS, measured=MEASURED, storage_safe=safe_url)
+
+
+def table_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows for a template, pandas' NaN (a missing value) as None."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records") if len(frame) else []
 
 
 def axes(view: StudyView, x: str | None = None, y: str | None = None, z: str | None = None) -> tuple[str, str, str | None]:

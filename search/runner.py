@@ -21,9 +21,10 @@ from slimtune.spaces import SearchSpace, probe
 from slimtune.spaces.errors import one_line
 from slimtune.storage import DEFAULT_STORAGE, Repository, connect, optuna_storage, safe_url
 
-from .config import CONFIG_ATTR, N_TRIALS_ATTR, StudyConfig, StudyFileError
+from .config import CONFIG_ATTR, StudyConfig, StudyFileError
 from .fingerprint import fingerprint
 from .samplers import make_sampler
+from .studies import N_TRIALS_ATTR
 
 Log = Callable[[str], None]
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import tomllib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -24,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from slimtune.objectives import WorkloadError
 from slimtune.storage import StorageError
@@ -87,6 +88,14 @@ class Unprocessable(Exception):
     def __init__(self, field: str, message: str, prefix: str = "body"):
         super().__init__(message)
         self.errors = [{"type": "value_error", "loc": [prefix, *field.split(".")] if field else [prefix], "msg": message}]
+
+    @classmethod
+    def from_errors(cls, errors: list[dict[str, Any]]) -> "Unprocessable":
+        """From pydantic's errors on a body validated by hand (the TOML route)."""
+        first = errors[0]
+        error = cls("", first["msg"])
+        error.errors = [{"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"]} for e in errors]
+        return error
 
 
 def unprocessable(field: str, message: str, prefix: str = "body") -> Unprocessable:
@@ -176,6 +185,24 @@ def list_studies(request: Request) -> list[dict[str, Any]]:
 @api.post("/studies", response_model=StudyOut, status_code=201, dependencies=[Depends(require_token)],
           summary="create a study from a study-file body (the TOML file's tables as JSON)")
 def create(request: Request, config: Annotated[StudyConfig, Body()]) -> dict[str, Any]:
+    return _create(request, config)
+
+
+@api.post("/studies/toml", response_model=StudyOut, status_code=201, dependencies=[Depends(require_token)],
+          summary="create a study from a study file as it is on disk (TOML)")
+def create_from_toml(
+    request: Request, text: Annotated[str, Body(media_type="application/toml", description="a study file")],
+) -> dict[str, Any]:
+    try:
+        config = StudyConfig.model_validate(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as error:
+        raise unprocessable("", f"not valid TOML: {error}") from None
+    except ValidationError as error:
+        raise Unprocessable.from_errors(error.errors()) from None
+    return _create(request, config)
+
+
+def _create(request: Request, config: StudyConfig) -> dict[str, Any]:
     server = settings(request)
     try:
         config = check_builtin_workload(config, server.data_dir)

@@ -16,11 +16,13 @@ from slimtune.objectives import load_workload
 from slimtune.spaces import probe
 from slimtune.storage import Repository, connect, optuna_storage, safe_url
 
-from .config import CONFIG_ATTR, N_TRIALS_ATTR, StudyConfig, StudyFileError
+from .config import CONFIG_ATTR, StudyConfig, StudyFileError
 from .samplers import make_sampler
 
 #: the whole validated study file (JSON), so workers can join a study that has no file on disk
 STUDY_FILE_ATTR = "slimtune_study_file"
+#: the finished trials the last run asked for: what "finished" means to the dashboard
+N_TRIALS_ATTR = "slimtune_n_trials"
 
 
 class StudyExists(StudyFileError):

@@ -121,6 +121,7 @@ def test_the_trial_table_is_sorted_and_paged(big: tuple[TestClient, str]) -> Non
     headers = re.findall(r'<th class="num sortable[^"]*"><a href="([^"]+)">([^<]+)</a>', first)
     assert ("latency median (ms)" in [h[1] for h in headers]) and ("weights (MB)" in [h[1] for h in headers])
     assert "RuntimeError: failure number 1" in first
+    assert ">nan<" not in first.lower() and ">none<" not in first.lower()  # missing values are blank or a dash
 
 
 def test_a_running_study_refreshes_itself(big: tuple[TestClient, str]) -> None:

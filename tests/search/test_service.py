@@ -14,10 +14,10 @@ import pytest
 fastapi = pytest.importorskip("fastapi", reason="the service needs the 'serve' extra")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from slimtune.search.config import CONFIG_ATTR, N_TRIALS_ATTR  # noqa: E402
+from slimtune.search.config import CONFIG_ATTR  # noqa: E402
 from slimtune.search.report import open_study, pareto_front  # noqa: E402
 from slimtune.search.service import Settings, create_app  # noqa: E402
-from slimtune.search.studies import STUDY_FILE_ATTR  # noqa: E402
+from slimtune.search.studies import N_TRIALS_ATTR, STUDY_FILE_ATTR  # noqa: E402
 from tests.conftest import TINY_STUDY  # noqa: E402
 
 from .conftest import Served  # noqa: E402
@@ -213,6 +213,23 @@ def test_create_a_study(empty: tuple[TestClient, str]) -> None:
 
     again = client.post("/api/studies", json=body, headers=AUTH)
     assert again.status_code == 409 and "already" in again.json()["detail"]
+
+
+def test_create_a_study_from_the_study_file_itself(empty: tuple[TestClient, str]) -> None:
+    from .conftest import study_toml
+
+    client, url = empty
+    text = study_toml(study_body(study={"name": "from-toml", "n_trials": 2}))
+    headers = {**AUTH, "Content-Type": "application/toml"}
+    answer = client.post("/api/studies/toml", content=text.encode(), headers=headers)
+    assert answer.status_code == 201, answer.text
+    assert optuna.load_study(study_name="from-toml", storage=url).user_attrs[N_TRIALS_ATTR] == 2
+    bad = client.post("/api/studies/toml", content=text.replace("prune_ratio = [0.0, 0.6]", "prune_ratio = [0.0, 2.0]"),
+                      headers=headers)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "space", "prune_ratio"]
+    assert client.post("/api/studies/toml", content=b"[study", headers=headers).status_code == 422
+    assert client.post("/api/studies/toml", content=text.encode(), headers={"Content-Type": "application/toml"}
+                       ).status_code == 401
 
 
 @pytest.mark.parametrize("changes, loc", [
