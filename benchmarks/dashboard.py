@@ -3,7 +3,9 @@
 Builds a SQLite study with N trials in the shape `slimtune run` leaves (Optuna trials with
 params, values, constraints and user attrs; slimtune's measurement rows; a Pareto snapshot after
 every completed trial), then times each page and API route through FastAPI's test client
-(in-process: no network), median of REPEATS requests after one warm-up.
+(in-process: no network), median of REPEATS requests after one warm-up: once as the first
+request after a trial was recorded (the server's caches emptied before each), once as a reload
+while nothing changed.
 
 The trials are synthetic: recipes drawn at random and measurements made up from them (latency
 falls with pruning, accuracy with pruning and int4), because the point is the server's time on
@@ -15,6 +17,7 @@ N rows, not the numbers in them. One in eight trials fails, as real studies have
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -121,18 +124,28 @@ def measure(url: str, name: str, n: int) -> dict[str, dict[str, float]]:
         answer = client.get(f"/api/studies/{name}/importances")
         assert answer.status_code == 200
         results["parameter importances, first request (then cached)"] = {
-            "median_ms": 1000 * (time.perf_counter() - started), "bytes": len(answer.content)}
+            "changed_median_ms": 1000 * (time.perf_counter() - started), "unchanged_median_ms": float("nan"),
+            "bytes": len(answer.content), "gzip_bytes": len(gzip.compress(answer.content))}
+        catalog = client.app.state.catalog
         for label, route in ROUTES.items():
             path = route.format(name=name, trial=n // 2 + 1)
             client.get(path)  # warm-up
-            times, size = [], 0
-            for _ in range(REPEATS):
-                started = time.perf_counter()
-                answer = client.get(path)
-                times.append(1000 * (time.perf_counter() - started))
-                assert answer.status_code == 200, (path, answer.status_code)
-                size = len(answer.content)
-            results[label] = {"median_ms": statistics.median(times), "bytes": size}
+            result: dict[str, float] = {}
+            # "changed": the first request after a trial was recorded (derived figures rebuilt);
+            # "unchanged": a reload while nothing changed (they come from the cache)
+            for case in ("changed", "unchanged"):
+                times = []
+                for _ in range(REPEATS):
+                    if case == "changed":
+                        catalog.forget()
+                    started = time.perf_counter()
+                    answer = client.get(path)
+                    times.append(1000 * (time.perf_counter() - started))
+                    assert answer.status_code == 200, (path, answer.status_code)
+                result[f"{case}_median_ms"] = statistics.median(times)
+            result["bytes"] = len(answer.content)
+            result["gzip_bytes"] = len(gzip.compress(answer.content))
+            results[label] = result
     return results
 
 
@@ -157,11 +170,15 @@ def main() -> None:
             print(f"{n} trials: built in {built:.0f} s", flush=True)
     report["machine"]["load_average_at_end"] = os.getloadavg()
     (out / "dashboard.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["| route | " + " | ".join(f"{n} trials: ms (KB)" for n in args.trials) + " |",
-             "|---|" + "---|" * len(args.trials)]
+    lines = ["| route | " + " | ".join(f"{n} trials: ms after a change / unchanged (KB, gzip KB)" for n in args.trials)
+             + " |", "|---|" + "---|" * len(args.trials)]
+
+    def cell(c: dict[str, float]) -> str:
+        unchanged = "–" if c["unchanged_median_ms"] != c["unchanged_median_ms"] else f"{c['unchanged_median_ms']:.0f}"
+        return f"{c['changed_median_ms']:.0f} / {unchanged} ({c['bytes'] / 1024:.1f}, {c['gzip_bytes'] / 1024:.1f})"
+
     for label in report["runs"][str(args.trials[0])]["routes"]:
-        cells = [report["runs"][str(n)]["routes"][label] for n in args.trials]
-        lines.append(f"| {label} | " + " | ".join(f"{c['median_ms']:.0f} ({c['bytes'] / 1024:.0f})" for c in cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cell(report["runs"][str(n)]["routes"][label]) for n in args.trials) + " |")
     (out / "dashboard.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,6 +1,6 @@
 """The dashboard's figures (plotly), shared by the pages and `slimtune report`.
 
-Every point carries its trial number as `customdata`, so a click on it can open the trial;
+Every point carries its trial number first in `customdata`, so a click on it can open the trial;
 the feasible Pareto front, feasible trials off the front, infeasible trials (they broke the
 accuracy constraint) and the baseline are separate traces, each with its own legend entry.
 """
@@ -34,14 +34,22 @@ def _title(name: str) -> str:
     return AXIS_TITLES.get(name, name)
 
 
-def _hover(rows: pd.DataFrame, names: Sequence[str]) -> list[str]:
-    lines = []
-    for row in rows.to_dict("records"):
-        values = "<br>".join(f"{_title(n)}: {_format(n, row.get(n))}" for n in names)
-        drop = row.get("accuracy_drop")
-        extra = f"<br>accuracy drop: {100 * drop:+.2f} pts" if drop is not None and drop == drop else ""
-        lines.append(f"<b>trial {row['trial']}</b>: {row['recipe']}<br>{values}{extra}<br><i>click to open</i>")
-    return lines
+def _hover(rows: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, list[str], str]:
+    """(customdata, text, hovertemplate) for a trace. customdata is one numeric row per point:
+    its trial number first (what a click opens), then the values the hover shows; numpy arrays
+    travel as binary, so a 5,000-trial page stays small and quick to build. text is the recipe;
+    the labels live once, in the template."""
+    columns = [rows["trial"].to_numpy(float)]
+    columns += [rows[n].to_numpy(float) * _scale(n) if n in rows else np.full(len(rows), np.nan) for n in names]
+    drop = rows["accuracy_drop"].to_numpy(float) * 100 if "accuracy_drop" in rows else np.full(len(rows), np.nan)
+    custom = np.column_stack([*columns, drop]) if len(rows) else np.zeros((0, len(names) + 2))
+    lines = [f"{_title(n)}: %{{customdata[{i + 1}]:{_D3_FORMATS.get(n, '.4g')}}}" for i, n in enumerate(names)]
+    template = ("<b>trial %{customdata[0]}</b>: %{text}<br>" + "<br>".join(lines)
+                + f"<br>accuracy drop: %{{customdata[{len(names) + 1}]:+.2f}} pts<br><i>click to open</i><extra></extra>")
+    return custom, rows["recipe"].tolist(), template
+
+
+_D3_FORMATS = {"accuracy": ".2f", "params": ",.0f", "macs": ",.0f"}
 
 
 def _format(name: str, value: object) -> str:
@@ -86,10 +94,11 @@ def front_figure(
             rows = rows.sort_values(x)
         joined = front and set(objectives) == {x, y}
         trace = go.Scattergl if (not front and name != "baseline" and len(points) > WEBGL_ABOVE) else go.Scatter
+        custom, text, template = _hover(rows, names)
         figure.add_trace(trace(
-            x=rows[x] * _scale(x), y=rows[y] * _scale(y), name=f"{name} ({len(rows)})" if name != "baseline" else name,
-            mode="markers+lines" if joined else "markers", customdata=rows["trial"].tolist(), marker=marker,
-            line=dict(dash="dot", color=FRONT, width=1), hovertext=_hover(rows, names), hoverinfo="text",
+            x=rows[x].to_numpy(float) * _scale(x), y=rows[y].to_numpy(float) * _scale(y),
+            name=f"{name} ({len(rows)})" if name != "baseline" else name, mode="markers+lines" if joined else "markers",
+            customdata=custom, text=text, hovertemplate=template, marker=marker, line=dict(dash="dot", color=FRONT, width=1),
         ))
     if accuracy_floor is not None and "accuracy" in (x, y):
         line = dict(line=dict(dash="dash", color="#5f6368"), annotation_text="accuracy floor (max_accuracy_drop)")
@@ -120,9 +129,11 @@ def front_3d_figure(points: pd.DataFrame, objectives: dict[str, str], axes: Sequ
         marker = {**marker, "size": max(3, marker.get("size", 8) // 2)}
         if marker.get("symbol") == "star":
             marker["symbol"] = "diamond"  # 3-D markers have no star
+        custom, text, template = _hover(rows, names)
         figure.add_trace(go.Scatter3d(
-            x=rows[x] * _scale(x), y=rows[y] * _scale(y), z=rows[z] * _scale(z), mode="markers", name=name,
-            customdata=rows["trial"].tolist(), marker=marker, hovertext=_hover(rows, names), hoverinfo="text",
+            x=rows[x].to_numpy(float) * _scale(x), y=rows[y].to_numpy(float) * _scale(y),
+            z=rows[z].to_numpy(float) * _scale(z), mode="markers", name=name,
+            customdata=custom, text=text, hovertemplate=template, marker=marker,
         ))
     figure.update_layout(**LAYOUT, height=height, scene=dict(
         xaxis_title=_title(x), yaxis_title=_title(y), zaxis_title=_title(z), aspectmode="cube",

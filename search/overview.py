@@ -218,7 +218,7 @@ class StudyView:
     summary: StudySummary
     _records: list[TrialRecord] | None = field(default=None, repr=False)
     _points: pd.DataFrame | None = field(default=None, repr=False)
-    _front: list[int] | None = field(default=None, repr=False)
+    _snapshot: Any = field(default=False, repr=False)  # False: not read yet
 
     @property
     def name(self) -> str:
@@ -256,17 +256,38 @@ class StudyView:
             return None
         return baseline.measurement["accuracy"] - self.max_accuracy_drop
 
+    def _latest_snapshot(self) -> Any:
+        if self._snapshot is False:
+            self._snapshot = self.repository.latest_snapshot(self.name) if self.repository.has_tables() else None
+        return self._snapshot
+
     def front_numbers(self) -> list[int]:
-        if self._front is None:
-            snapshot = self.repository.latest_snapshot(self.name) if self.repository.has_tables() else None
-            self._front = [point["trial_number"] for point in snapshot.front] if snapshot else []
-        return self._front
+        snapshot = self._latest_snapshot()
+        return [point["trial_number"] for point in snapshot.front] if snapshot else []
+
+    def version(self) -> tuple[Any, ...]:
+        """Changes whenever a trial is recorded or the front moves: the key of derived caches."""
+        snapshot = self._latest_snapshot()
+        summary = self.summary
+        return (self.name, summary.complete, summary.failed, summary.last_update, snapshot.id if snapshot else None)
+
+    def cached(self, what: str, make: Any) -> Any:
+        """`make()`, computed once per `version()` and kept by the catalog (the newest 32)."""
+        key = (what, *self.version())
+        cache = self.catalog._cache
+        if key not in cache:
+            value = make()  # outside the lock: two requests may both compute, neither waits
+            with self.catalog._lock:
+                while len(cache) >= 32:
+                    cache.pop(next(iter(cache)))
+                cache[key] = value
+        return cache[key]
 
     def points(self) -> pd.DataFrame:
         """Every recorded trial: recipe, every scalar measurement, the comparison with the
         baseline, feasibility (the study's accuracy constraint), and whether it is on the front."""
         if self._points is None:
-            self._points = self._make_points()
+            self._points = self.cached("points", self._make_points)
         return self._points
 
     def _make_points(self) -> pd.DataFrame:
@@ -341,31 +362,25 @@ class StudyView:
         )
 
     def hypervolume(self) -> HypervolumeHistory:
-        """From the stored snapshots, cached until another snapshot is written."""
+        """From the stored snapshots (read only when the front moved since the last call)."""
+        return self.cached("hypervolume", self._hypervolume)
+
+    def _hypervolume(self) -> HypervolumeHistory:
+        baseline = self.baseline()
         snapshots = self.repository.snapshots(self.name) if self.repository.has_tables() else []
-        key = ("hypervolume", self.name, len(snapshots), snapshots[-1].id if snapshots else None)
-        if key not in self.catalog._cache:
-            baseline = self.baseline()
-            if baseline is None or not snapshots:
-                history = HypervolumeHistory([], [], [])
-            else:
-                history = hypervolume_history(
-                    [(s.after_trial_number, s.front) for s in snapshots],
-                    [d == "maximize" for d in self.objectives.values()],
-                    [float(baseline.measurement[name]) for name in self.objectives],
-                )
-            self.catalog._cache[key] = history
-        return self.catalog._cache[key]
+        if baseline is None or not snapshots:
+            return HypervolumeHistory([], [], [])
+        return hypervolume_history(
+            [(s.after_trial_number, s.front) for s in snapshots],
+            [d == "maximize" for d in self.objectives.values()],
+            [float(baseline.measurement[name]) for name in self.objectives],
+        )
 
     def importances(self) -> dict[str, dict[str, float]]:
         """Optuna's parameter importances (PED-ANOVA, its default, which also rates conditional
         parameters such as the KD temperature): for reaching the front, and for each objective
-        alone. Empty until enough trials completed. Cached per number of completed trials."""
-        complete = self.summary.complete
-        key = ("importances", self.name, complete)
-        if key not in self.catalog._cache:
-            self.catalog._cache[key] = self._importances()
-        return self.catalog._cache[key]
+        alone. Empty until enough trials completed."""
+        return self.cached("importances", self._importances)
 
     def _importances(self) -> dict[str, dict[str, float]]:
         study = optuna.load_study(study_name=self.name, storage=self.storage)

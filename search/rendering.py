@@ -94,7 +94,12 @@ def axes(view: StudyView, x: str | None = None, y: str | None = None, z: str | N
 
 
 def study_plots(view: StudyView, chosen: tuple[str, str, str | None], importances: bool = False) -> dict[str, str]:
-    """The study page's figures as JSON, by element id."""
+    """The study page's figures as JSON, by element id; built once per state of the study
+    (a page reloaded while nothing changed costs no figure work)."""
+    return view.cached(f"plots:{chosen}:{importances}", lambda: _study_plots(view, chosen, importances))
+
+
+def _study_plots(view: StudyView, chosen: tuple[str, str, str | None], importances: bool) -> dict[str, str]:
     points = view.points()
     x, y, z = chosen
     plots = {"front2d": figure_json(figures.front_figure(points, view.objectives, x, y, view.accuracy_floor()))}

@@ -24,7 +24,9 @@
       if (element.dataset.click === "trial") {
         element.on("plotly_click", function (event) {
           const point = event.points && event.points[0];
-          if (point) openTrial(Array.isArray(point.customdata) ? point.customdata[0] : point.customdata);
+          // a point's customdata is a row (a typed array once plotly decoded it): the trial first
+          const data = point && point.customdata;
+          if (data !== undefined) openTrial(data !== null && typeof data === "object" ? data[0] : data);
         });
       }
       element.dataset.rendered = "true";

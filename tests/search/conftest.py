@@ -43,3 +43,16 @@ def served_study(tmp_path_factory: pytest.TempPathFactory) -> Served:
         code = main(["run", str(study_file), "--storage", url, "--no-progress"])
     assert code == 0, err.getvalue()
     return Served(url, SERVED["study"]["name"], folder)
+
+
+def plotly_array(value):
+    """An array from a figure's JSON: plotly sends numpy arrays as {dtype, bdata[, shape]}."""
+    import base64
+
+    import numpy as np
+
+    if not isinstance(value, dict):
+        return np.asarray(value)
+    array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    shape = value.get("shape")
+    return array.reshape([int(n) for n in str(shape).split(",")]) if shape else array

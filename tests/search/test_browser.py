@@ -85,7 +85,7 @@ def test_click_a_pareto_point_to_open_its_trial(server: str, browser, served_stu
     index, uid = next((i, uid) for i, (name, uid) in enumerate(traces) if name.startswith("feasible Pareto front"))
     markers = page.locator(f"#front2d .scatterlayer .trace{uid} path.point")  # plotly tags a trace's group by uid
     assert markers.count() == len(front)  # one marker per front point
-    drawn = page.evaluate(f"Array.from(document.getElementById('front2d').data[{index}].customdata)")
+    drawn = page.evaluate(f"Array.from(document.getElementById('front2d')._fullData[{index}].customdata, c => c[0])")
     assert sorted(drawn) == sorted(front)
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

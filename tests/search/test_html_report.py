@@ -9,7 +9,7 @@ from pathlib import Path
 from slimtune.search.cli import main
 from slimtune.search.overview import Catalog
 
-from .conftest import Served
+from .conftest import Served, plotly_array
 
 
 def test_report_is_self_contained(served_study: Served, tmp_path: Path, capsys) -> None:
@@ -25,7 +25,7 @@ def test_report_is_self_contained(served_study: Served, tmp_path: Path, capsys) 
     assert {"front2d", "front3d", "parallel", "hypervolume", "importances"} <= set(figures)
     points = Catalog(served_study.url).study(served_study.name).points()
     front = next(t for t in figures["front2d"]["data"] if t["name"].startswith("feasible Pareto front"))
-    assert sorted(front["customdata"]) == sorted(points.loc[points["on_front"], "trial"].tolist())
+    assert sorted(plotly_array(front["customdata"])[:, 0].astype(int).tolist()) == sorted(points.loc[points["on_front"], "trial"].tolist())
     for number in points["trial"]:
         assert f'id="trial-{number}"' in html  # every trial has a row the figures scroll to
 

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from slimtune.search.service import Settings, create_app  # noqa: E402
 from slimtune.storage import Repository, connect  # noqa: E402
 
-from .conftest import Served  # noqa: E402
+from .conftest import Served, plotly_array  # noqa: E402
 
 
 def figures(html: str) -> dict[str, dict]:
@@ -53,7 +53,8 @@ def test_study_page_draws_every_figure(client: TestClient, served_study: Served)
     assert layout["yaxis"]["title"]["text"] == "top-1 accuracy (%)"
     assert any("accuracy floor" in a["text"] for a in layout["annotations"])  # the floor is drawn
     baseline = next(t for t in plots["front2d"]["data"] if t["name"] == "baseline")
-    assert baseline["customdata"] == [0] and "baseline" in baseline["hovertext"][0]
+    assert plotly_array(baseline["customdata"])[:, 0].tolist() == [0] and baseline["text"] == ["baseline"]
+    assert "%{text}" in baseline["hovertemplate"]  # hover shows the recipe
     assert '<script src="/static/plotly.min.js">' in page.text and "cdn" not in page.text.lower()
 
 
