@@ -16,10 +16,14 @@ def top1_accuracy(
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
+    """`prepare` turns a float32 batch into what the deployed model takes (dtype, memory format)."""
     correct = total = 0
     with torch.inference_mode():
         for inputs, labels, real in eval_batches(dataset, batch_size, device, dtype):
+            if prepare is not None:
+                inputs = prepare(inputs)
             logits = run(inputs)[:real]
             if not torch.isfinite(logits).all():
                 raise FloatingPointError("non-finite logits during evaluation")

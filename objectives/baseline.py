@@ -13,10 +13,12 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Subset
 
 from slimtune.spaces.errors import first_line
 
@@ -55,8 +57,12 @@ def cache_key(workload: Workload, recipe: TrainingRecipe) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def train(workload: Workload, recipe: TrainingRecipe, device: torch.device) -> nn.Module:
-    """Plain supervised training with AdamW and a cosine schedule, seeded."""
+Progress = Callable[[str], None]
+
+
+def train(workload: Workload, recipe: TrainingRecipe, device: torch.device, progress: Progress | None = None) -> nn.Module:
+    """Plain supervised training with AdamW and a one-cycle schedule, seeded. `progress` hears
+    one line per epoch (loss, held-out accuracy): on a real model training takes minutes."""
     torch.manual_seed(recipe.seed)
     model = workload.make_model().to(device)
     steps_per_epoch = max(1, len(workload.data.train) // recipe.batch_size)
@@ -65,13 +71,23 @@ def train(workload: Workload, recipe: TrainingRecipe, device: torch.device) -> n
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=max(steps, 1))
     batches = training_batches(workload.data.train, recipe.batch_size, recipe.seed, device)
     model.train()
-    for _ in range(steps):
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
         inputs, labels = next(batches)
         loss = F.cross_entropy(model(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if progress is not None and step % steps_per_epoch == 0:
+            from .accuracy import top1_accuracy
+
+            model.eval()
+            held_out = Subset(workload.data.val, range(min(len(workload.data.val), 2048)))
+            accuracy = top1_accuracy(model, held_out, recipe.batch_size, device)
+            model.train()
+            progress(f"baseline: epoch {step // steps_per_epoch}/{recipe.epochs}  loss {loss.item():.4f}  "
+                     f"held-out accuracy {accuracy:.4f}  ({time.perf_counter() - started:.0f} s)")
     return model.eval()
 
 
@@ -98,7 +114,8 @@ def load_checkpoint(workload: Workload, path: str) -> nn.Module:
 
 
 def get_baseline(
-    workload: Workload, device: torch.device, *, checkpoint: str | None = None, recipe: TrainingRecipe | None = None
+    workload: Workload, device: torch.device, *, checkpoint: str | None = None, recipe: TrainingRecipe | None = None,
+    progress: Progress | None = None,
 ) -> Baseline:
     """The unmodified model on the CPU, in eval mode; trains and caches it when needed."""
     if checkpoint:
@@ -110,7 +127,7 @@ def get_baseline(
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return Baseline(model.eval(), f"cache:{path}")
     started = time.perf_counter()
-    model = train(workload, recipe, device).cpu()
+    model = train(workload, recipe, device, progress).cpu()
     seconds = time.perf_counter() - started
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")

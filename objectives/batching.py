@@ -8,6 +8,31 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
+class ResizedTensorDataset(TensorDataset):
+    """Small in-memory images served at a larger shape: resized (bilinear) and their channels
+    repeated on the device, batch by batch, so a 224x224 view of a dataset costs no memory."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...]):
+        super().__init__(inputs, labels)
+        self.shape = tuple(shape)
+
+    def transform(self, inputs: torch.Tensor) -> torch.Tensor:
+        channels, height, width = self.shape
+        if tuple(inputs.shape[-2:]) != (height, width):
+            inputs = torch.nn.functional.interpolate(inputs, size=(height, width), mode="bilinear", align_corners=False)
+        if inputs.shape[1] != channels:
+            inputs = inputs.expand(-1, channels, -1, -1) if inputs.shape[1] == 1 else inputs[:, :channels]
+        return inputs.contiguous()
+
+    def __getitem__(self, index):
+        inputs, labels = super().__getitem__(index)
+        return self.transform(inputs.unsqueeze(0)).squeeze(0), labels
+
+
+def _transform(dataset: Dataset):
+    return getattr(dataset, "transform", None) if isinstance(dataset, ResizedTensorDataset) else None
+
+
 def training_batches(
     dataset: Dataset, batch_size: int, seed: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -18,13 +43,15 @@ def training_batches(
         raise ValueError("the training split is empty")
     batch_size = min(batch_size, len(dataset))
     generator = torch.Generator().manual_seed(seed)
+    transform = _transform(dataset)
     if isinstance(dataset, TensorDataset):  # in-memory data: index it, skip the collate overhead
         inputs, labels = (t.to(device) for t in dataset.tensors)
         while True:
             order = torch.randperm(len(labels), generator=generator).to(device)
             for start in range(0, len(order) - batch_size + 1, batch_size):
                 index = order[start:start + batch_size]
-                yield inputs[index], labels[index]
+                batch = inputs[index]
+                yield (transform(batch) if transform else batch), labels[index]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)
     while True:
         for inputs, labels in loader:
@@ -36,6 +63,7 @@ def eval_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """Every sample once, in batches of exactly `batch_size`: the last one is padded (count
     of real rows returned) so a compiled model never sees a new shape."""
+    transform = _transform(dataset)
     if isinstance(dataset, TensorDataset):
         chunks = zip(dataset.tensors[0].split(batch_size), dataset.tensors[1].split(batch_size))
     else:
@@ -45,4 +73,7 @@ def eval_batches(
         if real < batch_size:
             pad = inputs[:1].expand(batch_size - real, *inputs.shape[1:])
             inputs = torch.cat([inputs, pad])
-        yield inputs.to(device=device, dtype=dtype), labels.to(device), real
+        inputs = inputs.to(device)
+        if transform is not None:
+            inputs = transform(inputs)
+        yield inputs.to(dtype=dtype), labels.to(device), real

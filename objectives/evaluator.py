@@ -1,17 +1,19 @@
 """Builds a candidate from a recipe and measures it on the target, as it will be deployed.
 
-Order: copy the baseline -> prune -> fine-tune (KD from the unpruned teacher) -> cast to the
-precision -> quantize -> wrap in the runtime -> measure accuracy, latency, memory.
-Everything reported is measured on the final callable; params and MACs are counted on the
-pruned float model (quantization changes storage, not the count).
+Building runs every registered knob's `apply` in registry order (prune -> fine-tune with KD
+from the unpruned teacher -> precision -> memory format -> quantize -> runtime); measuring
+reads the final callable: accuracy, latency, memory. Params and MACs are counted on the
+pruned float model (quantization changes storage, not the count). Everything runs inside the
+recipe's math mode, so fp32 is IEEE fp32 (TF32 off) and tf32 is TF32.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -19,10 +21,10 @@ from torch.utils.data import Subset
 
 from slimtune.spaces import Recipe
 from slimtune.spaces.distillation import finetune
-from slimtune.spaces.precision import cast, dtype_of, math_mode
-from slimtune.spaces.pruning import count_params_and_macs, prune
-from slimtune.spaces.quantization import quantize
-from slimtune.spaces.runtime import prepare
+from slimtune.spaces.knob import Candidate
+from slimtune.spaces.precision import math_mode
+from slimtune.spaces.pruning import count_params_and_macs
+from slimtune.spaces.registry import KNOBS
 
 from .accuracy import top1_accuracy
 from .batching import training_batches
@@ -67,6 +69,9 @@ class Measurement:
     finetune_steps_run: int = 0
     seconds: float = 0.0
     latency_by_batch_size: dict[str, dict[str, float]] = field(default_factory=dict)
+    compile_s: float | None = None
+    #: facts the knobs reported while building (channel widths, TF32 on/off, ...)
+    build: dict[str, Any] = field(default_factory=dict)
 
     def objective(self, name: str) -> float:
         if name not in OBJECTIVE_NAMES:
@@ -75,6 +80,13 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check_finite(self) -> None:
+        """A NaN or infinite figure is a failed measurement, never a point on the front."""
+        for name in ("accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"measurement {name} is {value}")
 
 
 class Evaluator:
@@ -117,64 +129,122 @@ class Evaluator:
         generator = torch.Generator().manual_seed(batch_size)
         return torch.randn(batch_size, *self.workload.input_shape, generator=generator).to(self.device, dtype)
 
-    def evaluate(self, recipe: Recipe, seed: int = 0) -> Measurement:
-        """Build and measure one candidate. Raises `TrialStopped` when abandoned early;
-        any other exception means the recipe failed on this target."""
-        started = time.perf_counter()
-        deadline = started + self.budget.trial_timeout_s
+    # -- what the knobs may use while building (spaces.knob.BuildContext) --------------------
+    @property
+    def num_classes(self) -> int:
+        return self.workload.num_classes
 
-        def check_time(stage: str) -> None:
-            if time.perf_counter() > deadline:
-                raise TrialStopped(f"timeout: over trial_timeout_s={self.budget.trial_timeout_s:g} during {stage}")
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.workload.input_shape)
 
+    @property
+    def batch_size(self) -> int:
+        return self.batch_sizes[0]
+
+    def example(self, batch_size: int) -> torch.Tensor:
+        return self._example(batch_size)
+
+    def check_time(self, stage: str) -> None:
+        if time.perf_counter() > self._deadline:
+            raise TrialStopped(f"timeout: over trial_timeout_s={self.budget.trial_timeout_s:g} during {stage}")
+
+    def finetune(self, model: nn.Module, recipe: Recipe) -> int:
+        return self._finetune(model, recipe, self._seed, self.check_time)
+
+    # -- building and measuring -----------------------------------------------------------
+    def build(self, recipe: Recipe, seed: int = 0, on_stage: Callable[[str], None] | None = None) -> Candidate:
+        """The deployable candidate: a copy of the baseline with every knob applied in order.
+        Call inside `math_mode(recipe.precision)` (as `evaluate` does)."""
+        self._seed = seed
+        if not hasattr(self, "_deadline"):
+            self._deadline = time.perf_counter() + self.budget.trial_timeout_s
         torch.manual_seed(seed)
         model = copy.deepcopy(self.teacher).eval()
         for parameter in model.parameters():
             parameter.requires_grad_(True)
-        if recipe.prune_ratio > 0:
-            prune(model, recipe.prune_ratio, self._example(1), self.workload.num_classes, recipe.prune_importance)
-        params, macs = count_params_and_macs(model, self._example(1))
-        steps_run = self._finetune(model, recipe, seed, check_time) if recipe.finetune_steps > 0 else 0
-        check_time("fine-tuning")
-
-        dtype = dtype_of(recipe.precision)
-        cast(model, recipe.precision)
+        candidate = Candidate(model, self.device)
+        for knob in KNOBS:
+            if on_stage is not None:
+                on_stage(knob.name)
+            knob.apply(candidate, recipe, self)
+            if knob.name == "distillation":  # counted on the pruned float model
+                candidate.record["params"], candidate.record["macs"] = count_params_and_macs(model, self._example(1))
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        quantized = quantize(model, recipe.quantization, self.device)
-        run = prepare(model, recipe.runtime)
-        with math_mode(recipe.precision):
-            accuracy = top1_accuracy(run, self.workload.data.val, self.batch_sizes[0], self.device, dtype)
-            check_time("accuracy")
-            latencies = {}
-            for batch_size in self.batch_sizes:
-                remaining = max(0.5, deadline - time.perf_counter())
-                latencies[batch_size] = measure_latency(
-                    run, self._example(batch_size, dtype),
-                    warmup=self.budget.latency_warmup, repeats=self.budget.latency_repeats,
-                    max_seconds=min(self.budget.latency_max_s, remaining),
+        return candidate
+
+    def evaluate(self, recipe: Recipe, seed: int = 0, on_stage: Callable[[str], None] | None = None) -> Measurement:
+        """Build and measure one candidate. Raises `TrialStopped` when abandoned early;
+        any other exception means the recipe failed on this target. `on_stage` hears the
+        name of each step as it starts (the worker process reports it to the driver)."""
+        started = time.perf_counter()
+        self._deadline = started + self.budget.trial_timeout_s
+        stage = on_stage or (lambda name: None)
+        try:
+            with math_mode(recipe.precision):
+                candidate = self.build(recipe, seed, stage)
+                stage("accuracy")
+                accuracy = top1_accuracy(
+                    candidate, self.workload.data.val, self.batch_sizes[0], self.device, prepare=candidate.inputs
                 )
-                check_time(f"latency at batch {batch_size}")
-            peak = peak_inference_bytes(run, model, self._example(self.batch_sizes[0], dtype))
+                self.check_time("accuracy")
+                latencies = {}
+                for batch_size in self.batch_sizes:
+                    stage(f"latency at batch {batch_size}")
+                    remaining = max(0.5, self._deadline - time.perf_counter())
+                    latencies[batch_size] = measure_latency(
+                        candidate, candidate.inputs(self._example(batch_size)),
+                        warmup=self.budget.latency_warmup, repeats=self.budget.latency_repeats,
+                        max_seconds=min(self.budget.latency_max_s, remaining),
+                    )
+                    self.check_time(f"latency at batch {batch_size}")
+                stage("memory")
+                example = candidate.inputs(self._example(self.batch_sizes[0]))
+                peak = peak_inference_bytes(candidate.deployed, candidate.model, example)
+        finally:
+            del self._deadline
         primary = latencies[self.batch_sizes[0]]
-        return Measurement(
+        record = dict(candidate.record)
+        measurement = Measurement(
             accuracy=accuracy,
             latency_ms=primary.median_ms,
             latency_p95_ms=primary.p95_ms,
             latency_repeats=primary.repeats,
             peak_memory_mb=peak / MB,
-            weight_mb=weight_bytes(model) / MB,
-            params=params,
-            macs=macs,
+            weight_mb=weight_bytes(candidate.model) / MB,
+            params=record.pop("params"),
+            macs=record.pop("macs"),
             batch_size=self.batch_sizes[0],
-            quantized_layers=quantized.quantized,
-            unquantized_layers=quantized.skipped,
-            finetune_steps_run=steps_run,
+            quantized_layers=record.pop("quantized_layers", []),
+            unquantized_layers=record.pop("unquantized_layers", {}),
+            finetune_steps_run=record.pop("finetune_steps_run", 0),
             seconds=time.perf_counter() - started,
             latency_by_batch_size={str(bs): {"median_ms": s.median_ms, "p95_ms": s.p95_ms} for bs, s in latencies.items()},
+            compile_s=record.pop("compile_s", None),
+            build=record,
         )
+        measurement.check_finite()
+        return measurement
 
-    def _finetune(self, model: nn.Module, recipe: Recipe, seed: int, check_time) -> int:
+    def check_combination(self, recipe: Recipe) -> None:
+        """Build the unpruned model with `recipe`'s other knobs and run it once: raises when
+        the combination fails whatever the prune ratio (the driver then fails later trials
+        that sample it at once, without another fine-tuning)."""
+        unpruned = Recipe.from_dict({**recipe.to_dict(), "prune_ratio": 0.0, "finetune_steps": 0,
+                                     "kd_temperature": None, "kd_alpha": 0.0})
+        self._deadline = time.perf_counter() + self.budget.trial_timeout_s
+        try:
+            with math_mode(unpruned.precision):
+                candidate = self.build(unpruned)
+                with torch.inference_mode():
+                    output = candidate(candidate.inputs(self._example(self.batch_sizes[0])))
+                if not torch.isfinite(output.float()).all():
+                    raise FloatingPointError("non-finite output")
+        finally:
+            del self._deadline
+
+    def _finetune(self, model: nn.Module, recipe: Recipe, seed: int, check_time: Callable[[str], None]) -> int:
         """Fine-tune with KD; stop when over time or when recovery cannot reach the floor.
 
         The hopeless test runs from half the budget on (fine-tuning often loses accuracy
@@ -207,5 +277,6 @@ class Evaluator:
             model, self.teacher, batches, steps=steps,
             temperature=recipe.kd_temperature or 1.0, alpha=recipe.kd_alpha if recipe.kd_temperature else 0.0,
             lr=self.budget.finetune_lr, check_every=check_every, check=check,
+            autocast=torch.bfloat16 if self.device.type == "cuda" else None,
         )
         return result.steps_run

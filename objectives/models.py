@@ -26,4 +26,20 @@ def small_cnn(num_classes: int, input_shape: tuple[int, ...], width: int = 64) -
     )
 
 
-BUILTIN_MODELS = {"small_cnn": small_cnn}
+def vit_tiny(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """A small torchvision VisionTransformer (4 layers, 4 heads, width 128, patches of 4):
+    a model made of Linear layers, where torchao's int8/fp8 Linear quantization applies."""
+    from torchvision.models import VisionTransformer
+
+    channels, height, width = input_shape
+    if height != width or height % 4:
+        raise ValueError(f"vit_tiny needs square inputs with a side divisible by 4, not {list(input_shape)}")
+    model = VisionTransformer(
+        image_size=height, patch_size=4, num_layers=4, num_heads=4, hidden_dim=128, mlp_dim=256, num_classes=num_classes,
+    )
+    if channels != 3:
+        model.conv_proj = nn.Conv2d(channels, 128, kernel_size=4, stride=4)
+    return model
+
+
+BUILTIN_MODELS = {"small_cnn": small_cnn, "vit_tiny": vit_tiny}

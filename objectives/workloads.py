@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from .batching import ResizedTensorDataset
 from .models import BUILTIN_MODELS
 
 
@@ -114,8 +115,10 @@ def _sklearn_digits(input_shape: tuple[int, ...]) -> DataSplits:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if tuple(input_shape) != (1, 8, 8):
-        raise WorkloadError("workload.input_shape", f"sklearn:digits images are [1, 8, 8], not {list(input_shape)}")
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise WorkloadError(
+            "workload.input_shape", f"sklearn:digits needs [1 or 3, H, W] (e.g. [1, 8, 8], [3, 224, 224]), not {list(input_shape)}"
+        )
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = (images - 0.5) / 0.5
@@ -124,9 +127,14 @@ def _sklearn_digits(input_shape: tuple[int, ...]) -> DataSplits:
     train_idx, val_idx = train_test_split(
         range(len(labels)), test_size=0.2, random_state=0, stratify=digits.target
     )
-    train = TensorDataset(images[train_idx], labels[train_idx])
-    val = TensorDataset(images[val_idx], labels[val_idx])
-    return DataSplits(train, val, 10, "sklearn:digits:" + _tensor_fingerprint(images, labels)[:16])
+    fingerprint = "sklearn:digits:" + _tensor_fingerprint(images, labels)[:16]
+    if tuple(input_shape) == (1, 8, 8):
+        return DataSplits(TensorDataset(images[train_idx], labels[train_idx]),
+                          TensorDataset(images[val_idx], labels[val_idx]), 10, fingerprint)
+    # Stored at 8x8, served resized (and with repeated channels) batch by batch on the device.
+    train = ResizedTensorDataset(images[train_idx], labels[train_idx], input_shape)
+    val = ResizedTensorDataset(images[val_idx], labels[val_idx], input_shape)
+    return DataSplits(train, val, 10, f"{fingerprint}:{'x'.join(map(str, input_shape))}")
 
 
 def _image_transform(input_shape: tuple[int, ...]):

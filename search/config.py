@@ -12,15 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, create_model, field_validator,
+)
 
 from slimtune.objectives import OBJECTIVE_NAMES
 from slimtune.spaces import SearchSpace
-from slimtune.spaces.distillation import KD_ALPHA_RANGE, KD_TEMPERATURE_RANGE
-from slimtune.spaces.precision import PRECISION_CHOICES
-from slimtune.spaces.pruning import IMPORTANCES, PRUNE_RATIO_RANGE
-from slimtune.spaces.quantization import QUANTIZATION_CHOICES
-from slimtune.spaces.runtime import RUNTIME_CHOICES
+from slimtune.spaces.registry import study_fields
+from slimtune.spaces.runtime import NEEDS_CUDA, RUNTIME_CHOICES
 
 from .samplers import SAMPLERS
 
@@ -58,8 +57,9 @@ class TargetSection(_Section):
     @field_validator("runtimes")
     @classmethod
     def _runtimes_for_device(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        if info.data.get("device") == "cpu" and "cudagraphs" in value:
-            raise ValueError("'cudagraphs' needs a CUDA device; allowed on cpu: eager, compile")
+        needs_cuda = [runtime for runtime in value if runtime in NEEDS_CUDA]
+        if info.data.get("device") == "cpu" and needs_cuda:
+            raise ValueError(f"{needs_cuda[0]!r} needs a CUDA device; allowed on cpu: eager, compile")
         if len(set(value)) != len(value):
             raise ValueError("must be a list without repeats")
         return value
@@ -97,32 +97,39 @@ def _range(low: float, high: float):
     return check
 
 
-class SpaceSection(_Section):
-    """Each knob declares its own range or choices; an absent knob is not searched."""
+def _distinct(value: list[Any]) -> list[Any]:
+    if not value or len(set(value)) != len(value):
+        raise ValueError("must be a non-empty list without repeats")
+    return value
 
-    prune_ratio: list[float] | None = None
-    prune_importance: list[Literal[tuple(IMPORTANCES)]] = ["l2"]  # type: ignore[valid-type]
-    kd_temperature: list[float] | None = None
-    kd_alpha: list[float] | None = None
-    quantization: list[Literal[QUANTIZATION_CHOICES]] = ["none"]  # type: ignore[valid-type]
-    precision: list[Literal[PRECISION_CHOICES]] = ["fp32"]  # type: ignore[valid-type]
 
-    _prune = field_validator("prune_ratio")(_range(*PRUNE_RATIO_RANGE))
-    _temperature = field_validator("kd_temperature")(_range(*KD_TEMPERATURE_RANGE))
-    _alpha = field_validator("kd_alpha")(_range(*KD_ALPHA_RANGE))
+def _space_section() -> type[_Section]:
+    """`[space]`: one entry per study field of every registered knob (the runtime's choices
+    are `[target] runtimes`); an absent range is not searched, a single choice is fixed."""
+    fields: dict[str, Any] = {}
+    validators: dict[str, Any] = {}
+    for knob_field in study_fields():
+        name = knob_field.name
+        if name == "runtime":
+            continue
+        if knob_field.kind == "range":
+            fields[name] = (list[float] | None, knob_field.default)
+            validators[f"_check_{name}"] = field_validator(name)(_range(*knob_field.bounds))
+        else:
+            fields[name] = (list[Literal[knob_field.allowed]], list(knob_field.default))  # type: ignore[valid-type]
+            validators[f"_check_{name}"] = field_validator(name)(_distinct)
+    return create_model("SpaceSection", __base__=_Section, __validators__=validators, **fields)
 
-    @field_validator("prune_importance", "quantization", "precision")
-    @classmethod
-    def _choices(cls, value: list[str]) -> list[str]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError("must be a non-empty list without repeats")
-        return value
+
+SpaceSection = _space_section()
 
 
 class BudgetSection(_Section):
     finetune_steps: int = Field(default=200, ge=0)
     finetune_lr: PositiveFloat = 1e-3
     trial_timeout_s: PositiveFloat = 60.0
+    #: the worker process is killed (and its trial failed) past this resident memory
+    memory_limit_mb: PositiveFloat | None = None
     latency_warmup: int = Field(default=10, ge=0)
     latency_repeats: PositiveInt = 50
 
@@ -152,17 +159,11 @@ class StudyConfig(_Section):
 
 
     def search_space(self) -> SearchSpace:
-        space = self.space
-        return SearchSpace(
-            prune_ratio=tuple(space.prune_ratio) if space.prune_ratio else None,
-            prune_importance=tuple(space.prune_importance),
-            kd_temperature=tuple(space.kd_temperature) if space.kd_temperature else None,
-            kd_alpha=tuple(space.kd_alpha) if space.kd_alpha else None,
-            quantization=tuple(space.quantization),
-            precision=tuple(space.precision),
-            runtime=tuple(self.target.runtimes),
-            finetune_steps=self.budget.finetune_steps,
-        )
+        values: dict[str, Any] = {}
+        for knob_field in study_fields():
+            value = self.target.runtimes if knob_field.name == "runtime" else getattr(self.space, knob_field.name)
+            values[knob_field.name] = tuple(value) if value is not None else None
+        return SearchSpace(**values, finetune_steps=self.budget.finetune_steps)
 
     def identity(self) -> dict[str, Any]:
         """What must not change when a study is resumed: everything that decides its results."""

@@ -16,13 +16,15 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from slimtune.objectives import Budget, Evaluator, TrainingRecipe, TrialStopped, get_baseline, load_workload
-from slimtune.spaces import SearchSpace, probe
+from slimtune.objectives import TrialStopped
+from slimtune.objectives.worker import DEFAULT_FACTORY, WorkerSpec
+from slimtune.spaces import SearchSpace
 from slimtune.spaces.errors import one_line
 from slimtune.storage import DEFAULT_STORAGE, Repository, connect, optuna_storage, safe_url
 
 from .config import CONFIG_ATTR, StudyConfig, StudyFileError
 from .fingerprint import fingerprint
+from .isolated import IsolatedEvaluator
 from .samplers import make_sampler
 from .studies import N_TRIALS_ATTR
 
@@ -40,7 +42,7 @@ class TrialObjective:
 
     config: StudyConfig
     space: SearchSpace
-    evaluator: Evaluator
+    evaluator: IsolatedEvaluator
     repository: Repository
     fingerprint_id: int
     log: Log
@@ -112,6 +114,30 @@ class SnapshotCallback:
         self.repository.record_snapshot(study.study_name, trial.number, front)
 
 
+def worker_spec(config: StudyConfig, factory: str = DEFAULT_FACTORY) -> WorkerSpec:
+    """What the worker process needs from the study file, as plain data."""
+    from slimtune.objectives.baseline import cache_dir
+
+    budget = config.budget
+    return WorkerSpec(
+        model=config.workload.model, data=config.workload.data, input_shape=tuple(config.workload.input_shape),
+        data_root=config.workload.data_root, device=config.target.device, threads=config.target.threads,
+        batch_sizes=tuple(config.workload.batch_sizes),
+        budget=dict(
+            finetune_steps=budget.finetune_steps, finetune_lr=budget.finetune_lr,
+            finetune_batch_size=config.baseline.batch_size, trial_timeout_s=budget.trial_timeout_s,
+            latency_warmup=budget.latency_warmup, latency_repeats=budget.latency_repeats,
+        ),
+        max_accuracy_drop=config.constraints.max_accuracy_drop,
+        space=config.search_space().to_dict(),
+        checkpoint=config.baseline.checkpoint,
+        training=dict(epochs=config.baseline.epochs, batch_size=config.baseline.batch_size,
+                      lr=config.baseline.lr, seed=config.study.seed),
+        inductor_cache_dir=str(cache_dir().parent / "inductor" / config.study.name),
+        factory=factory,
+    )
+
+
 def run_study(
     config: StudyConfig,
     storage_url: str = DEFAULT_STORAGE,
@@ -119,48 +145,43 @@ def run_study(
     timeout: float | None = None,
     log: Log = print,
     progress: bool = True,
+    evaluator_factory: str = DEFAULT_FACTORY,
 ) -> optuna.Study:
     """Create or resume `config.study.name` in `storage_url` and run it up to `n_trials` finished
-    trials in all (a resumed study runs only the remainder). Returns the Optuna study."""
+    trials in all (a resumed study runs only the remainder). Returns the Optuna study.
+
+    Trials run in a worker process (see `isolated.py`); `evaluator_factory` ("module:function")
+    builds the evaluator there (tests name one that injects faults)."""
     device = torch.device(config.target.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StudyFileError(f"target.device = {config.target.device!r}: no CUDA device here; allowed: cpu")
     threads = config.target.threads or torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(threads)
 
-    workload = load_workload(
-        config.workload.model, config.workload.data, tuple(config.workload.input_shape), config.workload.data_root
-    )
-    # A checkpoint is checked before the database is touched; training waits until the
-    # database has answered, so a wrong URL does not cost a training run first.
-    checkpoint = get_baseline(workload, device, checkpoint=config.baseline.checkpoint) if config.baseline.checkpoint else None
-    engine = connect(storage_url)
-    repository = Repository(engine)
-    repository.check_compatible()
-    storage = optuna_storage(storage_url)
-    existing = _existing_study(storage, config.study.name)
-    if existing is not None:
-        _check_resume(existing, config, storage_url)
+    with IsolatedEvaluator(worker_spec(config, evaluator_factory), log=log,
+                           memory_limit_mb=config.budget.memory_limit_mb) as evaluator:
+        # The workload (and a checkpoint) are checked in the worker before the database is
+        # touched; training waits until the database has answered, so a wrong URL does not
+        # cost a training run first.
+        evaluator.load()
+        engine = connect(storage_url)
+        repository = Repository(engine)
+        repository.check_compatible()
+        storage = optuna_storage(storage_url)
+        existing = _existing_study(storage, config.study.name)
+        if existing is not None:
+            _check_resume(existing, config, storage_url)
 
-    baseline = checkpoint or get_baseline(
-        workload, device,
-        recipe=TrainingRecipe(config.baseline.epochs, config.baseline.batch_size, config.baseline.lr, config.study.seed),
-    )
-    log(f"baseline: {baseline.source}" + (f" ({baseline.train_seconds:.1f} s)" if baseline.train_seconds else ""))
-    budget = Budget(
-        finetune_steps=config.budget.finetune_steps, finetune_lr=config.budget.finetune_lr,
-        finetune_batch_size=config.baseline.batch_size, trial_timeout_s=config.budget.trial_timeout_s,
-        latency_warmup=config.budget.latency_warmup, latency_repeats=config.budget.latency_repeats,
-    )
-    evaluator = Evaluator(
-        workload, baseline.model, device, threads=threads, batch_sizes=tuple(config.workload.batch_sizes),
-        budget=budget, max_accuracy_drop=config.constraints.max_accuracy_drop,
-    )
-    space, removals = probe(config.search_space(), device)
-    for removal in removals:
-        log(f"probe: {removal}")
+        evaluator.prepare()
+        log(f"baseline: {evaluator.source}" + (f" ({evaluator.train_seconds:.1f} s)" if evaluator.train_seconds else ""))
+        space, removals = evaluator.space, evaluator.removals
+        for removal in removals:
+            log(f"probe: {removal}")
+        return _optimize(config, storage_url, storage, repository, existing, evaluator, space, removals,
+                         device, threads, timeout, log, progress)
 
+
+def _optimize(config, storage_url, storage, repository, existing, evaluator, space, removals,
+              device, threads, timeout, log, progress) -> optuna.Study:
     repository.create_schema()
     study = optuna.create_study(
         study_name=config.study.name,

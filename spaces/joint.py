@@ -1,87 +1,77 @@
-"""The joint search space: what each knob declares, sampled define-by-run.
+"""The joint search space: each registered knob's ranges and choices, sampled define-by-run.
 
 A knob asks the trial for a value only when it applies (distillation only when something
-was pruned), so conditional parameters are plain `if`s, as Optuna intends.
+was pruned), so conditional parameters are plain `if`s, as Optuna intends. The fields of
+`SearchSpace` are the knobs' study-file fields (`registry.study_fields()`), plus the
+fine-tuning budget that distillation reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
+from .distillation import DEFAULT_KD_ALPHA  # noqa: F401  (re-exported)
 from .recipe import Recipe
+from .registry import KNOBS, recipe_defaults, study_fields
 
-DEFAULT_KD_ALPHA = 0.5
 
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """Ranges and choices per knob; a knob with a single choice is fixed, not searched."""
-
-    prune_ratio: tuple[float, float] | None = None
-    prune_importance: tuple[str, ...] = ("l2",)
-    kd_temperature: tuple[float, float] | None = None
-    kd_alpha: tuple[float, float] | None = None
-    quantization: tuple[str, ...] = ("none",)
-    precision: tuple[str, ...] = ("fp32",)
-    runtime: tuple[str, ...] = ("eager",)
-    finetune_steps: int = 0
-
+class _SpaceMethods:
     def suggest(self, trial: optuna.Trial) -> Recipe:
-        """Sample one recipe. Fine-tuning (with KD when a temperature range is given) is
-        sampled only after pruning: quantization here is post-training, so fine-tuning an
-        unpruned model would only retrain the teacher, and there is nothing to recover."""
-        prune_ratio = 0.0
-        if self.prune_ratio is not None and self.prune_ratio[1] > 0:
-            prune_ratio = trial.suggest_float("prune_ratio", *self.prune_ratio)
-        fields: dict[str, Any] = {"prune_ratio": prune_ratio}
-        if prune_ratio > 0:
-            fields["prune_importance"] = _choose(trial, "prune_importance", self.prune_importance)
-            if self.finetune_steps > 0:
-                fields["finetune_steps"] = self.finetune_steps
-                if self.kd_temperature is not None:
-                    fields["kd_temperature"] = trial.suggest_float("kd_temperature", *self.kd_temperature, log=True)
-                    fields["kd_alpha"] = (
-                        trial.suggest_float("kd_alpha", *self.kd_alpha) if self.kd_alpha else DEFAULT_KD_ALPHA
-                    )
-        fields["quantization"] = _choose(trial, "quantization", self.quantization)
-        fields["precision"] = _choose(trial, "precision", self.precision)
-        fields["runtime"] = _choose(trial, "runtime", self.runtime)
+        """Sample one recipe: every knob in registry order adds its values."""
+        fields: dict[str, Any] = {}
+        for knob in KNOBS:
+            knob.suggest(trial, self, fields)
         return Recipe(**fields)
 
     def contains_baseline(self) -> bool:
-        """Whether the unmodified model is a point of this space (prune 0, no quantization, fp32)."""
-        prune_ok = self.prune_ratio is None or self.prune_ratio[0] == 0.0 or self.prune_ratio[1] == 0.0
-        return prune_ok and "none" in self.quantization and "fp32" in self.precision
+        """Whether the unmodified model is a point of this space: every knob can take its
+        baseline value (prune 0, no quantization, fp32, contiguous...)."""
+        return all(knob.contains_baseline(self) for knob in KNOBS)
 
     def baseline_params(self) -> dict[str, Any]:
         """Params that make `suggest` return the unmodified model (enqueued as trial 0).
         Only meaningful when `contains_baseline()`; otherwise trial 0 is measured from
         `baseline_recipe()` without sampling."""
-        params: dict[str, Any] = {}
-        if self.prune_ratio is not None and self.prune_ratio[1] > 0:
-            params["prune_ratio"] = 0.0
-        for name, default in (("quantization", "none"), ("precision", "fp32")):
-            if len(getattr(self, name)) > 1 and default in getattr(self, name):
-                params[name] = default
-        if len(self.runtime) > 1:
-            params["runtime"] = self.runtime[0]
-        return params
+        return {name: value for knob in KNOBS for name, value in knob.baseline_params(self).items()}
 
     def baseline_recipe(self) -> Recipe:
         return Recipe(runtime=self.runtime[0])
 
-    def without(self, knob: str, value: str) -> "SearchSpace":
+    def without(self, knob: str, value: Any) -> "SearchSpace":
         """This space with one categorical choice removed (the capability probe uses it)."""
         remaining = tuple(v for v in getattr(self, knob) if v != value)
         return dataclasses.replace(self, **{knob: remaining})
+
+    def allows(self, recipe: Recipe) -> str | None:
+        """Why `recipe` is outside this space (a warm start from another target), or None."""
+        for field in study_fields():
+            if field.kind != "choices":
+                continue
+            value = getattr(recipe, field.name, None)
+            default = recipe_defaults().get(field.name)
+            choices = getattr(self, field.name)
+            if value not in choices and value != default:
+                return f"{field.name}={value!r} is not among this target's choices {list(choices)}"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _choose(trial: optuna.Trial, name: str, choices: tuple[str, ...]) -> str:
-    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
+def _space_field(field) -> tuple[str, Any, Any]:
+    if field.kind == "range":
+        return field.name, Any, dataclasses.field(default=field.default)
+    return field.name, Any, dataclasses.field(default=tuple(field.default))
+
+
+SearchSpace = dataclasses.make_dataclass(
+    "SearchSpace",
+    [_space_field(field) for field in study_fields()] + [("finetune_steps", int, dataclasses.field(default=0))],
+    bases=(_SpaceMethods,),
+    frozen=True,
+)
+SearchSpace.__module__ = __name__  # picklable by name (make_dataclass's module= is 3.12+)
+SearchSpace.__doc__ = "Ranges (None: not searched) and choices (one: fixed) per knob field."

@@ -11,11 +11,18 @@ import math
 import warnings
 from typing import Callable
 
+import optuna
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from .knob import Candidate, Knob, StudyField, choose
+
 PRUNE_RATIO_RANGE = (0.0, 0.9)
+#: channel counts are rounded to a multiple of this (tensor cores want multiples of 8)
+ROUND_TO_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128)
+#: uniform: every layer loses the same share; global: torch-pruning ranks all groups together
+SCOPES = ("uniform", "global")
 
 #: importance criterion name -> factory; the criterion is data in the recipe.
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
@@ -47,8 +54,15 @@ def prune(
     example_inputs: torch.Tensor,
     num_classes: int,
     importance: str = "l2",
+    *,
+    round_to: int = 1,
+    scope: str = "uniform",
 ) -> nn.Module:
     """Remove `ratio` of the channels of every prunable layer group, in place; returns `model`.
+
+    `round_to` keeps every pruned width a multiple of it. `scope="global"` ranks the groups of
+    all layers together, so unimportant layers lose more; a layer loses at most
+    `global_layer_cap(ratio)` of its channels, so no layer is cut down to nothing.
 
     The classifier keeps its `num_classes` outputs. In `nn.MultiheadAttention` every head is
     narrowed (the embedding width stays a multiple of the head count, so the head count is
@@ -58,6 +72,8 @@ def prune(
         raise ValueError(f"prune_ratio={ratio} outside {list(PRUNE_RATIO_RANGE)}")
     if importance not in IMPORTANCES:
         raise ValueError(f"prune_importance={importance!r}; allowed: {sorted(IMPORTANCES)}")
+    if scope not in SCOPES:
+        raise ValueError(f"prune_scope={scope!r}; allowed: {list(SCOPES)}")
     if ratio == 0.0:
         return model
     head_counts = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
@@ -73,12 +89,75 @@ def prune(
             importance=IMPORTANCES[importance](),
             pruning_ratio=ratio,
             ignored_layers=classifier_layers(model, num_classes),
-            round_to=math.lcm(*head_counts) if head_counts else None,  # widths stay divisible by heads
+            round_to=math.lcm(round_to, *head_counts) if head_counts or round_to > 1 else None,
+            global_pruning=scope == "global",
+            max_pruning_ratio=global_layer_cap(ratio),
         )
         pruner.step()
     _refresh_cached_widths(model)
     model.train(was_training)
     return model
+
+
+def global_layer_cap(ratio: float) -> float:
+    """The most a single layer may lose under global pruning: 1.5x the target, at most 95%."""
+    return min(0.95, max(ratio, 1.5 * ratio))
+
+
+def channel_widths(model: nn.Module) -> dict[str, int]:
+    """Output width of every convolution and linear layer: what pruning left, per layer."""
+    widths = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            widths[name] = module.out_channels
+        elif isinstance(module, nn.Linear):
+            widths[name] = module.out_features
+    return widths
+
+
+class PruningKnob(Knob):
+    name = "pruning"
+    fields = (
+        StudyField("prune_ratio", "range", None, bounds=PRUNE_RATIO_RANGE, help="share of channels removed"),
+        StudyField("prune_importance", "choices", ("l2",), allowed=tuple(IMPORTANCES)),
+        StudyField("prune_round_to", "choices", (1,), allowed=ROUND_TO_CHOICES),
+        StudyField("prune_scope", "choices", ("uniform",), allowed=SCOPES),
+    )
+    recipe_fields = {"prune_ratio": 0.0, "prune_importance": "l2", "prune_round_to": 1, "prune_scope": "uniform"}
+
+    def suggest(self, trial: optuna.Trial, space, recipe: dict) -> None:
+        if space.prune_ratio is None or space.prune_ratio[1] <= 0:
+            return
+        recipe["prune_ratio"] = ratio = trial.suggest_float("prune_ratio", *space.prune_ratio)
+        if ratio > 0:  # how to prune matters only when something is pruned
+            recipe["prune_importance"] = choose(trial, "prune_importance", space.prune_importance)
+            recipe["prune_round_to"] = choose(trial, "prune_round_to", space.prune_round_to)
+            recipe["prune_scope"] = choose(trial, "prune_scope", space.prune_scope)
+
+    def contains_baseline(self, space) -> bool:
+        return space.prune_ratio is None or 0.0 in (space.prune_ratio[0], space.prune_ratio[1])
+
+    def baseline_params(self, space) -> dict:
+        searched = space.prune_ratio is not None and space.prune_ratio[1] > 0
+        return {"prune_ratio": 0.0} if searched else {}  # the other fields follow a ratio > 0
+
+    def apply(self, candidate: Candidate, recipe, context) -> None:
+        if recipe.prune_ratio > 0:
+            prune(
+                candidate.model, recipe.prune_ratio, context.example(1), context.num_classes,
+                recipe.prune_importance, round_to=recipe.prune_round_to, scope=recipe.prune_scope,
+            )
+            candidate.record["channel_widths"] = channel_widths(candidate.model)
+
+    def describe(self, recipe) -> list[str]:
+        if recipe.prune_ratio <= 0:
+            return []
+        words = f"prune {recipe.prune_ratio:.2f}"
+        if recipe.prune_scope != "uniform":
+            words += f" {recipe.prune_scope}"
+        if recipe.prune_round_to > 1:
+            words += f" /{recipe.prune_round_to}"
+        return [words]
 
 
 def _refresh_cached_widths(model: nn.Module) -> None:

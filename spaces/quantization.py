@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import one_line
+from .knob import Candidate, Knob, StudyField, choose
 
 QUANTIZATION_CHOICES = ("none", "int8_weight_only", "int8_dynamic", "int4_weight_only", "fp8_dynamic")
 
@@ -113,3 +114,32 @@ def quantize(model: nn.Module, choice: str, device: torch.device) -> Quantizatio
     if not report.quantized:
         raise NotImplementedError(f"quantization={choice!r} could quantize no layer: {report.skipped}")
     return report
+
+
+class QuantizationKnob(Knob):
+    name = "quantization"
+    fields = (StudyField("quantization", "choices", ("none",), allowed=QUANTIZATION_CHOICES),)
+    recipe_fields = {"quantization": "none"}
+
+    def suggest(self, trial, space, recipe: dict) -> None:
+        recipe["quantization"] = choose(trial, "quantization", space.quantization)
+
+    def apply(self, candidate: Candidate, recipe, context) -> None:
+        for parameter in candidate.model.parameters():
+            parameter.requires_grad_(False)
+        report = quantize(candidate.model, recipe.quantization, candidate.device)
+        candidate.record["quantized_layers"] = report.quantized
+        candidate.record["unquantized_layers"] = report.skipped
+
+    def describe(self, recipe) -> list[str]:
+        return [] if recipe.quantization == "none" else [recipe.quantization]
+
+    def probed_field(self):
+        return self.fields[0]
+
+    def try_on_tiny_model(self, value, device: torch.device) -> None:
+        from .capabilities import run_tiny, tiny_model
+
+        model = tiny_model(device)
+        quantize(model, value, device)
+        run_tiny(model, device)

@@ -173,3 +173,13 @@ def test_training_batches_from_a_split_smaller_than_the_batch(kind):
     with _hang_guard(2.0):
         inputs, labels = next(training_batches(data, 64, 0, CPU))
     assert len(inputs) == len(labels) > 0
+
+
+def test_training_reports_each_epoch_with_loss_and_held_out_accuracy(digits_workload):
+    from slimtune.objectives.baseline import TrainingRecipe, train
+
+    lines: list[str] = []
+    train(digits_workload, TrainingRecipe(epochs=2, batch_size=128), torch.device("cpu"), progress=lines.append)
+    assert len(lines) == 2
+    assert lines[0].startswith("baseline: epoch 1/2  loss ") and "held-out accuracy 0." in lines[0]
+    assert lines[1].startswith("baseline: epoch 2/2")

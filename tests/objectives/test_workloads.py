@@ -42,10 +42,29 @@ def test_digits_builtin_model_runs(digits_workload):
     assert model(digits_workload.data.val.tensors[0][:4]).shape == (4, 10)
 
 
-def test_digits_with_another_input_shape_names_the_field():
+@pytest.mark.parametrize("shape", [(2, 8, 8), (8, 8), (4, 32, 32)])
+def test_digits_with_an_impossible_input_shape_names_the_field(shape):
     with pytest.raises(WorkloadError) as info:
-        load_workload("slimtune:small_cnn", "sklearn:digits", (3, 8, 8))
+        load_workload("slimtune:small_cnn", "sklearn:digits", shape)
     assert info.value.field == "workload.input_shape"
+
+
+def test_digits_served_at_224_resized_with_repeated_channels():
+    from slimtune.objectives.batching import eval_batches, training_batches
+
+    small = load_workload("slimtune:small_cnn", "sklearn:digits", (1, 8, 8))
+    large = load_workload("torchvision:resnet18", "sklearn:digits", (3, 224, 224))
+    assert len(large.data.train) == len(small.data.train) and len(large.data.val) == len(small.data.val)
+    assert large.data.fingerprint != small.data.fingerprint  # another baseline cache entry
+    inputs, labels, real = next(eval_batches(large.data.val, 4, torch.device("cpu")))
+    assert inputs.shape == (4, 3, 224, 224) and real == 4
+    assert torch.equal(inputs[:, 0], inputs[:, 2])  # grey repeated into three channels
+    assert torch.equal(labels, small.data.val.tensors[1][:4])
+    # bilinear resizing keeps the image: its mean stays close to the 8x8 original's
+    assert inputs[0].mean().item() == pytest.approx(small.data.val.tensors[0][0].mean().item(), abs=0.05)
+    train_inputs, _ = next(training_batches(large.data.train, 8, 0, torch.device("cpu")))
+    assert train_inputs.shape == (8, 3, 224, 224)
+    assert large.data.val[0][0].shape == (3, 224, 224)
 
 
 def test_torchvision_resnet18_adapted_to_one_channel():

@@ -85,8 +85,9 @@ def test_tf32_math_mode_restores_after_an_error(restore_tf32_flags):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
-def test_other_math_modes_leave_the_flags_alone(restore_tf32_flags, precision):
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
+def test_every_other_precision_switches_tf32_off_explicitly(restore_tf32_flags, precision):
+    """PyTorch's default leaves cuDNN TF32 on: an fp32 that kept it would time TF32 convolutions."""
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
     with math_mode(precision):
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)

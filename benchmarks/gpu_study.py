@@ -1,0 +1,224 @@
+"""The search against the by-hand ceiling, in one run on one GPU.
+
+    python benchmarks/gpu_study.py studies/resnet18-b256.toml [--budget-s 500] [--out benchmarks/results]
+
+1. baseline: the unmodified model, fp32 (TF32 off) eager, measured 5 times (spread_pct = max/min - 1);
+2. by_hand: what an expert does with PyTorch alone (bf16 + channels_last + compile; the same
+   with 50% of channels pruned and fine-tuned with the budget a trial gets; and + CUDA graphs),
+   measured by the same evaluator code in a worker process, outside the search;
+3. the search: the study file's study with nothing enqueued but the baseline, for the time
+   left in `--budget-s` (new trials stop starting then);
+4. writes <out>/<date>-<gpu>-<study>.json and .md.
+
+Every figure is a measurement of this run; nothing is copied from earlier runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from slimtune.search.config import load_config
+from slimtune.search.isolated import IsolatedEvaluator
+from slimtune.search.report import open_study, pareto_front
+from slimtune.search.runner import run_study, worker_spec
+from slimtune.spaces import Recipe
+
+BASELINE_REPEATS = 5
+
+
+def by_hand_recipes(finetune_steps: int) -> dict[str, Recipe]:
+    half = dict(precision="bf16", memory_format="channels_last")
+    pruned = dict(prune_ratio=0.5, prune_round_to=8, finetune_steps=finetune_steps, kd_temperature=4.0, kd_alpha=0.5)
+    return {
+        "bf16+channels_last+compile": Recipe(**half, runtime="compile"),
+        "bf16+channels_last+pruned50+compile": Recipe(**half, **pruned, runtime="compile"),
+        "bf16+channels_last+pruned50+compile+cudagraphs": Recipe(**half, **pruned, runtime="compile+cudagraphs"),
+    }
+
+
+def compared(point: dict, baseline: dict, batch: int) -> dict:
+    """The keys every row of the results carries, against the fp32 eager baseline."""
+    return {
+        "speedup_vs_fp32_eager": baseline["latency_ms_median"] / point["latency_ms_median"],
+        "weights_reduction": baseline["weight_mb"] / point["weight_mb"],
+        "accuracy_drop": baseline["accuracy"] - point["accuracy"],
+        "images_per_s": batch * 1000.0 / point["latency_ms_median"],
+    }
+
+
+def _point(measurement) -> dict:
+    return {
+        "latency_ms_median": measurement.latency_ms, "latency_ms_p95": measurement.latency_p95_ms,
+        "peak_memory_mb": measurement.peak_memory_mb, "weight_mb": measurement.weight_mb,
+        "accuracy": measurement.accuracy, "compile_s": measurement.compile_s, "params": measurement.params,
+    }
+
+
+def gpu_slug() -> str:
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    match = re.search(r"(H100|H200|A100|L40S|L4|B200|GH200)", name)
+    return (match.group(1) if match else re.sub(r"[^a-z0-9]+", "-", name.lower())).lower()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("study_file")
+    parser.add_argument("--budget-s", type=float, default=500.0, help="wall-clock budget for the whole run")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--n-trials", type=int, help="cap on the search's trials (default: the study file's)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    config = load_config(args.study_file, {"study.n_trials": args.n_trials})
+    batch = config.workload.batch_sizes[0]
+    log = lambda line: print(f"[{time.perf_counter() - started:6.1f} s] {line}", flush=True)  # noqa: E731
+
+    results: dict = {
+        "workload": f"{config.workload.model} on {config.workload.data} at {config.workload.input_shape}",
+        "study": config.study.name, "batch": batch,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
+        "date": datetime.date.today().isoformat(),
+    }
+    try:
+        import torchao
+
+        results["versions"]["torchao"] = torchao.__version__
+    except ImportError:
+        pass
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{results['date']}-{gpu_slug()}-{config.study.name}"
+
+    def save() -> None:  # after every step: a run cut short keeps what it measured
+        results["seconds"] = time.perf_counter() - started
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+    with IsolatedEvaluator(worker_spec(config), log=log) as evaluator:
+        evaluator.load()
+        evaluator.prepare()
+        log(f"baseline: {evaluator.source} accuracy {evaluator.baseline_accuracy:.4f}")
+        runs = [evaluator.evaluate(Recipe(), seed=config.study.seed) for _ in range(BASELINE_REPEATS)]
+        medians = [m.latency_ms for m in runs]
+        baseline = _point(runs[len(runs) // 2])
+        baseline["latency_ms_median"] = sorted(medians)[len(medians) // 2]
+        baseline["latency_ms_runs"] = medians
+        baseline["spread_pct"] = 100.0 * (max(medians) / min(medians) - 1.0)
+        results["baseline"] = baseline
+        log(f"baseline fp32 eager: {medians} ms, spread {baseline['spread_pct']:.2f}%")
+        save()
+        results["by_hand"] = {}
+        for name, recipe in by_hand_recipes(config.budget.finetune_steps).items():
+            try:
+                measurement = evaluator.evaluate(recipe, seed=config.study.seed)
+            except Exception as error:  # a by-hand recipe that fails is reported, not hidden
+                results["by_hand"][name] = {"recipe": recipe.to_dict(), "error": str(error)}
+                log(f"by hand {name}: failed: {error}")
+                continue
+            point = _point(measurement)
+            results["by_hand"][name] = {"recipe": recipe.to_dict(), **point, **compared(point, baseline, batch)}
+            log(f"by hand {name}: {point['latency_ms_median']:.3f} ms, "
+                f"{results['by_hand'][name]['speedup_vs_fp32_eager']:.2f}x, drop {results['by_hand'][name]['accuracy_drop']:.4f}")
+            save()
+
+    # New trials start until the budget is spent; one that starts late may run past it.
+    search_budget = args.budget_s - (time.perf_counter() - started) - 30.0
+    storage = f"sqlite:///{tempfile.mkdtemp()}/study.db"
+    log(f"search: {search_budget:.0f} s for new trials")
+    search_started = time.perf_counter()
+    study = run_study(config, storage, timeout=max(1.0, search_budget), log=log, progress=False)
+    study_obj, repository = open_study(config.study.name, storage)
+    front = pareto_front(study_obj, repository)
+    results["search"] = {
+        "seconds": time.perf_counter() - search_started,
+        "trials": len(study.trials),
+        "complete": sum(t.state.name == "COMPLETE" for t in study.trials),
+        "failed": {t.number: t.user_attrs.get("reason") for t in study.trials if t.state.name == "FAIL"},
+    }
+    rows = {row.trial_number: row for row in repository.trials(config.study.name)}
+    results["front"] = []
+    for record in front.to_dict(orient="records"):
+        row = rows[int(record["trial"])]
+        measurement = row.measurement
+        point = {
+            "latency_ms_median": measurement["latency_ms"], "latency_ms_p95": measurement["latency_p95_ms"],
+            "peak_memory_mb": measurement["peak_memory_mb"], "weight_mb": measurement["weight_mb"],
+            "accuracy": measurement["accuracy"], "compile_s": measurement.get("compile_s"),
+            "params": measurement["params"],
+        }
+        results["front"].append({
+            "trial": row.trial_number, "recipe": row.recipe, "describe": Recipe.from_dict(row.recipe).describe(),
+            **point, **compared(point, baseline, batch),
+        })
+    results["front"].sort(key=lambda p: p["latency_ms_median"])
+    results["targets"] = targets(results)
+    save()
+    stem.with_suffix(".md").write_text(markdown(results))
+    log(f"wrote {stem}.json and .md")
+    print(markdown(results))
+    return 0
+
+
+def targets(results: dict) -> dict:
+    """The issue's targets, checked on this run's figures (1 point = 0.01 accuracy)."""
+    ok = [p for p in results["front"] if p["accuracy_drop"] <= 0.01]
+    hand = [h for h in results["by_hand"].values() if "error" not in h and h["accuracy_drop"] <= 0.01]
+    best_hand = max((h["speedup_vs_fp32_eager"] for h in hand), default=None)
+    best_front = max((p["speedup_vs_fp32_eager"] for p in ok), default=None)
+    return {
+        "best_by_hand_speedup_at_1pt": best_hand,
+        "best_front_speedup_at_1pt": best_front,
+        "front_at_least_as_fast_as_best_by_hand": best_front is not None and best_hand is not None and best_front >= best_hand,
+        "best_weights_reduction_at_1pt": max((p["weights_reduction"] for p in ok), default=None),
+        "front_4x_smaller_weights": any(p["weights_reduction"] >= 4 for p in ok),
+        "best_images_per_s_at_1pt": max((p["images_per_s"] for p in ok), default=None),
+        "baseline_spread_within_3pct": results["baseline"]["spread_pct"] <= 3.0,
+    }
+
+
+def markdown(results: dict) -> str:
+    base = results["baseline"]
+    lines = [
+        f"# {results['study']}: search vs by hand, {results['device']}",
+        "",
+        f"{results['workload']}, batch {results['batch']}; torch {results['versions'].get('torch')}, "
+        f"torchao {results['versions'].get('torchao', '-')}; {results['date']}. "
+        f"Baseline fp32 (TF32 off) eager measured {len(base['latency_ms_runs'])} times: "
+        f"{', '.join(f'{v:.3f}' for v in base['latency_ms_runs'])} ms (spread {base['spread_pct']:.2f}%).",
+        "",
+        "| what | recipe | latency ms (median / p95) | img/s | speed-up | weights | accuracy drop (pts) | compile s |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| baseline | fp32 eager | {base['latency_ms_median']:.3f} / {base['latency_ms_p95']:.3f} | "
+        f"{results['batch'] * 1000 / base['latency_ms_median']:,.0f} | 1.00x | 1.00x | 0.00 | - |",
+    ]
+    for name, row in results["by_hand"].items():
+        if "error" in row:
+            lines.append(f"| by hand | {name} | failed: {row['error']} | | | | | |")
+        else:
+            lines.append(_row("by hand", name, row))
+    for row in results["front"]:
+        lines.append(_row(f"front #{row['trial']}", row["describe"], row))
+    search = results["search"]
+    lines += ["", f"Search: {search['trials']} trials in {search['seconds']:.0f} s ({search['complete']} complete, "
+              f"{len(search['failed'])} failed).", "", "Targets: " + ", ".join(f"{k} = {v}" for k, v in results["targets"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def _row(what: str, recipe: str, row: dict) -> str:
+    compile_s = f"{row['compile_s']:.0f}" if row.get("compile_s") is not None else "-"
+    return (f"| {what} | {recipe} | {row['latency_ms_median']:.3f} / {row['latency_ms_p95']:.3f} | "
+            f"{row['images_per_s']:,.0f} | {row['speedup_vs_fp32_eager']:.2f}x | {row['weights_reduction']:.2f}x | "
+            f"{100 * row['accuracy_drop']:+.2f} | {compile_s} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

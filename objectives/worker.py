@@ -1,0 +1,148 @@
+"""The worker process: loads the workload, data and baseline once, then measures recipes sent
+by the driver until the driver says stop or goes away.
+
+It runs in a process of its own (spawned, so CUDA is safe) because a trial can hang in a
+compiler, crash the process, or leave the CUDA context broken; the driver kills and replaces
+the worker then, and the study goes on. The worker never touches storage: it answers with
+plain messages on a pipe.
+
+Messages from the driver: ("load",) ("baseline",) ("evaluate", recipe_dict, seed)
+("check", recipe_dict) ("stop",). Messages to the driver: ("log", text) ("stage", name)
+("loaded", info) ("ready", info) ("result", measurement_dict) ("stopped", reason)
+("failed", reason, restart) ("error", field, message) for bad input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: a factory builds the evaluator from the spec; tests name one that injects faults
+DEFAULT_FACTORY = "slimtune.objectives.worker:make_evaluator"
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs, as plain data (it crosses a process boundary)."""
+
+    model: str
+    data: str
+    input_shape: tuple[int, ...]
+    data_root: str | None
+    device: str
+    threads: int | None
+    batch_sizes: tuple[int, ...]
+    budget: dict[str, Any]
+    max_accuracy_drop: float | None
+    space: dict[str, Any]
+    checkpoint: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    inductor_cache_dir: str | None = None
+    factory: str = DEFAULT_FACTORY
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when the driver dies, even with SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def make_evaluator(spec: WorkerSpec, workload, baseline_model):
+    from .evaluator import Budget, Evaluator
+
+    return Evaluator(
+        workload, baseline_model, spec.device, threads=spec.threads, batch_sizes=tuple(spec.batch_sizes),
+        budget=Budget(**spec.budget), max_accuracy_drop=spec.max_accuracy_drop,
+    )
+
+
+def _factory(path: str) -> Callable:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _restart_needed(error: BaseException) -> bool:
+    """After these the CUDA context (or the process) cannot be trusted for the next trial."""
+    import torch
+
+    text = f"{type(error).__name__}: {error}"
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "CUDA error" in text or "cuDNN error" in text
+
+
+def serve(conn, spec: WorkerSpec) -> None:
+    """The worker's main loop (the spawned process's target)."""
+    os.setpgrp()  # Ctrl-C in a terminal reaches the driver only; the driver decides
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    if spec.inductor_cache_dir:  # identical graphs of one study are compiled once
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = spec.inductor_cache_dir
+    import torch
+
+    from slimtune.spaces import Recipe, SearchSpace, probe
+    from slimtune.spaces.errors import one_line
+
+    from .baseline import TrainingRecipe, get_baseline, load_checkpoint
+    from .evaluator import TrialStopped
+    from .workloads import WorkloadError, load_workload
+
+    def send(*message: Any) -> None:
+        conn.send(message)
+
+    device = torch.device(spec.device)
+    if spec.threads and device.type == "cpu":
+        torch.set_num_threads(spec.threads)
+    workload = checkpoint_model = evaluator = None
+    space = SearchSpace(**spec.space)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the driver is gone
+            return
+        kind = message[0]
+        try:
+            if kind == "stop":
+                return
+            if kind == "load":
+                workload = load_workload(spec.model, spec.data, tuple(spec.input_shape), spec.data_root)
+                if spec.checkpoint:
+                    checkpoint_model = load_checkpoint(workload, spec.checkpoint)
+                send("loaded", {"num_classes": workload.num_classes})
+            elif kind == "baseline":
+                if checkpoint_model is not None:
+                    source, seconds, model = f"checkpoint:{spec.checkpoint}", 0.0, checkpoint_model
+                else:
+                    baseline = get_baseline(
+                        workload, device, recipe=TrainingRecipe(**spec.training), progress=lambda line: send("log", line)
+                    )
+                    source, seconds, model = baseline.source, baseline.train_seconds, baseline.model
+                evaluator = _factory(spec.factory)(spec, workload, model)
+                space, removals = probe(space, device, tuple(spec.input_shape))
+                send("ready", {
+                    "source": source, "train_seconds": seconds, "baseline_accuracy": evaluator.baseline_accuracy,
+                    "space": space.to_dict(), "removals": [(r.knob, r.value, r.reason) for r in removals],
+                })
+            elif kind == "evaluate":
+                _, recipe, seed = message
+                measurement = evaluator.evaluate(
+                    Recipe.from_dict(recipe), seed, on_stage=lambda name: send("stage", name)
+                )
+                send("result", measurement.to_dict())
+            elif kind == "check":
+                evaluator.check_combination(Recipe.from_dict(message[1]))
+                send("result", None)
+        except WorkloadError as error:
+            send("error", error.field, str(error))
+        except TrialStopped as error:
+            send("stopped", str(error))
+        except Exception as error:  # a failing recipe is a result; the loop goes on
+            restart = _restart_needed(error)
+            send("failed", one_line(error), restart)
+            if restart:
+                return
