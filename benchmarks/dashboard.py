@@ -107,7 +107,7 @@ ROUTES = {
     "study page, sorted by weights, page 40": "/studies/{name}?sort=weight_mb&order=desc&page=40",
     "trial page": "/studies/{name}/trials/{trial}",
     "API: list studies": "/api/studies",
-    "API: trials, sorted, offset 4000": "/api/studies/{name}/trials?sort=latency_ms&offset=4000&limit=50",
+    "API: trials, sorted, the last 50": "/api/studies/{name}/trials?sort=latency_ms&offset={last}&limit=50",
     "API: Pareto front": "/api/studies/{name}/pareto",
     "API: hypervolume history": "/api/studies/{name}/hypervolume",
 }
@@ -128,7 +128,7 @@ def measure(url: str, name: str, n: int) -> dict[str, dict[str, float]]:
             "bytes": len(answer.content), "gzip_bytes": len(gzip.compress(answer.content))}
         catalog = client.app.state.catalog
         for label, route in ROUTES.items():
-            path = route.format(name=name, trial=n // 2 + 1)
+            path = route.format(name=name, trial=n // 2 + 1, last=n - 50)
             client.get(path)  # warm-up
             result: dict[str, float] = {}
             # "changed": the first request after a trial was recorded (derived figures rebuilt);

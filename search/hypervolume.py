@@ -49,5 +49,12 @@ def hypervolume_history(
     worst, best = every.max(axis=0), every.min(axis=0)
     span = worst - best
     reference = worst + np.where(span > 0, 0.1 * span, 0.1)
-    volumes = [float(compute_hypervolume(front, reference)) if len(front) else 0.0 for front in fronts]
+    # the front changes after few trials: compute each distinct front once
+    known: dict[tuple[int, ...], float] = {}
+    volumes = []
+    for (_, front), losses in zip(snapshots, fronts):
+        key = tuple(sorted(p["trial_number"] for p in front))
+        if key not in known:
+            known[key] = float(compute_hypervolume(losses, reference)) if len(losses) else 0.0
+        volumes.append(known[key])
     return HypervolumeHistory([number for number, _ in snapshots], volumes, reference.tolist())

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from slimtune.spaces import Recipe
 from slimtune.storage import DatabaseMissing, Repository, TrialRecord, connect, has_optuna_schema, optuna_storage, safe_url
-from slimtune.storage.schema import Fingerprint
+from slimtune.storage.schema import Fingerprint, ParetoSnapshot
 
 from .config import CONFIG_ATTR
 from .hypervolume import HypervolumeHistory, hypervolume_history
@@ -141,7 +141,7 @@ class Catalog:
         opened = self._open()
         if opened is None:
             return []
-        return [self._summary(_Info.load(name, opened[0]), opened[0], opened[1], launched) for name in self.names()]
+        return [self._summary_and_front(_Info.load(name, opened[0]), *opened, launched)[0] for name in self.names()]
 
     def study(self, name: str, launched: set[str] = frozenset()) -> "StudyView":
         opened = self._open()
@@ -150,11 +150,12 @@ class Catalog:
         if name not in self.names():
             raise StudyNotFound(f"study {name!r} not found in {safe_url(self.storage_url)!r}")
         info = _Info.load(name, opened[0])
-        return StudyView(self, info, *opened, self._summary(info, *opened, launched))
+        summary, snapshot = self._summary_and_front(info, *opened, launched)
+        return StudyView(self, info, *opened, summary, _snapshot=snapshot)
 
-    def _summary(
+    def _summary_and_front(
         self, study: "_Info", storage: optuna.storages.RDBStorage, repository: Repository, launched: set[str]
-    ) -> StudySummary:
+    ) -> tuple[StudySummary, ParetoSnapshot | None]:
         config = study.user_attrs.get(CONFIG_ATTR, {})
         objectives = study.objectives
         counts: dict[str, int] = {}
@@ -171,7 +172,7 @@ class Catalog:
             if values:
                 best[name] = max(values) if direction == "maximize" else min(values)
         n_trials = study.user_attrs.get(N_TRIALS_ATTR)
-        finished = sum(counts.values())
+        finished = sum(n for status, n in counts.items() if status != "interrupted")  # a result, not a stop
         if running or study.study_name in launched:
             state = "running"
         elif n_trials is not None and finished >= n_trials:
@@ -183,7 +184,7 @@ class Catalog:
             device_name=fingerprint.device_name if fingerprint else None, objectives=objectives, n_trials=n_trials,
             complete=counts.get("complete", 0), failed=sum(counts.get(s, 0) for s in FAILED_STATUSES),
             running=running, best=best, front_size=len(front), last_update=last_update,
-        )
+        ), snapshot
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ class StudyView:
     summary: StudySummary
     _records: list[TrialRecord] | None = field(default=None, repr=False)
     _points: pd.DataFrame | None = field(default=None, repr=False)
-    _snapshot: Any = field(default=False, repr=False)  # False: not read yet
+    _snapshot: ParetoSnapshot | None = field(default=None, repr=False)  # the latest, read with the summary
 
     @property
     def name(self) -> str:
@@ -256,18 +257,12 @@ class StudyView:
             return None
         return baseline.measurement["accuracy"] - self.max_accuracy_drop
 
-    def _latest_snapshot(self) -> Any:
-        if self._snapshot is False:
-            self._snapshot = self.repository.latest_snapshot(self.name) if self.repository.has_tables() else None
-        return self._snapshot
-
     def front_numbers(self) -> list[int]:
-        snapshot = self._latest_snapshot()
-        return [point["trial_number"] for point in snapshot.front] if snapshot else []
+        return [point["trial_number"] for point in self._snapshot.front] if self._snapshot else []
 
     def version(self) -> tuple[Any, ...]:
         """Changes whenever a trial is recorded or the front moves: the key of derived caches."""
-        snapshot = self._latest_snapshot()
+        snapshot = self._snapshot
         summary = self.summary
         return (self.name, summary.complete, summary.failed, summary.last_update, snapshot.id if snapshot else None)
 
@@ -367,11 +362,11 @@ class StudyView:
 
     def _hypervolume(self) -> HypervolumeHistory:
         baseline = self.baseline()
-        snapshots = self.repository.snapshots(self.name) if self.repository.has_tables() else []
+        snapshots = self.repository.snapshot_fronts(self.name) if self.repository.has_tables() else []
         if baseline is None or not snapshots:
             return HypervolumeHistory([], [], [])
         return hypervolume_history(
-            [(s.after_trial_number, s.front) for s in snapshots],
+            snapshots,
             [d == "maximize" for d in self.objectives.values()],
             [float(baseline.measurement[name]) for name in self.objectives],
         )

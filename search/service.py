@@ -92,14 +92,9 @@ class Unprocessable(Exception):
     @classmethod
     def from_errors(cls, errors: list[dict[str, Any]]) -> "Unprocessable":
         """From pydantic's errors on a body validated by hand (the TOML route)."""
-        first = errors[0]
-        error = cls("", first["msg"])
+        error = cls("", errors[0]["msg"])
         error.errors = [{"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"]} for e in errors]
         return error
-
-
-def unprocessable(field: str, message: str, prefix: str = "body") -> Unprocessable:
-    return Unprocessable(field, message, prefix)
 
 
 def _answer_422(errors: list[dict[str, Any]]) -> JSONResponse:
@@ -196,7 +191,7 @@ def create_from_toml(
     try:
         config = StudyConfig.model_validate(tomllib.loads(text))
     except tomllib.TOMLDecodeError as error:
-        raise unprocessable("", f"not valid TOML: {error}") from None
+        raise Unprocessable("", f"not valid TOML: {error}") from None
     except ValidationError as error:
         raise Unprocessable.from_errors(error.errors()) from None
     return _create(request, config)
@@ -208,14 +203,14 @@ def _create(request: Request, config: StudyConfig) -> dict[str, Any]:
         config = check_builtin_workload(config, server.data_dir)
         create_study(config, server.storage_url)
     except Refused as error:
-        raise unprocessable(error.field, error.message) from None
+        raise Unprocessable(error.field, error.message) from None
     except StudyExists as error:
         raise HTTPException(409, str(error)) from None
     except WorkloadError as error:
-        raise unprocessable(error.field, str(error).removeprefix(f"{error.field}: ")) from None
+        raise Unprocessable(error.field, str(error).removeprefix(f"{error.field}: ")) from None
     except StudyFileError as error:
         field, _, message = str(error).partition(" = ")
-        raise unprocessable(field if message else "", str(error)) from None
+        raise Unprocessable(field if message else "", str(error)) from None
     except StorageError as error:
         raise HTTPException(503, str(error)) from None
     catalog(request).forget()
@@ -240,7 +235,7 @@ def trials(
     order: Literal["asc", "desc"] = "asc",
 ) -> dict[str, Any]:
     if sort not in SORTABLE:
-        raise unprocessable("sort", f"{sort!r}: allowed: {', '.join(SORTABLE)}", prefix="query")
+        raise Unprocessable("sort", f"{sort!r}: allowed: {', '.join(SORTABLE)}", prefix="query")
     page, total = open_view(request, name).trial_page(sort, order == "desc", offset, limit)
     return {"total": total, "offset": offset, "limit": limit, "sort": sort, "order": order, "trials": records(page)}
 
@@ -303,7 +298,7 @@ def export(request: Request, name: str, body: ExportIn) -> dict[str, Any]:
     try:
         out = confine(server.export_root, relative, "out")
     except Refused as error:
-        raise unprocessable(error.field, error.message) from None
+        raise Unprocessable(error.field, error.message) from None
     try:
         from slimtune.search.export import export as export_trial
     except ImportError:
@@ -314,7 +309,7 @@ def export(request: Request, name: str, body: ExportIn) -> dict[str, Any]:
     except (StudyNotFound, LookupError) as error:
         raise HTTPException(404, str(error)) from None
     except ValueError as error:  # a rule nothing satisfies, a failed trial, a format that cannot hold the recipe
-        raise unprocessable("", str(error)) from None
+        raise Unprocessable("", str(error)) from None
     return {"out": str(Path(result.out).resolve().relative_to(server.export_root.resolve())),
             "manifest": result.manifest}
 

@@ -27,7 +27,8 @@ def test_matches_optunas_public_hypervolume_history(served_study: Served) -> Non
     """Same fronts, same reference point (in Optuna's units): the same volumes. Guards the
     private `optuna._hypervolume` import against an Optuna upgrade."""
     repository = Repository(connect(served_study.url))
-    snapshots = [(s.after_trial_number, s.front) for s in repository.snapshots(served_study.name)]
+    snapshots = repository.snapshot_fronts(served_study.name)
+    assert snapshots == [(s.after_trial_number, s.front) for s in repository.snapshots(served_study.name)]
     study = optuna.load_study(study_name=served_study.name, storage=served_study.url)
     maximize = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
     ours = hypervolume_history(snapshots, maximize, [1.0] * len(maximize))
