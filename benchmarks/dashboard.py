@@ -33,6 +33,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from slimtune.search.config import CONFIG_ATTR
+from slimtune.search.fingerprint import cpu_name
 from slimtune.search.studies import N_TRIALS_ATTR
 from slimtune.spaces import Recipe
 from slimtune.storage import Repository, connect, optuna_storage
@@ -157,7 +158,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+    report = {"machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
                           "load_average_at_start": os.getloadavg()},
               "repeats": REPEATS, "runs": {}}
     for n in args.trials:
