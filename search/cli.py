@@ -1,6 +1,6 @@
-"""`slimtune run | worker | launch | pareto | trials | plot | upgrade`. Exit codes: 0 done, 2 bad
-input (study file, workload, database, unknown study), 130 interrupted by SIGINT (Ctrl-C), 143
-by SIGTERM (the trials finished so far are kept; the same command resumes)."""
+"""`slimtune run | worker | launch | pareto | trials | plot | report | serve | upgrade`. Exit codes:
+0 done, 2 bad input (study file, workload, database, unknown study), 130 interrupted by SIGINT
+(Ctrl-C), 143 by SIGTERM (the trials finished so far are kept; the same command resumes)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("study")
     plot.add_argument("--storage", default=DEFAULT_STORAGE)
     plot.add_argument("--out", required=True, help="output file: .html, .png or .svg")
+
+    report = commands.add_parser("report", help="the study's dashboard page as one self-contained .html file")
+    report.add_argument("study")
+    report.add_argument("--storage", default=DEFAULT_STORAGE)
+    report.add_argument("-o", "--out", required=True, help="output .html file")
+
+    serve = commands.add_parser("serve", help="the dashboard and JSON API over HTTP (needs the 'serve' extra)")
+    serve.add_argument("--storage", default=DEFAULT_STORAGE)
+    serve.add_argument("--host", default="127.0.0.1", help="without SLIMTUNE_API_TOKEN only loopback is allowed")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--export-root", default="exports", help="exports requested over HTTP go under this folder")
+    serve.add_argument("--data-dir", help="studies created over HTTP may name data and checkpoints under this folder")
     return parser
 
 
@@ -166,6 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return getattr(commands, args.command)(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "report":
+            from .html_report import write_report
+
+            print(f"wrote {write_report(args.study, args.storage, args.out)}")
+            return 0
+        if args.command == "serve":
+            from .serve import serve
+
+            return serve(args)
         from .hypervolume import hypervolume_line
         from .report import open_study, pareto_front, trials_frame
 

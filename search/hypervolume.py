@@ -23,6 +23,7 @@ Optuna release that moves or changes it fails there first.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -121,3 +122,30 @@ def hypervolume_line(study: optuna.Study) -> str:
         return "hypervolume: none yet (the baseline trial has not completed)"
     return (f"hypervolume {value:.4f} (objectives normalised to the baseline = 1; "
             f"reference point: {describe_reference(settings)})")
+
+
+@dataclass(frozen=True)
+class HypervolumeHistory:
+    """The front's hypervolume after each completed trial (the dashboard's "front history")."""
+
+    trial_numbers: list[int]
+    hypervolumes: list[float]
+    reference_point: list[float]  # in normalised units
+
+
+def hypervolume_history(
+    snapshots: Sequence[tuple[int, list[dict[str, Any]]]], baseline: Sequence[float], settings: dict[str, Any],
+) -> HypervolumeHistory:
+    """From the stored Pareto snapshots ((after_trial_number, front) pairs in trial order), with
+    the study's own normalisation and reference point: the same numbers `slimtune pareto` prints.
+    Each distinct front is computed once (the front changes after few trials)."""
+    known: dict[tuple[int, ...], float] = {}
+    numbers, volumes = [], []
+    for number, front in snapshots:
+        key = tuple(sorted(point["trial_number"] for point in front))
+        if key not in known:
+            value = hypervolume([point["values"] for point in front], baseline, settings)
+            known[key] = 0.0 if value is None else value
+        numbers.append(number)
+        volumes.append(known[key])
+    return HypervolumeHistory(numbers, volumes, reference_point(settings).tolist())

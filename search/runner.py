@@ -32,6 +32,7 @@ from .samplers import make_sampler
 from .stopping import StopWhenFrontStalls
 from .warm_start import WarmStart, enqueue_warm_start, load_front, plan_warm_start
 from .workers import LostTrialHandler, Worker, fail_running
+from .studies import N_TRIALS_ATTR
 
 Log = Callable[[str], None]
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -253,6 +254,7 @@ def _run_study(
                 enqueue_warm_start(study, plan, log)
         if not join:  # what `slimtune worker` reads: the study file as last run
             study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
+        study.set_user_attr(N_TRIALS_ATTR, config.study.n_trials)  # what "finished" means to the dashboard
         slots.set_budget(config.study.name, config.study.n_trials, result_numbers(study), replace=not join)
         fingerprint_id = repository.record_fingerprint(config.study.name, fingerprint(device, threads))
     if join:  # every worker samples its own points (the same seed everywhere would repeat them)

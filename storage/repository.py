@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
-import time
-
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,12 +23,16 @@ class TrialRecord:
     recipe: dict[str, Any]
     measurement: dict[str, Any] | None
     accuracy_drop: float | None
+    # where and when: not part of a trial's result, so equality ignores them
+    created_at: datetime | None = field(default=None, compare=False)
+    fingerprint_id: int | None = field(default=None, compare=False)
 
 
 class Repository:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
+        self._has_tables = False
 
     def create_schema(self, attempts: int = 3) -> None:
         """Create the tables (idempotent) and check their version.
@@ -48,6 +52,13 @@ class Repository:
                     raise
                 time.sleep(0.2 * (attempt + 1))
         self.check_schema()
+
+    def has_tables(self) -> bool:
+        """Whether slimtune's tables exist (a database Optuna alone wrote has none); once they
+        do, they stay, so the answer is remembered."""
+        if not self._has_tables:
+            self._has_tables = inspect(self.engine).has_table(SchemaVersion.__tablename__)
+        return self._has_tables
 
     def check_compatible(self) -> None:
         """Refuse, before anything is written, a database whose slimtune tables are at another
@@ -150,9 +161,45 @@ class Repository:
                 select(TrialMeasurement).where(TrialMeasurement.study_name == study_name)
                 .order_by(TrialMeasurement.trial_number)
             ).all()
-        return [
-            TrialRecord(r.trial_number, r.status, r.reason, r.recipe, r.measurement, r.accuracy_drop) for r in rows
-        ]
+        return [_record(r) for r in rows]
+
+    def trial(self, study_name: str, trial_number: int) -> TrialRecord | None:
+        with self._session() as session:
+            row = session.scalar(select(TrialMeasurement).where(
+                TrialMeasurement.study_name == study_name, TrialMeasurement.trial_number == trial_number
+            ))
+        return _record(row) if row is not None else None
+
+    def trial_page(
+        self, study_name: str, *, sort: str = "trial_number", descending: bool = False, offset: int = 0, limit: int = 50
+    ) -> tuple[list[TrialRecord], int]:
+        """One page of a study's trials, sorted in the database, and how many there are in all.
+
+        `sort` is a column of the table or a scalar key of the measurement (`weight_mb`,
+        `latency_p95_ms`, ...); trials without that value (failed ones) come last either way,
+        and ties go by trial number. Paging in SQL keeps a study of thousands of trials fast.
+        """
+        columns = TrialMeasurement.__table__.columns
+        key = columns[sort] if sort in columns else TrialMeasurement.measurement[sort].as_float()
+        where = TrialMeasurement.study_name == study_name
+        with self._session() as session:
+            total = session.scalar(select(func.count()).select_from(TrialMeasurement).where(where)) or 0
+            rows = session.scalars(
+                select(TrialMeasurement).where(where)
+                .order_by((key.desc() if descending else key.asc()).nulls_last(), TrialMeasurement.trial_number)
+                .offset(offset).limit(limit)
+            ).all()
+        return [_record(r) for r in rows], total
+
+    def status_counts(self, study_name: str) -> tuple[dict[str, int], datetime | None]:
+        """Trials per status and when the latest was recorded, in one query."""
+        with self._session() as session:
+            rows = session.execute(
+                select(TrialMeasurement.status, func.count(), func.max(TrialMeasurement.created_at))
+                .where(TrialMeasurement.study_name == study_name).group_by(TrialMeasurement.status)
+            ).all()
+        latest = max((when for _, _, when in rows if when is not None), default=None)
+        return {status: count for status, count, _ in rows}, _utc(latest)
 
     def record_snapshot(
         self, study_name: str, after_trial_number: int, front: list[dict[str, Any]], hypervolume: float | None = None
@@ -163,6 +210,25 @@ class Repository:
                 hypervolume=hypervolume,
             ))
 
+    def latest_snapshot(self, study_name: str) -> ParetoSnapshot | None:
+        """The front as last written (highest id: the most recent of concurrent writers)."""
+        with self._session() as session:
+            return session.scalar(
+                select(ParetoSnapshot).where(ParetoSnapshot.study_name == study_name)
+                .order_by(ParetoSnapshot.id.desc()).limit(1)
+            )
+
+    def snapshot_fronts(self, study_name: str) -> list[tuple[int, list[Any]]]:
+        """(after_trial_number, front) of every snapshot in trial order: the columns alone, which
+        reads thousands of snapshots in half the time the ORM objects take."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(ParetoSnapshot.after_trial_number, ParetoSnapshot.front)
+                .where(ParetoSnapshot.study_name == study_name)
+                .order_by(ParetoSnapshot.after_trial_number, ParetoSnapshot.id)
+            ).all()
+        return [(number, front) for number, front in rows]
+
     def snapshots(self, study_name: str) -> list[ParetoSnapshot]:
         with self._session() as session:
             return list(session.scalars(
@@ -170,8 +236,30 @@ class Repository:
                 .order_by(ParetoSnapshot.after_trial_number, ParetoSnapshot.id)
             ).all())
 
+    def fingerprint(self, fingerprint_id: int) -> Fingerprint | None:
+        with self._session() as session:
+            return session.get(Fingerprint, fingerprint_id)
+
+    def latest_fingerprint(self, study_name: str) -> Fingerprint | None:
+        with self._session() as session:
+            return session.scalar(
+                select(Fingerprint).where(Fingerprint.study_name == study_name).order_by(Fingerprint.id.desc()).limit(1)
+            )
+
     def fingerprints(self, study_name: str) -> list[Fingerprint]:
         with self._session() as session:
             return list(session.scalars(
                 select(Fingerprint).where(Fingerprint.study_name == study_name).order_by(Fingerprint.id)
             ).all())
+
+
+def _record(row: TrialMeasurement) -> TrialRecord:
+    return TrialRecord(
+        row.trial_number, row.status, row.reason, row.recipe, row.measurement, row.accuracy_drop,
+        _utc(row.created_at), row.fingerprint_id,
+    )
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC."""
+    return when.replace(tzinfo=timezone.utc) if when is not None and when.tzinfo is None else when

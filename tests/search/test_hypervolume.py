@@ -89,3 +89,15 @@ def test_no_hypervolume_before_the_baseline_or_without_settings() -> None:
     study.add_trial(optuna.trial.create_trial(values=[4.0, 1.0, 0.98]))  # not the baseline
     assert study_hypervolume(study) is None
     assert "none yet" in hypervolume_line(study)
+
+
+def test_the_dashboards_history_uses_the_studys_own_settings() -> None:
+    from slimtune.search.hypervolume import hypervolume_history
+
+    settings = hypervolume_settings(OBJECTIVES, max_accuracy_drop=0.02)
+    snapshots = [(0, [{"trial_number": 0, "values": BASELINE}]),
+                 (1, [{"trial_number": 0, "values": BASELINE}, {"trial_number": 1, "values": [4.0, 1.0, 0.98]}])]
+    history = hypervolume_history(snapshots, BASELINE, settings)
+    assert history.trial_numbers == [0, 1]
+    assert history.hypervolumes == pytest.approx([0.01, 0.54])  # as in test_hand_computed_volumes
+    assert history.reference_point == [1.1, 1.1, 2.0]

@@ -234,3 +234,55 @@ def test_safe_url_hides_only_the_password() -> None:
     assert safe_url("postgresql+psycopg://u:pw@db.example:5432/slim") == "postgresql+psycopg://u:***@db.example:5432/slim"
     assert safe_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
     assert safe_url("not a url") == "not a url"
+
+
+def test_trial_pages_sort_in_the_database(repository: Repository) -> None:
+    """Sorted by a column or by a key inside the measurement JSON, failed trials last either way,
+    ties by trial number; the same on SQLite and PostgreSQL."""
+    weights = {0: 0.5, 1: 0.1, 2: None, 3: 0.3, 4: 0.1, 5: None}
+    for number, weight in weights.items():
+        if weight is None:
+            repository.record_trial("study-a", number, status="failed", recipe=RECIPE, reason="boom")
+        else:
+            repository.record_trial("study-a", number, status="complete", recipe=RECIPE,
+                                    measurement={**MEASUREMENT, "weight_mb": weight, "latency_ms": 10 - number},
+                                    accuracy_drop=0.0)
+    repository.record_trial("study-b", 0, status="complete", recipe=RECIPE, measurement=MEASUREMENT)
+
+    def numbers(**kwargs) -> list[int]:
+        records, total = repository.trial_page("study-a", **kwargs)
+        assert total == 6
+        return [r.trial_number for r in records]
+
+    assert numbers() == [0, 1, 2, 3, 4, 5]
+    assert numbers(sort="weight_mb") == [1, 4, 3, 0, 2, 5]
+    assert numbers(sort="weight_mb", descending=True) == [0, 3, 1, 4, 2, 5]
+    assert numbers(sort="latency_ms", descending=True) == [0, 1, 3, 4, 2, 5]  # a column
+    assert numbers(sort="status") == [0, 1, 3, 4, 2, 5]
+    assert numbers(sort="weight_mb", offset=2, limit=3) == [3, 0, 2]
+    assert repository.trial_page("no-such-study") == ([], 0)
+
+
+def test_one_trial_counts_and_the_latest_front(repository: Repository) -> None:
+    fingerprint_id = repository.record_fingerprint("study-a", FINGERPRINT)
+    repository.record_trial("study-a", 0, status="complete", recipe=RECIPE, measurement=MEASUREMENT,
+                            fingerprint_id=fingerprint_id)
+    repository.record_trial("study-a", 1, status="failed", recipe=RECIPE, reason="boom")
+    repository.record_trial("study-a", 2, status="stopped", recipe=RECIPE, reason="hopeless")
+    record = repository.trial("study-a", 0)
+    assert record.measurement == MEASUREMENT and record.fingerprint_id == fingerprint_id
+    assert record.created_at is not None and record.created_at.tzinfo is not None
+    assert repository.trial("study-a", 9) is None
+    counts, latest = repository.status_counts("study-a")
+    assert counts == {"complete": 1, "failed": 1, "stopped": 1} and latest == repository.trial("study-a", 2).created_at
+    assert repository.status_counts("no-such-study") == ({}, None)
+    assert repository.fingerprint(fingerprint_id).device_name == "Some CPU @ 2.0GHz"
+    assert repository.latest_fingerprint("study-a").id == fingerprint_id
+
+    assert repository.latest_snapshot("study-a") is None
+    repository.record_snapshot("study-a", 0, [{"trial_number": 0, "values": [1.0]}])
+    repository.record_snapshot("study-a", 3, [{"trial_number": 3, "values": [0.5]}])
+    assert repository.latest_snapshot("study-a").after_trial_number == 3
+    assert repository.snapshot_fronts("study-a") == [(0, [{"trial_number": 0, "values": [1.0]}]),
+                                                     (3, [{"trial_number": 3, "values": [0.5]}])]
+    assert repository.has_tables()

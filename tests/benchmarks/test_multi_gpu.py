@@ -1,0 +1,37 @@
+"""benchmarks/multi_gpu.py on the CPU: the same code that runs a worker per GPU runs N CPU
+workers against the real PostgreSQL, and its results say exactly N trials, none RUNNING."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from tests.storage.postgres import temporary_database
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("multi_gpu", ROOT / "benchmarks" / "multi_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_and_two_workers_finish_exactly_n_trials_each(write_study, tmp_path):
+    benchmark = _benchmark()
+    study = write_study({"study": {"name": "scaling", "n_trials": 3}, "target": {"threads": 1}})
+    with temporary_database() as url:
+        code = benchmark.main([str(study), "--n-trials", "3", "--counts", "1,2", "--storage", url,
+                               "--out", str(tmp_path / "out")])
+    assert code == 0
+    results = json.loads(next((tmp_path / "out").glob("*-multi-gpu-scaling.json")).read_text())
+    assert set(results["runs"]) == {"1", "2"}
+    for run in results["runs"].values():
+        assert run["exit_code"] == 0
+        assert run["finished"] == 3 and run["exactly_n"] and run["running"] == 0
+        assert run["trials_per_hour"] > 0
+    assert results["runs"]["1"]["scaling_efficiency"] == 1.0
+    assert "agreement" not in results  # no GPUs here
+    assert "| 2 | 3 | 0 |" in next((tmp_path / "out").glob("*.md")).read_text()
