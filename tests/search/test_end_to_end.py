@@ -360,13 +360,18 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(
     reason = "RuntimeError: this model has no bf16 kernels"
     records = {r.trial_number: r for r in Repository(connect(url)).trials("no-bf16")}
     assert set(records) == {0, 1, 2, 3}
-    for trial in failed:
+    # the first bf16 trial fails for its reason; later ones fail at once with it, as a
+    # known-bad combination (it failed on the unpruned model, so no prune ratio helps)
+    known_bad = ("known-bad combination (quantization=none, precision=bf16, memory_format=contiguous, "
+                 f"runtime=eager): {reason}")
+    for index, trial in enumerate(failed):
+        expected = reason if index == 0 else known_bad
         assert trial.params["precision"] == "bf16"
-        assert trial.user_attrs["status"] == "failed" and trial.user_attrs["reason"] == reason
+        assert trial.user_attrs["status"] == "failed" and trial.user_attrs["reason"] == expected
         record = records[trial.number]
-        assert (record.status, record.reason, record.measurement) == ("failed", reason, None)
+        assert (record.status, record.reason, record.measurement) == ("failed", expected, None)
         assert record.recipe["precision"] == "bf16"
-        assert f"trial {trial.number} failed: {reason}" in out
+        assert f"trial {trial.number} failed: {expected}" in out
     complete = by_state(study, TrialState.COMPLETE)
     assert all(t.params["precision"] == "fp32" for t in complete)
     assert any(t.number > failed[0].number for t in complete), "no trial ran after the failure"
@@ -377,7 +382,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(
     frame = api_trials("no-bf16", url)
     failed_rows = frame[frame["state"] == "FAIL"]
     assert list(failed_rows["trial"]) == [t.number for t in failed]
-    assert set(failed_rows["status"]) == {"failed"} and set(failed_rows["reason"]) == {reason}
+    assert set(failed_rows["status"]) == {"failed"} and set(failed_rows["reason"]) <= {reason, known_bad}
 
 
 @pytest.fixture
