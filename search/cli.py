@@ -1,4 +1,4 @@
-"""`slimtune run | pareto | trials | plot`. Exit codes: 0 done, 2 bad input (study file, workload,
+"""`slimtune run | pareto | trials | plot | export`. Exit codes: 0 done, 2 bad input (study file, workload,
 database, unknown study), 130 interrupted (the trials finished so far are kept)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Sequence
 
 from slimtune.storage import DEFAULT_STORAGE
 
+from . import export
 from .samplers import SAMPLERS
 
 EXIT_BAD_INPUT = 2
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("study")
         sub.add_argument("--storage", default=DEFAULT_STORAGE)
         sub.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    export.add_parser(commands)
     plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
     plot.add_argument("study")
     plot.add_argument("--storage", default=DEFAULT_STORAGE)
@@ -112,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "export":
+            return export.run_command(args)
         from .report import open_study, pareto_front, trials_frame
 
         study, repository = open_study(args.study, args.storage)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: bump when a table changes; `Repository` refuses a database at another version.
@@ -79,4 +79,25 @@ class ParetoSnapshot(Base):
     after_trial_number: Mapped[int] = mapped_column(Integer)
     size: Mapped[int] = mapped_column(Integer)
     front: Mapped[list[Any]] = mapped_column()  # [{"trial_number": n, "values": [...]}, ...]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Export(Base):
+    """One exported model: where it was written, the sha256 of its files, and what its
+    verification in a fresh process measured (an unverified export keeps its reason)."""
+
+    __tablename__ = "slimtune_exports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(512), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(Text)
+    hashes: Mapped[dict[str, Any]] = mapped_column()  # relative file name -> sha256
+    verified: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trial_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)  # exported / trial
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
