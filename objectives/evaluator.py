@@ -227,6 +227,19 @@ class Evaluator:
         measurement.check_finite()
         return measurement
 
+    def rebuild(self, recipe: Recipe, seed: int, on_stage: Callable[[str], None] | None = None) -> tuple[Candidate, float]:
+        """The trial's model again, for export: built as `evaluate` built it (same seed, same
+        fine-tuning) but without its runtime wrapper, and its held-out accuracy. Call inside
+        `math_mode(recipe.precision)`. Gets twice the trial's time: it only has to finish."""
+        self._deadline = time.perf_counter() + 2 * self.budget.trial_timeout_s
+        try:
+            candidate = self.build(Recipe.from_dict({**recipe.to_dict(), "runtime": "eager"}), seed, on_stage)
+        finally:
+            del self._deadline
+        accuracy = top1_accuracy(candidate, self.workload.data.val, self.batch_sizes[0], self.device,
+                                 prepare=candidate.inputs)
+        return candidate, accuracy
+
     def check_combination(self, recipe: Recipe) -> None:
         """Build the unpruned model with `recipe`'s other knobs and run it once: raises when
         the combination fails whatever the prune ratio (the driver then fails later trials

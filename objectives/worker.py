@@ -7,7 +7,7 @@ the worker then, and the study goes on. The worker never touches storage: it ans
 plain messages on a pipe.
 
 Messages from the driver: ("load",) ("baseline",) ("evaluate", recipe_dict, seed)
-("check", recipe_dict) ("stop",). Messages to the driver: ("log", text) ("stage", name)
+("check", recipe_dict) ("export", recipe_dict, seed, format, folder) ("stop",). Messages to the driver: ("log", text) ("stage", name)
 ("loaded", info) ("ready", info) ("result", measurement_dict) ("stopped", reason)
 ("failed", reason, restart) ("error", field, message) for bad input.
 """
@@ -61,6 +61,39 @@ def make_evaluator(spec: WorkerSpec, workload, baseline_model):
         workload, baseline_model, spec.device, threads=spec.threads, batch_sizes=tuple(spec.batch_sizes),
         budget=Budget(**spec.budget), max_accuracy_drop=spec.max_accuracy_drop,
     )
+
+
+def export_candidate(evaluator, workload, recipe, seed: int, fmt: str, folder: str,
+                     on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Rebuild the trial's model and write it in `fmt` into `folder` (the driver composes the
+    manifest and verifies the files in a fresh process). Returns what the manifest needs."""
+    from pathlib import Path
+
+    import torch
+
+    from slimtune.spaces.precision import math_mode
+
+    from slimtune.spaces.errors import one_line
+
+    from .artifacts import FormatError, formats_for, write_artifact
+
+    with math_mode(recipe.precision):
+        candidate, accuracy = evaluator.rebuild(recipe, seed, on_stage)
+        if on_stage is not None:
+            on_stage(f"writing {fmt}")
+        example = candidate.inputs(evaluator.example(evaluator.batch_size))
+        try:
+            info = write_artifact(candidate.model, fmt, Path(folder), example, fresh_model=workload.make_model)
+        except Exception as error:  # the format cannot hold this model: say which can
+            others = [f for f in formats_for(recipe, str(evaluator.device)) if f != fmt]
+            raise FormatError(f"format = {fmt!r} cannot hold this recipe ({one_line(error, 200)}); "
+                              f"formats that can: {', '.join(others)}") from error
+    memory_format = "channels_last" if candidate.memory_format == torch.channels_last else "contiguous"
+    return {
+        **info, "rebuilt_accuracy": accuracy, "dtype": str(candidate.input_dtype).removeprefix("torch."),
+        "memory_format": memory_format, "num_classes": workload.num_classes,
+        "quantized_layers": candidate.record.get("quantized_layers", []),
+    }
 
 
 def _factory(path: str) -> Callable:
@@ -134,6 +167,10 @@ def serve(conn, spec: WorkerSpec) -> None:
                     Recipe.from_dict(recipe), seed, on_stage=lambda name: send("stage", name)
                 )
                 send("result", measurement.to_dict())
+            elif kind == "export":
+                _, recipe, seed, fmt, folder = message
+                send("result", export_candidate(evaluator, workload, Recipe.from_dict(recipe), seed, fmt, folder,
+                                                on_stage=lambda name: send("stage", name)))
             elif kind == "check":
                 evaluator.check_combination(Recipe.from_dict(message[1]))
                 send("result", None)

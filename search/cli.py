@@ -1,6 +1,6 @@
-"""`slimtune run | worker | launch | pareto | trials | plot | report | serve | upgrade`. Exit codes:
-0 done, 2 bad input (study file, workload, database, unknown study), 130 interrupted by SIGINT
-(Ctrl-C), 143 by SIGTERM (the trials finished so far are kept; the same command resumes)."""
+"""`slimtune run | worker | launch | pareto | trials | plot | export | report | serve | upgrade`.
+Exit codes: 0 done, 2 bad input (study file, workload, database, unknown study), 130 interrupted by
+SIGINT (Ctrl-C), 143 by SIGTERM (the trials finished so far are kept; the same command resumes)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Sequence
 
 from slimtune.storage import DEFAULT_STORAGE, safe_url
 
+from . import export
 from .samplers import SAMPLERS
 from .signals import exit_code, handle_signals
 
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("study")
         sub.add_argument("--storage", default=DEFAULT_STORAGE)
         sub.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    export.add_parser(commands)
     plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
     plot.add_argument("study")
     plot.add_argument("--storage", default=DEFAULT_STORAGE)
@@ -178,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return getattr(commands, args.command)(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "export":
+            return export.run_command(args)
         if args.command == "report":
             from .html_report import write_report
 

@@ -216,6 +216,12 @@ class IsolatedEvaluator:
             raise
         return Measurement(**result)
 
+    def export(self, recipe: Recipe, seed: int, fmt: str, folder: str) -> dict[str, Any]:
+        """Rebuild the trial's model in the worker and write it in `fmt` into `folder`; the
+        same hard limit as a trial (twice its timeout: rebuilding plus writing)."""
+        limit = 2 * self.timeout_s + grace_s(self.timeout_s)
+        return self._request(("export", recipe.to_dict(), seed, fmt, folder), limit, "export")
+
     def _learn(self, recipe: Recipe, combination: tuple, reason: str) -> None:
         """Remember a combination that also fails on the unpruned model."""
         if recipe.prune_ratio > 0:

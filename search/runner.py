@@ -59,6 +59,9 @@ class TrialObjective:
         else:
             recipe = self.space.suggest(trial)
         trial.set_user_attr("recipe", recipe.to_dict())
+        # export rebuilds the model from these: the trial's seed, and the study's (baseline training)
+        trial.set_user_attr("seed", self.config.study.seed + trial.number)
+        trial.set_user_attr("study_seed", self.config.study.seed)
         record = dict(study_name=trial.study.study_name, trial_number=trial.number,
                       recipe=recipe.to_dict(), fingerprint_id=self.fingerprint_id)
         try:

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .schema import SCHEMA_VERSION, Base, Fingerprint, ParetoSnapshot, SchemaVersion, TrialMeasurement
+from .schema import SCHEMA_VERSION, Base, Export, Fingerprint, ParetoSnapshot, SchemaVersion, TrialMeasurement
 from .database import StorageError, safe_url
 
 
@@ -252,6 +252,22 @@ class Repository:
                 select(Fingerprint).where(Fingerprint.study_name == study_name).order_by(Fingerprint.id)
             ).all())
 
+    def record_export(self, study_name: str, trial_number: int, *, format: str, path: str, hashes: dict[str, str],
+                      verified: bool, reason: str | None = None, accuracy: float | None = None,
+                      trial_accuracy: float | None = None, latency_ms: float | None = None,
+                      latency_ratio: float | None = None) -> int:
+        row = Export(study_name=study_name, trial_number=trial_number, format=format, path=path, hashes=hashes,
+                     verified=verified, reason=reason, accuracy=accuracy, trial_accuracy=trial_accuracy,
+                     latency_ms=latency_ms, latency_ratio=latency_ratio)
+        with self._session.begin() as session:
+            session.add(row)
+        return row.id
+
+    def exports(self, study_name: str) -> list[Export]:
+        with self._session() as session:
+            return list(session.scalars(
+                select(Export).where(Export.study_name == study_name).order_by(Export.id)
+            ).all())
 
 def _record(row: TrialMeasurement) -> TrialRecord:
     return TrialRecord(

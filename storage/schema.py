@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: bump when a table changes, and add the step to storage/migrations.py.
@@ -112,3 +112,24 @@ class TrialSlot(Base):
     # the database's clock, the one every worker shares: an unattached claim older than the
     # heartbeat grace period belongs to a worker that died between claiming and starting
     claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Export(Base):
+    """One exported model: where it was written, the sha256 of its files, and what its
+    verification in a fresh process measured (an unverified export keeps its reason)."""
+
+    __tablename__ = "slimtune_exports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(512), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(Text)
+    hashes: Mapped[dict[str, Any]] = mapped_column()  # relative file name -> sha256
+    verified: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trial_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)  # exported / trial
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,343 @@
+"""`slimtune export`: the chosen configuration as a deployable model, verified in a fresh process.
+
+The driver chooses the trial (by number, rule or knee) and keeps storage; a worker process
+(the same one trials run in) rebuilds the model from the trial's stored recipe with the
+trial's seed and the cached baseline, and writes the artifact into a hidden partial folder.
+The driver hashes the files, writes `manifest.json` (verified: false), moves the folder to
+`--out`, and runs `python -m slimtune.objectives.verify_export` in a fresh process: the
+held-out accuracy must match the trial's within 0.5 point. The manifest then says
+verified true or false with the figures, a row goes to `slimtune_exports`, and a failed
+verification raises (exit 1): the files stay, marked unverified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from slimtune.objectives.artifacts import (
+    FORMATS, MANIFEST, FormatError, check_format, file_hashes, formats_for,
+)
+from slimtune.spaces import Recipe
+from slimtune.storage import DEFAULT_STORAGE, StorageError, safe_url
+
+from .config import CONFIG_ATTR, parse_config
+from .report import StudyNotFound, baseline_record, open_study
+from .selection import SelectionError, knee, pick
+
+#: the exported model's held-out accuracy must match the trial's within this (0.5 point)
+ACCURACY_TOLERANCE = 0.005
+Log = Callable[[str], None]
+
+
+class ExportError(ValueError):
+    """Bad input (trial, rule, format, --out): nothing was written; the message is one line."""
+
+
+class ExportFailed(RuntimeError):
+    """The export ran but must not be shipped (rebuild failed, or verification did not match).
+    `result` is set when files were written (marked unverified)."""
+
+    def __init__(self, message: str, result: "ExportResult | None" = None):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict[str, Any]
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.manifest.get("verified"))
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def front_rows(study, repository) -> list[dict[str, Any]]:
+    """The feasible front as one dict per point: the stored figures plus accuracy_drop and the
+    ratios to the baseline."""
+    records = {r.trial_number: r for r in repository.trials(study.study_name)}
+    base = (baseline_record(list(records.values())) or None)
+    base_m = base.measurement if base else None
+    rows = []
+    for trial in study.best_trials:
+        record = records.get(trial.number)
+        if record is None or not record.measurement:
+            continue
+        m = record.measurement
+        row = {"trial": trial.number, **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
+        row["accuracy_drop"] = record.accuracy_drop
+        row["speedup_x"] = base_m["latency_ms"] / m["latency_ms"] if base_m else None
+        row["memory_x"] = base_m["peak_memory_mb"] / m["peak_memory_mb"] if base_m else None
+        rows.append(row)
+    return rows
+
+
+def _choose(study, repository, trial: int | None, rule: str | None, use_knee: bool) -> int:
+    if sum(x is not None and x is not False for x in (trial, rule, use_knee)) != 1:
+        raise ExportError("export: give exactly one of trial, pick (a rule) or knee")
+    if trial is not None:
+        return trial
+    rows = front_rows(study, repository)
+    if rule is not None:
+        return pick(rows, rule)
+    objectives = study.user_attrs.get(CONFIG_ATTR, {}).get("objectives") or {}
+    return knee(rows, objectives)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"out = {str(out)!r} exists and is not empty; name a new folder")
+
+
+def _load_code(fmt: str, dtype: str, memory_format: str, shape: list[int]) -> str:
+    convert = f"x.to(torch.{dtype})" + (".contiguous(memory_format=torch.channels_last)" if memory_format == "channels_last" else "")
+    example = f"x = torch.randn(8, {', '.join(map(str, shape))})  # a float32 batch, normalised as in training"
+    body = {
+        "pt2": 'model = torch.export.load("model.pt2").module()\nlogits = model(' + convert + ")",
+        "aoti": 'model = torch._inductor.aoti_load_package("model.pt2")\nlogits = model(' + convert + ".cuda())",
+        "torchscript": 'model = torch.jit.load("model.ts")\nlogits = model(' + convert + ")",
+        "onnx": 'import onnxruntime\nsession = onnxruntime.InferenceSession("model.onnx")\n'
+                'logits = session.run(None, {"input": ' + convert + ".numpy()})[0]",
+        "state_dict": "from slimtune.search import load_exported\nmodel = load_exported(\".\")  # checks every sha256\n"
+                      "logits = model(model.inputs(x))",
+    }[fmt]
+    return f"import torch\n{example}\n{body}\n"
+
+
+def export(
+    study_name: str,
+    storage_url: str = DEFAULT_STORAGE,
+    *,
+    trial: int | None = None,
+    pick: str | None = None,
+    knee: bool = False,
+    fmt: str = "pt2",
+    out: str | os.PathLike[str],
+    seed: int | None = None,
+    log: Log = lambda line: None,
+) -> ExportResult:
+    """Export one trial of a study (by number, by `pick` rule, or the front's `knee`) in
+    `fmt` to the folder `out`, and verify it in a fresh process. Raises `ExportError` for
+    bad input (nothing written) and `ExportFailed` when the export must not be shipped.
+    `seed` is needed only for trials stored before slimtune recorded each trial's seed."""
+    import torch
+
+    from slimtune.objectives.worker import DEFAULT_FACTORY
+    from slimtune.spaces.errors import one_line
+
+    from .fingerprint import fingerprint
+    from .isolated import IsolatedEvaluator, WorkerFailed
+    from .runner import worker_spec
+
+    out = Path(out)
+    if fmt not in FORMATS:
+        raise ExportError(f"format = {fmt!r}: unknown; allowed: {', '.join(FORMATS)}")
+    _check_out(out)
+    try:
+        study, repository = open_study(study_name, storage_url)
+    except (StudyNotFound, StorageError) as error:
+        raise ExportError(str(error)) from None
+    try:
+        number = _choose(study, repository, trial, pick, knee)
+    except SelectionError as error:
+        raise ExportError(str(error)) from None
+    records = {r.trial_number: r for r in repository.trials(study_name)}
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in frozen:
+        raise ExportError(f"trial = {number}: not in study {study_name!r} (trials 0-{len(frozen) - 1})")
+    record = records.get(number)
+    if record is None or record.status != "complete":
+        state = record.status if record else frozen[number].state.name.lower()
+        reason = (record.reason if record else None) or frozen[number].system_attrs.get("fail_reason") or "no measurement"
+        raise ExportError(f"trial = {number}: {state}, nothing to export ({reason})")
+    recipe = Recipe.from_dict(record.recipe)
+    attrs = frozen[number].user_attrs
+    identity = study.user_attrs.get(CONFIG_ATTR)
+    if identity is None:
+        raise ExportError(f"study {study_name!r} has no stored configuration; it was not created by slimtune run")
+    study_seed = attrs.get("study_seed", seed)
+    if study_seed is None:
+        raise ExportError(f"trial = {number}: its seed was not recorded (stored by an older slimtune); "
+                          "pass the study's seed (--seed)")
+    config = parse_config({**identity, "study": {**identity["study"], "seed": study_seed}}, f"study {study_name!r}")
+    trial_seed = attrs.get("seed", study_seed + number)
+    device = config.target.device
+    try:
+        check_format(fmt, recipe, device)
+    except FormatError as error:
+        raise ExportError(str(error)) from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ExportError(f"target.device = {device!r}: the study ran on CUDA and there is no CUDA device here")
+
+    log(f"export: trial {number} of {study_name!r} ({recipe.describe()}) as {fmt}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with IsolatedEvaluator(worker_spec(config, DEFAULT_FACTORY), log=log,
+                               memory_limit_mb=config.budget.memory_limit_mb) as evaluator:
+            evaluator.load()
+            evaluator.prepare()
+            info = evaluator.export(recipe, trial_seed, fmt, str(partial))
+    except WorkerFailed as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        text = str(error)
+        if text.startswith("FormatError: "):
+            raise ExportError(text.removeprefix("FormatError: ")) from None
+        raise ExportFailed(f"export: rebuilding trial {number} failed: {text}") from None
+    except BaseException as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(error, Exception) and not isinstance(error, (ExportError, ExportFailed)):
+            raise ExportFailed(f"export: rebuilding trial {number} failed: {one_line(error)}") from error
+        raise
+
+    measured = record.measurement
+    manifest: dict[str, Any] = {
+        "slimtune_export": 1,
+        "study": study_name,
+        "storage": safe_url(storage_url),
+        "trial": number,
+        "format": fmt,
+        "recipe": recipe.to_dict(),
+        "recipe_description": recipe.describe(),
+        "seed": trial_seed,
+        "measured": {k: measured.get(k) for k in (
+            "accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "params", "macs", "batch_size")}
+        | {"accuracy_drop": record.accuracy_drop},
+        "workload": {"model": config.workload.model, "data": config.workload.data,
+                     "data_root": config.workload.data_root, "input_shape": list(config.workload.input_shape),
+                     "num_classes": info["num_classes"]},
+        "input": {"shape": [info["batch"] if info["batch"] != "dynamic" else "N", *config.workload.input_shape],
+                  "batch": info["batch"], "dtype": info["dtype"], "memory_format": info["memory_format"]},
+        "target": fingerprint(torch.device(device), config.target.threads or torch.get_num_threads()),
+        "measure": {"device": device, "threads": config.target.threads, "batch_size": config.workload.batch_sizes[0],
+                    "latency_warmup": config.budget.latency_warmup, "latency_repeats": config.budget.latency_repeats},
+        "requires": {"torch": torch.__version__}
+        | ({"torchao": _version("torchao")} if recipe.quantization != "none" else {})
+        | ({"onnxruntime": _version("onnxruntime")} if fmt == "onnx" else {})
+        | ({"slimtune": _version("slimtune")} if fmt == "state_dict" else {}),
+        "quantized_layers": info["quantized_layers"],
+        "rebuilt_accuracy": info["rebuilt_accuracy"],
+        "load": _load_code(fmt, info["dtype"], info["memory_format"], list(config.workload.input_shape)),
+        "files": file_hashes(partial),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "verified": False,
+        "verification": {"status": "pending"},
+    }
+    _write_manifest(partial, manifest)
+    if out.is_dir():
+        out.rmdir()  # checked empty above
+    os.replace(partial, out)
+    for name in manifest["files"]:
+        log(f"wrote {out / name} ({(out / name).stat().st_size / 1e6:.3f} MB, sha256 {manifest['files'][name][:12]})")
+
+    log("verifying in a fresh Python process ...")
+    outcome = _verify(out, timeout_s=max(300.0, 4 * config.budget.trial_timeout_s))
+    reason = outcome.get("error")
+    verification: dict[str, Any] = {"status": "failed" if reason else "measured", **outcome}
+    if not reason:
+        difference = outcome["accuracy"] - measured["accuracy"]
+        verification["accuracy_difference_pts"] = 100 * difference
+        verification["latency_ratio"] = outcome["latency_ms"] / measured["latency_ms"]
+        if abs(difference) > ACCURACY_TOLERANCE:
+            reason = (f"accuracy {outcome['accuracy']:.4f} in the fresh process vs {measured['accuracy']:.4f} "
+                      f"in the trial ({100 * difference:+.2f} points; allowed +-{100 * ACCURACY_TOLERANCE:.1f})")
+    verification["status"] = "failed" if reason else "verified"
+    if reason:
+        verification["reason"] = reason
+    manifest["verified"] = reason is None
+    manifest["verification"] = verification
+    _write_manifest(out, manifest)
+    repository.create_schema()  # adds the exports table to a database made before it existed
+    repository.record_export(
+        study_name, number, format=fmt, path=str(out.resolve()), hashes=manifest["files"], verified=reason is None,
+        reason=reason, accuracy=outcome.get("accuracy"), trial_accuracy=measured["accuracy"],
+        latency_ms=outcome.get("latency_ms"), latency_ratio=verification.get("latency_ratio"),
+    )
+    result = ExportResult(out, manifest)
+    if reason:
+        raise ExportFailed(f"export: verification failed, {out} is marked unverified: {reason}", result)
+    log(f"verified: accuracy {outcome['accuracy']:.4f} (trial {measured['accuracy']:.4f}, "
+        f"{verification['accuracy_difference_pts']:+.2f} pts); latency {outcome['latency_ms']:.3f} ms at batch "
+        f"{outcome['batch_size']} ({outcome['runtime']}) vs {measured['latency_ms']:.3f} ms in the trial "
+        f"(ratio {verification['latency_ratio']:.2f})")
+    return result
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    partial = folder / f".{MANIFEST}.tmp"
+    partial.write_text(json.dumps(manifest, indent=2) + "\n")
+    partial.replace(folder / MANIFEST)
+
+
+def _verify(folder: Path, timeout_s: float) -> dict[str, Any]:
+    """Run the verifier in a fresh interpreter; its last stdout line is its JSON answer."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "slimtune.objectives.verify_export", str(folder)],
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"verification took longer than {timeout_s:.0f} s"}
+    lines = done.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"the verifier exited with code {done.returncode}: {tail}"}
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+def add_parser(commands) -> None:
+    sub = commands.add_parser("export", help="export a trial as a deployable model, verified in a fresh process")
+    sub.add_argument("study")
+    sub.add_argument("--storage", default=DEFAULT_STORAGE)
+    which = sub.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="the trial number")
+    which.add_argument("--pick", metavar="RULE", help="e.g. 'min latency where accuracy_drop <= 0.01'")
+    which.add_argument("--knee", action="store_true", help="the front's knee (closest to the ideal point)")
+    sub.add_argument("--format", default="pt2", choices=FORMATS)
+    sub.add_argument("--out", required=True, help="a new (or empty) folder")
+    sub.add_argument("--seed", type=int, help="the study's seed, only for trials stored without one")
+
+
+def run_command(args) -> int:
+    """Exit codes: 0 verified, 1 written but not verified (or rebuild failed), 2 bad input."""
+    try:
+        export(args.study, args.storage, trial=args.trial, pick=args.pick, knee=args.knee, fmt=args.format,
+               out=args.out, seed=args.seed, log=print)
+    except ExportError as error:
+        print(f"slimtune: error: {error}", file=sys.stderr)
+        return 2
+    except ExportFailed as error:
+        print(f"slimtune: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _CallableModule(types.ModuleType):
+    """`slimtune.search.export(...)` (the issue's API) and `slimtune.search.export.export(...)`
+    are the same call: the package exposes this module, and the module can be called."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ExportResult:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["ACCURACY_TOLERANCE", "ExportError", "ExportFailed", "ExportResult", "export", "formats_for"]

@@ -1,0 +1,96 @@
+"""Each export format round-trips a small pruned + quantized model: written, loaded back through
+`load_exported` (hashes checked), and giving the same logits; a changed file is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from slimtune.objectives.artifacts import (
+    FORMATS, ArtifactError, FormatError, check_format, file_hashes, load_exported, write_artifact,
+)
+from slimtune.objectives.models import small_cnn
+from slimtune.spaces import Recipe
+from slimtune.spaces.pruning import prune
+from slimtune.spaces.quantization import quantize
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def pruned_quantized():
+    torch.manual_seed(0)
+    model = small_cnn(10, SHAPE).eval()
+    example = torch.randn(4, *SHAPE)
+    prune(model, 0.5, example, num_classes=10)
+    quantize(model, "int8_weight_only", torch.device("cpu"))
+    return model.eval()
+
+
+def _folder(tmp_path, model, fmt):
+    folder = tmp_path / fmt
+    example = torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(1))
+    info = write_artifact(model, fmt, folder, example, fresh_model=lambda: small_cnn(10, SHAPE))
+    manifest = {
+        "format": fmt, "files": file_hashes(folder), "measure": {"device": "cpu"},
+        "input": {"dtype": "float32", "memory_format": "contiguous"},
+        "workload": {"model": "slimtune:small_cnn", "input_shape": list(SHAPE), "num_classes": 10},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder, info
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript", "onnx", "state_dict"])
+def test_format_round_trips_pruned_quantized(tmp_path, pruned_quantized, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime", reason="the onnx format is checked with onnxruntime")
+    folder, info = _folder(tmp_path, pruned_quantized, fmt)
+    exported = load_exported(folder)
+    batch = torch.randn(7, *SHAPE)  # another batch size than the export's example
+    with torch.inference_mode():
+        expected = pruned_quantized(batch)
+        got = exported(exported.inputs(batch))
+    assert got.shape == (7, 10)
+    torch.testing.assert_close(got.float(), expected.float(), atol=1e-4, rtol=1e-4)
+    if fmt in ("pt2", "onnx"):
+        assert info["batch"] == "dynamic"
+
+
+def test_state_dict_restores_the_pruned_widths(tmp_path, pruned_quantized):
+    folder, _ = _folder(tmp_path, pruned_quantized, "state_dict")
+    model = load_exported(folder).model
+    assert model[0].out_channels == pruned_quantized[0].out_channels < 64
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in pruned_quantized.parameters())
+
+
+def test_a_tampered_file_is_refused(tmp_path, pruned_quantized):
+    folder, _ = _folder(tmp_path, pruned_quantized, "pt2")
+    data = bytearray((folder / "model.pt2").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "model.pt2").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match the manifest"):
+        load_exported(folder)
+
+
+def test_an_unlisted_or_missing_file_is_refused(tmp_path, pruned_quantized):
+    folder, _ = _folder(tmp_path, pruned_quantized, "pt2")
+    (folder / "extra.py").write_text("print('hi')")
+    with pytest.raises(ArtifactError, match="not listed"):
+        load_exported(folder)
+    (folder / "extra.py").unlink()
+    (folder / "model.pt2").unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_exported(folder)
+
+
+def test_formats_that_cannot_hold_a_recipe_say_which_can():
+    with pytest.raises(FormatError, match=r"AOTInductor.*formats that can: pt2, torchscript, onnx, state_dict$"):
+        check_format("aoti", Recipe(), "cpu")
+    with pytest.raises(FormatError, match="formats that can: pt2, onnx, state_dict"):
+        check_format("torchscript", Recipe(quantization="int8_dynamic"), "cpu")
+    with pytest.raises(FormatError, match="bfloat16"):
+        check_format("onnx", Recipe(precision="bf16"), "cpu")
+    check_format("aoti", Recipe(runtime="compile"), "cuda")
+    assert set(FORMATS) == {"pt2", "torchscript", "onnx", "state_dict", "aoti"}
