@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                 command += ["--timeout", str(args.timeout)]
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
             run = {"exit_code": done.returncode, "wall_s": time.perf_counter() - started, **rate(storage, name)}
             run["exactly_n"] = run["finished"] == args.n_trials
             results["runs"][str(count)] = run
