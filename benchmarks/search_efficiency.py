@@ -34,7 +34,6 @@ import csv
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import subprocess
