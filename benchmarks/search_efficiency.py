@@ -1,15 +1,19 @@
 """Which sampler finds the front in fewest trials? Measure a grid of real recipes once, then
 replay every sampler against that table.
 
-    python benchmarks/search_efficiency.py measure [--study studies/digits.toml] [--threads 1]
-    python benchmarks/search_efficiency.py replay [--trials 50] [--seeds 10]
+    python benchmarks/search_efficiency.py measure [--study studies/digits.toml] [--passes 2] [--shared-machine]
+    python benchmarks/search_efficiency.py replay [--trials 40] [--seeds 10] [--samplers ...] [--keep]
+    python benchmarks/search_efficiency.py report          # results.md and the figure again, from results.json
+    (benchmarks/README.md has the exact commands behind the committed results)
 
 `measure` builds and measures every recipe of a grid over the study's space with slimtune's
 own `Evaluator` (prune, KD fine-tune, cast, quantize, measure latency/memory/accuracy on this
 CPU) and writes the table to `results/search-efficiency/grid.csv` (+ `grid.json`: how, where,
 how long). The recipes of one (prune ratio, KD temperature, KD alpha) point share one
 fine-tuning run: precision and quantization are applied after fine-tuning, so this gives the
-same candidate the evaluator would build for that seed, at a fraction of the time.
+same candidate the evaluator would build for that seed, at a fraction of the time. With
+`--passes K` every recipe is measured K times and keeps its lowest median latency (on a shared
+machine contention only adds time).
 
 `replay` runs each sampler (slimtune's own configurations from `search/samplers.py`) on an
 in-memory Optuna study over the study's real `SearchSpace`: every sampled recipe is answered
@@ -30,7 +34,6 @@ import csv
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -347,6 +350,9 @@ def replay(args: argparse.Namespace) -> None:
     max_drop = args.max_accuracy_drop if args.max_accuracy_drop is not None else config.constraints.max_accuracy_drop
     seeds = list(range(args.seeds))
     results: dict[str, Any] = {}
+    previous = folder / f"results{args.tag}.json"
+    if args.keep and previous.exists():  # samplers not run now keep their earlier runs
+        results = {k: v for k, v in json.loads(previous.read_text())["samplers"].items() if k not in args.samplers}
     for name in args.samplers:
         started = time.time()
         runs = [replay_one(grid, config, name, seed, args.trials, max_drop, objectives) for seed in seeds]
@@ -360,6 +366,8 @@ def replay(args: argparse.Namespace) -> None:
         at = per_trial[min(args.trials, 30) - 1]
         print(f"{name:7s} median hypervolume at trial {min(args.trials, 30)}: {at['median']:.4f} "
               f"[{at['q25']:.4f}, {at['q75']:.4f}]  ({results[name]['seconds']} s)", flush=True)
+    order = list(SAMPLER_LABELS)
+    results = dict(sorted(results.items(), key=lambda item: order.index(item[0])))
     write_results(folder, results, grid, config, args, objectives, max_drop, seeds)
 
 
@@ -370,7 +378,7 @@ def write_results(folder, results, grid, config, args, objectives, max_drop, see
                 "measurements (nearest grid point per sampled recipe); objectives normalised to the baseline",
         "study_file": grid.meta["study_file"], "objectives": objectives, "max_accuracy_drop": max_drop,
         "study_max_accuracy_drop": config.constraints.max_accuracy_drop,
-        "trials": args.trials, "seeds": seeds,
+        "trials": args.trials, "seeds": {name: len(result["runs"]) for name, result in results.items()},
         "grid": {k: grid.meta[k] for k in ("recipes", "levels", "status_counts", "threads", "passes", "date", "commit")},
         "grid_complete": sum(r["status"] == "complete" for r in grid.rows.values()),
         "grid_hypervolume": best_possible,
@@ -393,14 +401,14 @@ def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
         f"max_accuracy_drop {max_drop}" + (f", tighter than the study file's {summary['study_max_accuracy_drop']}" if tighter else "")
         + f"), replayed against the {grid['recipes']} recipes of `grid.csv`, each built and measured with slimtune's "
         f"Evaluator on the development CPU ({grid['date']}): each sampled recipe gets the measurements of its nearest "
-        f"grid point. {len(summary['seeds'])} seeds per sampler, {trials} trials per study (the first is the baseline). "
+        f"grid point. {trials} trials per study (the first is the baseline); seeds 0 to n-1, n as the table says. "
         f"Hypervolume normalised to the baseline (`search/hypervolume.py`); the whole grid's feasible front has "
         f"**{best:.4f}**, the most any sampler can reach.",
         "",
         "Median hypervolume [25th-75th percentile] after N trials:",
         "",
-        "| sampler | " + " | ".join(f"N={n}" for n in checkpoints) + " | N=30: median / random's | N=30: % of the grid's |",
-        "|---|" + "---|" * (len(checkpoints) + 2),
+        "| sampler | seeds | " + " | ".join(f"N={n}" for n in checkpoints) + " | N=30: median / random's | N=30: % of the grid's |",
+        "|---|---|" + "---|" * (len(checkpoints) + 2),
     ]
     for name, result in results.items():
         per = result["per_trial"]
@@ -410,10 +418,11 @@ def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
             share = f"{100 * per[29]['median'] / best:.0f}%"
             if "random" in results:
                 ratio = f"{per[29]['median'] / results['random']['per_trial'][29]['median']:.2f}x"
-        lines.append(f"| {result['label']} | " + " | ".join(cells) + f" | {ratio} | {share} |")
+        lines.append(f"| {result['label']} | {len(result['runs'])} | " + " | ".join(cells) + f" | {ratio} | {share} |")
     lines += ["", "Per study (median over seeds): distinct grid points visited, failed trials (grid points whose "
-              "fine-tuning was stopped as hopeless), size of the final front; and the sampler's own time for all seeds:", "",
-              "| sampler | distinct points | failed trials | front size | sampler seconds (all seeds) |", "|---|---|---|---|---|"]
+              "fine-tuning was stopped as hopeless), size of the final front; and the replay's wall time for all seeds (nearly all of it the sampler's own, on the loaded "
+              "shared machine):", "",
+              "| sampler | distinct points | failed trials | front size | replay seconds (all seeds) |", "|---|---|---|---|---|"]
     for name, result in results.items():
         runs = result["runs"]
         lines.append(f"| {result['label']} | {statistics.median(r['distinct_points'] for r in runs):g} | "
@@ -482,12 +491,19 @@ def hypervolume_figure(results, trials: int, best_possible: float, objectives, m
         figure.add_trace(go.Scatter(x=x + x[::-1], y=[p["q75"] for p in per] + [p["q25"] for p in per][::-1],
                                     fill="toself", fillcolor=fills[name], line=dict(width=0), hoverinfo="skip",
                                     showlegend=False, legendgroup=name))
-        figure.add_trace(go.Scatter(x=x, y=[p["median"] for p in per], mode="lines", name=result["label"],
+        figure.add_trace(go.Scatter(x=x, y=[p["median"] for p in per], mode="lines",
+                                    name=f"{result['label']}, {len(result['runs'])} seeds",
                                     line=dict(color=colours[name], width=2.5), legendgroup=name))
+    if "random" in results and trials >= 30:
+        target = 1.2 * results["random"]["per_trial"][29]["median"]
+        figure.add_trace(go.Scatter(
+            x=[30], y=[target], mode="markers+text", marker=dict(symbol="x", size=12, color="black"),
+            text=[f"1.2x random's median at 30 trials ({target:.3f}: {100 * target / best_possible:.0f}% of the grid's best)"],
+            textposition="top left", name="the issue's target", showlegend=False))
     figure.add_hline(y=best_possible, line=dict(dash="dash", color="black"),
                      annotation_text="whole grid's feasible front", annotation_position="bottom right")
     figure.update_layout(
-        title=f"Hypervolume against trials: median and 25-75% band over {len(next(iter(results.values()))['runs'])} seeds"
+        title="Hypervolume against trials: median and 25-75% band over seeds"
               f"<br><sup>digits demo ({', '.join(objectives)}; max_accuracy_drop {max_drop}), replayed against "
               f"real measurements on a CPU</sup>",
         xaxis_title="trials (trial 1 = the baseline)", yaxis_title="hypervolume (normalised to the baseline)",
@@ -514,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-accuracy-drop", type=float, help="a tighter constraint than the study's (the grid was "
                    "measured with the study's: its hopeless-candidate stops stay valid only for tighter ones)")
     r.add_argument("--tag", default="", help="suffix for the result files, e.g. -tight")
+    r.add_argument("--keep", action="store_true", help="keep the earlier runs of samplers not named in --samplers")
     g = commands.add_parser("merge", help="join the grid.shard-* files into grid.csv / grid.json")
     p = commands.add_parser("report", help="rewrite results.md and the figure from results.json")
     p.add_argument("--tag", default="")
