@@ -90,17 +90,17 @@ def _duration(detail: TrialDetail) -> float | None:
 
 
 def exports_of(root: Path, study: str, trial: int) -> list[dict[str, Any]]:
-    """Exports of this trial under the export root, found by the manifest.json beside each."""
-    folder = root / study
-    if not folder.is_dir():
+    """Exports of this trial under the export root, found by the manifest.json beside each
+    (an export's folder is whatever `out` its request named)."""
+    if not root.is_dir():
         return []
     found = []
-    for manifest_path in sorted(folder.glob("*/manifest.json")):
+    for manifest_path in sorted(root.glob("**/manifest.json")):
         try:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
             continue
-        if manifest.get("trial") == trial:
+        if manifest.get("study") == study and manifest.get("trial") == trial:
             found.append({"path": str(manifest_path.parent.relative_to(root)), "manifest": manifest})
     return found
 
