@@ -300,6 +300,7 @@ def export(request: Request, name: str, body: ExportIn) -> dict[str, Any]:
     except Refused as error:
         raise Unprocessable(error.field, error.message) from None
     try:
+        from slimtune.search.export import ExportFailed
         from slimtune.search.export import export as export_trial
     except ImportError:
         raise HTTPException(501, "this slimtune has no export (it comes with the export feature)") from None
@@ -310,6 +311,8 @@ def export(request: Request, name: str, body: ExportIn) -> dict[str, Any]:
         raise HTTPException(404, str(error)) from None
     except ValueError as error:  # a rule nothing satisfies, a failed trial, a format that cannot hold the recipe
         raise Unprocessable("", str(error)) from None
+    except ExportFailed as error:  # written, but verification failed: the files stay marked unverified
+        raise HTTPException(409, str(error)) from None
     return {"out": str(Path(result.out).resolve().relative_to(server.export_root.resolve())),
             "manifest": result.manifest}
 
