@@ -31,6 +31,7 @@ import argparse
 import copy
 import dataclasses
 import csv
+import itertools
 import json
 import math
 import os
@@ -45,47 +46,75 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results" / "search-efficiency"
+#: the recipe fields a grid point is made of, in the order of the CSV's columns (a grid measured
+#: before a field existed lacks its column: the field then had its baseline value everywhere)
+KEY_FIELDS = ("prune_ratio", "prune_scope", "prune_round_to", "kd_temperature", "kd_alpha",
+              "quantization", "precision", "memory_format", "runtime")
+#: fields that mean something only for a pruned (and so fine-tuned) model
+PRUNED_ONLY = ("prune_scope", "prune_round_to", "kd_temperature", "kd_alpha")
+NUMERIC = {"prune_ratio": float, "prune_round_to": int, "kd_temperature": float, "kd_alpha": float}
 GRID_COLUMNS = [
-    "prune_ratio", "kd_temperature", "kd_alpha", "quantization", "precision", "status", "reason",
-    "accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "params", "macs",
-    "seconds", "finetune_seconds", "latency_passes",
+    *KEY_FIELDS, "status", "reason", "accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb",
+    "params", "macs", "compile_s", "seconds", "finetune_seconds", "latency_passes",
 ]
 
 
 # ---------------------------------------------------------------------------------------- grid
-def grid_levels(config) -> dict[str, list]:
-    """Prune ratio every 0.1, and every 0.05 from 0.6 on (where accuracy falls off and the demo's
-    front lies); KD temperature at 1/4 and 3/4 of its log range; KD alpha at 1/4 and 3/4 of its
-    range; every categorical choice."""
-    space = config.space
+def _floats(text: str | None) -> list[float] | None:
+    return [float(v) for v in text.split(",")] if text else None
+
+
+def grid_levels(config, space, prune: list[float] | None = None, temperatures: list[float] | None = None,
+                alphas: list[float] | None = None) -> dict[str, list]:
+    """The levels of every searched knob. Defaults: prune ratio every 0.1, and every 0.05 from
+    0.6 on (where accuracy falls off and the demo's front lies); KD temperature at 1/4 and 3/4
+    of its log range; KD alpha at 1/4 and 3/4 of its range; every categorical choice the
+    target can run (the capability probe's space). Fewer levels keep a GPU grid affordable."""
     low, high = space.prune_ratio
-    candidates = [round(0.1 * i, 4) for i in range(10)] + [round(0.6 + 0.05 * i, 4) for i in range(8)]
-    prune = sorted({v for v in candidates if low <= v <= high} | {low, high})
-    t_low, t_high = (math.log(v) for v in space.kd_temperature)
-    temperature = [round(math.exp(t_low + f * (t_high - t_low)), 3) for f in (0.25, 0.75)]
-    a_low, a_high = space.kd_alpha
-    alpha = [round(a_low + f * (a_high - a_low), 3) for f in (0.25, 0.75)]
-    return {"prune_ratio": prune, "kd_temperature": temperature, "kd_alpha": alpha,
-            "quantization": list(space.quantization), "precision": list(space.precision)}
+    if prune is None:
+        candidates = [round(0.1 * i, 4) for i in range(10)] + [round(0.6 + 0.05 * i, 4) for i in range(8)]
+        prune = sorted({v for v in candidates if low <= v <= high} | {low, high})
+    levels: dict[str, list] = {"prune_ratio": sorted(set(prune) | {0.0})}
+    if space.kd_temperature is not None and config.budget.finetune_steps > 0:
+        t_low, t_high = (math.log(v) for v in space.kd_temperature)
+        levels["kd_temperature"] = temperatures or [
+            round(math.exp(t_low + f * (t_high - t_low)), 3) for f in (0.25, 0.75)]
+        a_low, a_high = space.kd_alpha
+        levels["kd_alpha"] = alphas or [round(a_low + f * (a_high - a_low), 3) for f in (0.25, 0.75)]
+    for name in ("prune_scope", "prune_round_to", "quantization", "precision", "memory_format", "runtime"):
+        levels[name] = list(getattr(space, name))
+    return levels
 
 
-def grid_recipes(levels: dict[str, list], finetune_steps: int, importance: str, runtime: str):
+def grid_recipes(levels: dict[str, list], finetune_steps: int, importance: str):
+    """Every combination of the levels; an unpruned point has no pruning or KD settings."""
     from slimtune.spaces import Recipe
 
-    combos = [(q, p) for q in levels["quantization"] for p in levels["precision"]]
+    deployments = list(itertools.product(*(levels[name] for name in ("quantization", "precision", "memory_format", "runtime"))))
     for prune in levels["prune_ratio"]:
-        kd = [(t, a) for t in levels["kd_temperature"] for a in levels["kd_alpha"]] if prune > 0 else [(None, 0.0)]
-        for temperature, alpha in kd:
-            for quantization, precision in combos:
-                yield Recipe(
-                    prune_ratio=prune, prune_importance=importance, kd_temperature=temperature, kd_alpha=alpha,
-                    finetune_steps=finetune_steps if prune > 0 else 0,
-                    quantization=quantization, precision=precision, runtime=runtime,
-                )
+        if prune > 0:
+            trainings = itertools.product(levels["prune_scope"], levels["prune_round_to"],
+                                          levels.get("kd_temperature", [None]), levels.get("kd_alpha", [0.0]))
+        else:
+            trainings = [("uniform", 1, None, 0.0)]
+        for (scope, round_to, temperature, alpha), (quantization, precision, memory_format, runtime) in \
+                itertools.product(trainings, deployments):
+            yield Recipe(
+                prune_ratio=prune, prune_importance=importance, prune_scope=scope, prune_round_to=round_to,
+                kd_temperature=temperature, kd_alpha=alpha if temperature else 0.0,
+                finetune_steps=finetune_steps if prune > 0 else 0, quantization=quantization, precision=precision,
+                memory_format=memory_format, runtime=runtime,
+            )
+
+
+def training_key(recipe) -> tuple:
+    """What decides the fine-tuned weights: the pruned architecture and the KD settings."""
+    return (recipe.prune_ratio, recipe.prune_importance, recipe.prune_scope, recipe.prune_round_to,
+            recipe.kd_temperature, recipe.kd_alpha, recipe.finetune_steps)
 
 
 def _caching_evaluator(base):
-    """The study's Evaluator, with fine-tuning done once per (prune, KD) point and reused."""
+    """The study's Evaluator, with fine-tuning done once per (architecture, KD) point and reused."""
 
     class CachingEvaluator(base):
         def __init__(self, *args, **kwargs):
@@ -93,8 +122,7 @@ def _caching_evaluator(base):
             self.cache: dict[tuple, tuple] = {}
 
         def _finetune(self, model, recipe, seed, check_time):
-            key = (recipe.prune_ratio, recipe.prune_importance, recipe.kd_temperature, recipe.kd_alpha,
-                   recipe.finetune_steps, seed)
+            key = (*training_key(recipe), seed)
             if key not in self.cache:
                 started = time.perf_counter()
                 try:
@@ -110,8 +138,7 @@ def _caching_evaluator(base):
             return steps
 
         def finetune_seconds(self, recipe, seed) -> float | None:
-            key = (recipe.prune_ratio, recipe.prune_importance, recipe.kd_temperature, recipe.kd_alpha,
-                   recipe.finetune_steps, seed)
+            key = (*training_key(recipe), seed)
             return self.cache[key][3] if key in self.cache else None
 
     return CachingEvaluator
@@ -150,21 +177,36 @@ def measure(args: argparse.Namespace) -> None:
         budget=budget, max_accuracy_drop=config.constraints.max_accuracy_drop,
     )
     space, removals = probe(config.search_space(), device)
-    levels = grid_levels(config)
-    levels["quantization"] = [q for q in levels["quantization"] if q in space.quantization]
-    levels["precision"] = [p for p in levels["precision"] if p in space.precision]
-    recipes = list(grid_recipes(levels, config.budget.finetune_steps, space.prune_importance[0], space.runtime[0]))
+    levels = grid_levels(config, space, _floats(args.prune_levels), _floats(args.kd_temperatures), _floats(args.kd_alphas))
+    recipes = list(grid_recipes(levels, config.budget.finetune_steps, space.prune_importance[0]))
     # Shuffled, so a slow spell of the machine does not land on one region of the grid.
     random.Random(0).shuffle(recipes)
     if args.shard:  # "I/N": the fine-tuning points whose index is I modulo N, all their variants
         index, count = (int(v) for v in args.shard.split("/"))
-        points = sorted({(r.prune_ratio, r.kd_temperature or 0.0, r.kd_alpha) for r in recipes})
+        points = sorted({training_key(r) for r in recipes}, key=repr)
         mine = {p for i, p in enumerate(points) if i % count == index}
-        recipes = [r for r in recipes if (r.prune_ratio, r.kd_temperature or 0.0, r.kd_alpha) in mine]
+        recipes = [r for r in recipes if training_key(r) in mine]
     if args.limit:
         recipes = recipes[: args.limit]
-    print(f"{len(recipes)} recipes, {len({(r.prune_ratio, r.kd_temperature, r.kd_alpha) for r in recipes})} fine-tuning points")
+    print(f"{len(recipes)} recipes, {len({training_key(r) for r in recipes})} fine-tuning points", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
+    commit = os.environ.get("SLIMTUNE_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    meta = {
+        "study_file": str(Path(args.study).resolve().relative_to(ROOT)) if Path(args.study).resolve().is_relative_to(ROOT) else args.study,
+        "levels": levels, "budget": dataclasses.asdict(budget), "threads": threads, "seed": args.seed,
+        "passes": args.passes, "shared_machine": args.shared_machine,
+        "baseline_accuracy": evaluator.baseline_accuracy,
+        "baseline_source": baseline.source.split(":")[0],
+        "probe_removed": [str(r) for r in removals],
+        "commit": commit, "date": time.strftime("%Y-%m-%d"),
+        "fingerprint": fingerprint(device, threads),
+        "how": "slimtune Evaluator per recipe (prune -> KD fine-tune -> cast -> quantize -> measure) with the "
+               "study file's budget; the fine-tuned weights of one (architecture, KD) point (prune ratio, scope, "
+               "rounding, KD temperature and alpha) are reused for its deployment variants (quantization, precision, "
+               "memory format, runtime), which are applied after fine-tuning",
+    }
+    name = f"grid.shard-{args.shard.replace('/', '-of-')}" if args.shard else "grid"
     best: dict[Any, dict[str, Any]] = {}
     started = time.time()
     for number in range(args.passes):
@@ -172,12 +214,13 @@ def measure(args: argparse.Namespace) -> None:
         # pass whose median latency was lowest (all passes' medians are kept in latency_passes).
         order = recipes if number == 0 else random.Random(number).sample(recipes, len(recipes))
         for index, recipe in enumerate(order):
-            row: dict[str, Any] = {k: getattr(recipe, k) for k in ("prune_ratio", "kd_temperature", "kd_alpha", "quantization", "precision")}
+            row: dict[str, Any] = {k: getattr(recipe, k) for k in KEY_FIELDS}
             try:
                 m = evaluator.evaluate(recipe, seed=args.seed)
                 row.update(status="complete", reason="", accuracy=m.accuracy, latency_ms=m.latency_ms,
                            latency_p95_ms=m.latency_p95_ms, peak_memory_mb=m.peak_memory_mb, weight_mb=m.weight_mb,
-                           params=m.params, macs=m.macs, seconds=round(m.seconds, 3))
+                           params=m.params, macs=m.macs, seconds=round(m.seconds, 3),
+                           compile_s="" if m.compile_s is None else round(m.compile_s, 3))
             except TrialStopped as error:
                 row.update(status="stopped", reason=str(error))
             except Exception as error:
@@ -189,41 +232,29 @@ def measure(args: argparse.Namespace) -> None:
             if previous is None or (row["status"] == "complete" and row["latency_ms"] < (previous.get("latency_ms") or math.inf)):
                 best[recipe] = row
             best[recipe]["latency_passes"] = passes
-            if index % 50 == 0:
+            if index % 25 == 0:
                 print(f"pass {number + 1}/{args.passes}: {index + 1}/{len(recipes)} after {time.time() - started:.0f} s", flush=True)
-    rows = []
-    for row in best.values():
-        row["latency_passes"] = " ".join(f"{v:.4f}" for v in row["latency_passes"] if v is not None)
-        rows.append(row)
-    commit = os.environ.get("SLIMTUNE_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    meta = {
-        "study_file": str(Path(args.study).resolve().relative_to(ROOT)) if Path(args.study).resolve().is_relative_to(ROOT) else args.study,
-        "levels": levels, "budget": dataclasses.asdict(budget), "recipes": len(rows), "threads": threads, "seed": args.seed,
-        "passes": args.passes, "shared_machine": args.shared_machine,
-        "load_average": os.getloadavg(),
-        "baseline_accuracy": evaluator.baseline_accuracy,
-        "probe_removed": [str(r) for r in removals],
-        "status_counts": {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped", "failed")},
-        "wall_seconds": round(time.time() - started, 1),
-        "cpu_seconds": round(time.process_time(), 1),
-        "commit": commit, "date": time.strftime("%Y-%m-%d"),
-        "fingerprint": fingerprint(device, threads),
-        "how": "slimtune Evaluator per recipe (prune -> KD fine-tune -> cast -> quantize -> measure) with the "
-               "study file's budget; the fine-tuned weights of one (prune_ratio, kd_temperature, kd_alpha) point "
-               "are reused for its quantization x precision variants",
-    }
-    name = f"grid.shard-{args.shard.replace('/', '-of-')}" if args.shard else "grid"
-    write_grid(folder, name, rows, meta)
+                # A partial table now and then: a run cut short (a machine's time limit) still
+                # shows how far it got and at what pace.
+                write_grid(folder, f"{name}.partial", _grid_rows(best), {**meta, "wall_seconds": round(time.time() - started, 1)})
+    meta.update(wall_seconds=round(time.time() - started, 1), cpu_seconds=round(time.process_time(), 1),
+                load_average=os.getloadavg())
+    write_grid(folder, name, _grid_rows(best), meta)
+    for suffix in (".csv", ".json"):
+        (folder / f"{name}.partial{suffix}").unlink(missing_ok=True)
+
+
+def _grid_rows(best: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**row, "latency_passes": " ".join(f"{v:.4f}" for v in row["latency_passes"] if v is not None)}
+            for row in best.values()]
 
 
 def write_grid(folder: Path, name: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    rows = sorted(rows, key=lambda r: (float(r["prune_ratio"]), float(r["kd_temperature"] or 0), float(r["kd_alpha"]),
-                                       r["quantization"], r["precision"]))
+    rows = sorted(rows, key=lambda r: tuple(str(r.get(name, "")) for name in KEY_FIELDS))
     meta = {**meta, "recipes": len(rows),
             "status_counts": {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped", "failed")}}
     with open(folder / f"{name}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, GRID_COLUMNS)
+        writer = csv.DictWriter(handle, GRID_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (folder / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -252,7 +283,7 @@ def merge(args: argparse.Namespace) -> None:
 
 
 # -------------------------------------------------------------------------------------- replay
-GridKey = tuple  # (prune_ratio, kd_temperature, kd_alpha, quantization, precision)
+GridKey = tuple  # the values of KEY_FIELDS
 SAMPLER_LABELS = {"tpe": "TPE (multivariate, constraints)", "nsga2": "NSGA-II", "gp": "GP (Optuna GPSampler)",
                   "random": "random"}
 
@@ -261,15 +292,25 @@ class Grid:
     """The measured table, looked up by the nearest grid point of a sampled recipe."""
 
     def __init__(self, folder: Path):
+        from slimtune.spaces.registry import recipe_defaults
+
         self.meta = json.loads((folder / "grid.json").read_text())
         self.levels = self.meta["levels"]
+        self.defaults = {name: recipe_defaults()[name] for name in KEY_FIELDS}
         self.rows: dict[GridKey, dict[str, Any]] = {}
         with open(folder / "grid.csv", newline="") as handle:
             for row in csv.DictReader(handle):
-                temperature = float(row["kd_temperature"]) if row["kd_temperature"] else None
-                key = (float(row["prune_ratio"]), temperature, float(row["kd_alpha"]), row["quantization"], row["precision"])
-                self.rows[key] = row
-        self.baseline = self.rows[(0.0, None, 0.0, "none", "fp32")]
+                values = {name: self._parse(name, row.get(name)) for name in KEY_FIELDS}
+                self.rows[tuple(values[name] for name in KEY_FIELDS)] = row
+        self.baseline = self.rows[tuple(self.defaults[name] for name in KEY_FIELDS)]
+
+    def _parse(self, name: str, text: str | None) -> Any:
+        """A CSV cell as the recipe field's value; a column the grid lacks is the baseline value."""
+        if text is None:
+            return self.defaults[name]
+        if text == "":
+            return None
+        return NUMERIC[name](float(text)) if name in NUMERIC else text
 
     @staticmethod
     def _nearest(levels: list[float], value: float, log: bool = False) -> float:
@@ -278,13 +319,20 @@ class Grid:
 
     def key(self, recipe) -> GridKey:
         """Each knob snapped on its own: prune ratio and KD alpha linearly, the KD temperature in
-        log space (it is sampled on a log scale), categorical knobs exactly."""
-        prune = self._nearest(self.levels["prune_ratio"], recipe.prune_ratio)
-        if prune == 0:
-            return (0.0, None, 0.0, recipe.quantization, recipe.precision)
-        temperature = self._nearest(self.levels["kd_temperature"], recipe.kd_temperature or 1.0, log=True)
-        alpha = self._nearest(self.levels["kd_alpha"], recipe.kd_alpha)
-        return (prune, temperature, alpha, recipe.quantization, recipe.precision)
+        log space (it is sampled on a log scale), categorical knobs exactly. A knob the grid
+        holds at one level (not searched, or measured at one setting) maps to that level."""
+        values = {name: getattr(recipe, name) for name in KEY_FIELDS}
+        values["prune_ratio"] = self._nearest(self.levels["prune_ratio"], recipe.prune_ratio)
+        if values["prune_ratio"] == 0:
+            values.update({name: self.defaults[name] for name in PRUNED_ONLY})
+        elif "kd_temperature" in self.levels:
+            values["kd_temperature"] = self._nearest(self.levels["kd_temperature"], recipe.kd_temperature or 1.0, log=True)
+            values["kd_alpha"] = self._nearest(self.levels["kd_alpha"], recipe.kd_alpha)
+        for name in ("prune_scope", "prune_round_to", "quantization", "precision", "memory_format", "runtime"):
+            known = self.levels.get(name)
+            if known and len(known) == 1 and not (name in PRUNED_ONLY and values["prune_ratio"] == 0):
+                values[name] = NUMERIC.get(name, str)(known[0])
+        return tuple(values[name] for name in KEY_FIELDS)
 
 
 class ReplayFailed(Exception):
@@ -523,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--passes", type=int, default=1, help="measure every recipe this many times; keep the lowest median latency")
     m.add_argument("--shared-machine", action="store_true", help="no wall-clock trial timeout, shorter latency runs")
     m.add_argument("--limit", type=int, help="measure only the first N recipes of the shuffled grid (a smoke test)")
+    m.add_argument("--prune-levels", help="comma-separated prune ratios (0 is always added)")
+    m.add_argument("--kd-temperatures", help="comma-separated KD temperatures (default: 1/4 and 3/4 of the log range)")
+    m.add_argument("--kd-alphas", help="comma-separated KD alphas (default: 1/4 and 3/4 of the range)")
     r = commands.add_parser("replay", help="replay the samplers against the measured grid (no model is run)")
     r.add_argument("--trials", type=int, default=50)
     r.add_argument("--seeds", type=int, default=10)
