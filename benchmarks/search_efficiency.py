@@ -208,6 +208,18 @@ def measure(args: argparse.Namespace) -> None:
     }
     name = f"grid.shard-{args.shard.replace('/', '-of-')}" if args.shard else "grid"
     best: dict[Any, dict[str, Any]] = {}
+    if args.resume:  # rows an earlier, cut-short run measured (its .partial.csv): not measured again
+        from slimtune.spaces import Recipe
+
+        with open(args.resume, newline="") as handle:
+            done = {_row_key(row): row for row in csv.DictReader(handle)}
+        for recipe in recipes:
+            row = done.get(tuple(str(getattr(recipe, name)) if getattr(recipe, name) is not None else "" for name in KEY_FIELDS))
+            if row is not None:
+                best[recipe] = {**row, "latency_passes": [float(v) for v in row["latency_passes"].split()]}
+        recipes = [r for r in recipes if r not in best]
+        meta["resumed_rows"] = len(best)
+        print(f"resuming: {len(best)} recipes measured earlier, {len(recipes)} to go", flush=True)
     started = time.time()
     for number in range(args.passes):
         # Each pass in its own shuffled order; contention only adds time, so a recipe keeps the
@@ -242,6 +254,12 @@ def measure(args: argparse.Namespace) -> None:
     write_grid(folder, name, _grid_rows(best), meta)
     for suffix in (".csv", ".json"):
         (folder / f"{name}.partial{suffix}").unlink(missing_ok=True)
+
+
+def _row_key(row: dict[str, str]) -> tuple[str, ...]:
+    """A CSV row's grid point as text, the way str() writes a recipe's fields."""
+    return tuple(str(float(row[n])) if n in ("prune_ratio", "kd_temperature", "kd_alpha") and row[n] != "" else row[n]
+                 for n in KEY_FIELDS)
 
 
 def _grid_rows(best: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -571,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--passes", type=int, default=1, help="measure every recipe this many times; keep the lowest median latency")
     m.add_argument("--shared-machine", action="store_true", help="no wall-clock trial timeout, shorter latency runs")
     m.add_argument("--limit", type=int, help="measure only the first N recipes of the shuffled grid (a smoke test)")
+    m.add_argument("--resume", help="a grid CSV (a cut-short run's .partial.csv): its recipes are kept, not measured again")
     m.add_argument("--prune-levels", help="comma-separated prune ratios (0 is always added)")
     m.add_argument("--kd-temperatures", help="comma-separated KD temperatures (default: 1/4 and 3/4 of the log range)")
     m.add_argument("--kd-alphas", help="comma-separated KD alphas (default: 1/4 and 3/4 of the range)")
