@@ -2,18 +2,18 @@
 replay every sampler against that table.
 
     python benchmarks/search_efficiency.py measure [--study studies/digits.toml] [--passes 2] [--shared-machine]
-    python benchmarks/search_efficiency.py replay [--trials 40] [--seeds 10] [--samplers ...] [--keep]
-    python benchmarks/search_efficiency.py report          # results.md and the figure again, from results.json
+    python benchmarks/search_efficiency.py replay [--results DIR] [--trials 40] [--seeds 10] [--samplers ...] [--keep]
+    python benchmarks/search_efficiency.py report [--results DIR]   # results.md and the figure again, from results.json
     (benchmarks/README.md has the exact commands behind the committed results)
 
 `measure` builds and measures every recipe of a grid over the study's space with slimtune's
-own `Evaluator` (prune, KD fine-tune, cast, quantize, measure latency/memory/accuracy on this
-CPU) and writes the table to `results/search-efficiency/grid.csv` (+ `grid.json`: how, where,
-how long). The recipes of one (prune ratio, KD temperature, KD alpha) point share one
-fine-tuning run: precision and quantization are applied after fine-tuning, so this gives the
-same candidate the evaluator would build for that seed, at a fraction of the time. With
+own `Evaluator` (prune, KD fine-tune, cast, memory format, quantize, runtime; latency, memory,
+accuracy on the study's device) and writes the table to `results/search-efficiency/<study>/grid.csv`
+(+ `grid.json`: levels, how, where, how long). The recipes of one (architecture, KD) point
+share one fine-tuning run: the deployment knobs are applied after fine-tuning, so this gives
+the same candidate the evaluator would build for that seed, at a fraction of the time. With
 `--passes K` every recipe is measured K times and keeps its lowest median latency (on a shared
-machine contention only adds time).
+machine contention only adds time); `--resume` continues a run cut short (a GPU call's limit).
 
 `replay` runs each sampler (slimtune's own configurations from `search/samplers.py`) on an
 in-memory Optuna study over the study's real `SearchSpace`: every sampled recipe is answered
@@ -21,8 +21,9 @@ with the measurements of the nearest grid point (each knob snapped on its own: p
 and KD alpha linearly, KD temperature in log space, categorical knobs exactly). The baseline
 is trial 0, as in a real study; failed and stopped grid points are failed trials; the
 accuracy constraint is set on every completed trial. After each trial the hypervolume is
-computed by `slimtune.search.hypervolume`, the same code a real study uses.
-Results: `results/search-efficiency/` (results.json, results.md, hypervolume.html, .png).
+computed by `slimtune.search.hypervolume`, the same code a real study uses (and, for
+comparison, under slimtune's first, linear rule), with the fastest feasible speed-up so far.
+Results: `results/search-efficiency/<study>/` (results.json, results.md, hypervolume.html, .png).
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ def measure(args: argparse.Namespace) -> None:
     from slimtune.spaces import probe
     from slimtune.spaces.errors import one_line
 
-    folder = Path(args.results)
     config = load_config(args.study)
+    folder = Path(args.results or RESULTS / Path(args.study).stem)
     device = torch.device(config.target.device)
     threads = args.threads or config.target.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -281,7 +282,7 @@ def write_grid(folder: Path, name: str, rows: list[dict[str, Any]], meta: dict[s
 
 def merge(args: argparse.Namespace) -> None:
     """grid.shard-*.csv (measured in parallel, each process on its own cores) -> grid.csv."""
-    folder = Path(args.results)
+    folder = Path(args.results or RESULTS / "digits")
     shards = sorted(folder.glob("grid.shard-*.json"))
     if not shards:
         raise SystemExit(f"no grid.shard-*.json in {folder}")
@@ -353,6 +354,16 @@ class Grid:
         return tuple(values[name] for name in KEY_FIELDS)
 
 
+def linear_settings(objectives: dict[str, str], max_drop: float | None) -> dict[str, Any]:
+    """slimtune's first hypervolume rule (linear ratios to the baseline, which sits at 1; studies
+    created before the halvings rule keep it): replays report it beside the current rule."""
+    return {"axes": [
+        {"name": name, "direction": direction, "scale": float(max_drop), "reference": 2.0}
+        if direction == "maximize" and name == "accuracy" and max_drop
+        else {"name": name, "direction": direction, "scale": "baseline", "reference": 1.1}
+        for name, direction in objectives.items()]}
+
+
 class ReplayFailed(Exception):
     pass
 
@@ -363,7 +374,7 @@ def replay_one(grid: Grid, config, sampler_name: str, seed: int, n_trials: int, 
     after each finished trial, computed by slimtune's own code."""
     import optuna
 
-    from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
+    from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume, hypervolume_settings, study_hypervolume
     from slimtune.search.samplers import make_sampler
 
     space = config.search_space()
@@ -372,7 +383,11 @@ def replay_one(grid: Grid, config, sampler_name: str, seed: int, n_trials: int, 
     study.set_user_attr(HYPERVOLUME_ATTR, hypervolume_settings(objectives, max_drop))
     study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
     volumes: list[float] = []
+    linear_volumes: list[float] = []  # under slimtune's first rule (linear ratios), for comparison
+    speedups: list[float] = []  # the fastest feasible candidate so far, as a speed-up over the baseline
     points: list[GridKey] = []
+    base_latency = float(grid.baseline["latency_ms"])
+    fastest = [math.inf]
 
     def objective(trial: optuna.Trial) -> list[float]:
         key = grid.key(space.suggest(trial))
@@ -382,15 +397,24 @@ def replay_one(grid: Grid, config, sampler_name: str, seed: int, n_trials: int, 
             raise ReplayFailed(row["reason"])
         accuracy = float(row["accuracy"])
         trial.set_constraint("accuracy_drop", (base_accuracy - accuracy) - max_drop)
+        if base_accuracy - accuracy <= max_drop:
+            fastest[0] = min(fastest[0], float(row["latency_ms"]))
         return [float(row[name]) for name in objectives]
+
+    linear = linear_settings(objectives, max_drop)
+    baseline_values = [float(grid.baseline[name]) for name in objectives]
 
     def track(study: optuna.Study, trial) -> None:
         volumes.append(study_hypervolume(study) or 0.0)
+        linear_volumes.append(hypervolume([t.values for t in study.best_trials], baseline_values, linear) or 0.0)
+        speedups.append(base_latency / fastest[0])
 
     study.optimize(objective, n_trials=n_trials, catch=(ReplayFailed,), callbacks=[track])
     states = [t.state.name for t in study.trials]
     return {
         "hypervolume": volumes,
+        "hypervolume_linear": linear_volumes,
+        "best_speedup": speedups,
         "distinct_points": len(set(points)),
         "failed": states.count("FAIL"),
         "front_size": len(study.best_trials),
@@ -409,7 +433,7 @@ def replay(args: argparse.Namespace) -> None:
     from slimtune.search.config import load_config
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    folder = Path(args.results)
+    folder = Path(args.results or RESULTS / "digits")
     grid = Grid(folder)
     config = load_config(ROOT / grid.meta["study_file"])
     objectives = dict(config.objectives)
@@ -438,16 +462,22 @@ def replay(args: argparse.Namespace) -> None:
 
 
 def write_results(folder, results, grid, config, args, objectives, max_drop, seeds) -> None:
-    best_possible = _grid_hypervolume(grid, objectives, max_drop)
+    from slimtune.search.hypervolume import hypervolume_settings
+
+    best_possible = _grid_hypervolume(grid, objectives, hypervolume_settings(objectives, max_drop), max_drop)
     summary = {
         "what": "hypervolume of the feasible front after each trial, samplers replayed against a table of real "
-                "measurements (nearest grid point per sampled recipe); objectives normalised to the baseline",
+                "measurements (nearest grid point per sampled recipe); objectives in halvings against the baseline "
+                "(search/hypervolume.py); hypervolume_linear: under slimtune's first rule (linear ratios)",
+        "device": grid.meta["fingerprint"].get("device_name") or grid.meta["fingerprint"].get("device"),
         "study_file": grid.meta["study_file"], "objectives": objectives, "max_accuracy_drop": max_drop,
         "study_max_accuracy_drop": config.constraints.max_accuracy_drop,
         "trials": args.trials, "seeds": {name: len(result["runs"]) for name, result in results.items()},
         "grid": {k: grid.meta[k] for k in ("recipes", "levels", "status_counts", "threads", "passes", "date", "commit")},
         "grid_complete": sum(r["status"] == "complete" for r in grid.rows.values()),
         "grid_hypervolume": best_possible,
+        "grid_hypervolume_linear": _grid_hypervolume(grid, objectives, linear_settings(objectives, max_drop), max_drop),
+        "grid_best_speedup": _grid_speedup(grid, max_drop),
         "samplers": results,
     }
     (folder / f"results{args.tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -466,10 +496,10 @@ def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
         f"Study `{summary['study_file']}` (objectives {', '.join(f'{k} {v}' for k, v in objectives.items())}; "
         f"max_accuracy_drop {max_drop}" + (f", tighter than the study file's {summary['study_max_accuracy_drop']}" if tighter else "")
         + f"), replayed against the {grid['recipes']} recipes of `grid.csv`, each built and measured with slimtune's "
-        f"Evaluator on the development CPU ({grid['date']}): each sampled recipe gets the measurements of its nearest "
-        f"grid point. {trials} trials per study (the first is the baseline); seeds 0 to n-1, n as the table says. "
-        f"Hypervolume normalised to the baseline (`search/hypervolume.py`); the whole grid's feasible front has "
-        f"**{best:.4f}**, the most any sampler can reach.",
+        f"Evaluator on {summary.get('device', 'the development CPU')} ({grid['date']}): each sampled recipe gets the "
+        f"measurements of its nearest grid point. {trials} trials per study (the first is the baseline); seeds 0 to "
+        f"n-1, n as the table says. Hypervolume in halvings against the baseline (`search/hypervolume.py`); the whole "
+        f"grid's feasible front has **{best:.4f}**, the most any sampler can reach.",
         "",
         "Median hypervolume [25th-75th percentile] after N trials:",
         "",
@@ -485,6 +515,23 @@ def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
             if "random" in results:
                 ratio = f"{per[29]['median'] / results['random']['per_trial'][29]['median']:.2f}x"
         lines.append(f"| {result['label']} | {len(result['runs'])} | " + " | ".join(cells) + f" | {ratio} | {share} |")
+    if trials >= 30 and "random" in results and "best_speedup" in results["random"]["runs"][0]:
+        linear_best, fastest = summary["grid_hypervolume_linear"], summary["grid_best_speedup"]
+        lines += ["", f"At 30 trials, the same studies by two more measures: the hypervolume under slimtune's first rule "
+                  f"(linear ratios to the baseline, which the whole grid takes to {linear_best:.4f}) and the fastest "
+                  f"feasible candidate found, as a speed-up over the baseline (the grid's fastest: {fastest:.2f}x). "
+                  "Medians [25th-75th percentile] over seeds:", "",
+                  "| sampler | hypervolume, halvings: / random's | linear rule | linear: / random's | linear: % of the grid's "
+                  "| fastest feasible | fastest: / random's |", "|---|---|---|---|---|---|---|"]
+        at = {name: {key: _quantiles([run[key][29] for run in result["runs"]]) for key in ("hypervolume_linear", "best_speedup")}
+              for name, result in results.items()}
+        for name, result in results.items():
+            lin, fast = at[name]["hypervolume_linear"], at[name]["best_speedup"]
+            lines.append(
+                f"| {result['label']} | {result['per_trial'][29]['median'] / results['random']['per_trial'][29]['median']:.2f}x "
+                f"| {lin['median']:.4f} [{lin['q25']:.4f}-{lin['q75']:.4f}] | {lin['median'] / at['random']['hypervolume_linear']['median']:.2f}x "
+                f"| {100 * lin['median'] / linear_best:.0f}% | {fast['median']:.2f}x [{fast['q25']:.2f}-{fast['q75']:.2f}] "
+                f"| {fast['median'] / at['random']['best_speedup']['median']:.2f}x |")
     lines += ["", "Per study (median over seeds): distinct grid points visited, failed trials (grid points whose "
               "fine-tuning was stopped as hopeless), size of the final front; and the replay's wall time for all seeds (nearly all of it the sampler's own, on the loaded "
               "shared machine):", "",
@@ -510,7 +557,7 @@ def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
                   "floor cannot reach the tighter one), but candidates a real study would stop early at the tighter floor "
                   "are complete, infeasible trials here."]
     (folder / f"results{tag}.md").write_text("\n".join(lines) + "\n")
-    figure = hypervolume_figure(results, trials, best, objectives, max_drop)
+    figure = hypervolume_figure(results, trials, best, objectives, max_drop, summary)
     figure.write_html(folder / f"hypervolume{tag}.html", include_plotlyjs=True)
     try:
         figure.write_image(folder / f"hypervolume{tag}.png", scale=2)
@@ -529,22 +576,30 @@ def _stop_at(volumes: list[float], gain: float, window: int) -> int | None:
 
 
 def report(args: argparse.Namespace) -> None:
-    folder = Path(args.results)
+    folder = Path(args.results or RESULTS / "digits")
     write_report(folder, json.loads((folder / f"results{args.tag}.json").read_text()), args.tag)
 
 
-def _grid_hypervolume(grid: Grid, objectives: dict[str, str], max_drop: float) -> float:
-    """The best any sampler could reach: the hypervolume of the whole table's feasible front."""
-    from slimtune.search.hypervolume import hypervolume, hypervolume_settings
-
+def _feasible_rows(grid: Grid, max_drop: float) -> list[dict[str, Any]]:
     base = float(grid.baseline["accuracy"])
-    values = [[float(r[name]) for name in objectives] for r in grid.rows.values()
-              if r["status"] == "complete" and base - float(r["accuracy"]) <= max_drop]
+    return [r for r in grid.rows.values() if r["status"] == "complete" and base - float(r["accuracy"]) <= max_drop]
+
+
+def _grid_hypervolume(grid: Grid, objectives: dict[str, str], settings: dict[str, Any], max_drop: float) -> float:
+    """The best any sampler could reach: the hypervolume of the whole table's feasible front."""
+    from slimtune.search.hypervolume import hypervolume
+
+    values = [[float(r[name]) for name in objectives] for r in _feasible_rows(grid, max_drop)]
     baseline = [float(grid.baseline[name]) for name in objectives]
-    return hypervolume(values, baseline, hypervolume_settings(objectives, max_drop)) or 0.0
+    return hypervolume(values, baseline, settings) or 0.0
 
 
-def hypervolume_figure(results, trials: int, best_possible: float, objectives, max_drop):
+def _grid_speedup(grid: Grid, max_drop: float) -> float:
+    """The fastest feasible recipe in the table, as a speed-up over the baseline."""
+    return float(grid.baseline["latency_ms"]) / min(float(r["latency_ms"]) for r in _feasible_rows(grid, max_drop))
+
+
+def hypervolume_figure(results, trials: int, best_possible: float, objectives, max_drop, summary: dict[str, Any]):
     import plotly.graph_objects as go
 
     colours = {"tpe": "#d62728", "nsga2": "#1f77b4", "gp": "#2ca02c", "random": "#7f7f7f"}
@@ -570,9 +625,9 @@ def hypervolume_figure(results, trials: int, best_possible: float, objectives, m
                      annotation_text="whole grid's feasible front", annotation_position="bottom right")
     figure.update_layout(
         title="Hypervolume against trials: median and 25-75% band over seeds"
-              f"<br><sup>digits demo ({', '.join(objectives)}; max_accuracy_drop {max_drop}), replayed against "
-              f"real measurements on a CPU</sup>",
-        xaxis_title="trials (trial 1 = the baseline)", yaxis_title="hypervolume (normalised to the baseline)",
+              f"<br><sup>{summary['study_file']} ({', '.join(objectives)}; max_accuracy_drop {max_drop}), replayed "
+              f"against real measurements on {summary.get('device', 'a CPU')}</sup>",
+        xaxis_title="trials (trial 1 = the baseline)", yaxis_title="hypervolume (halvings against the baseline)",
         template="plotly_white", width=900, height=540, legend=dict(orientation="h", y=-0.18),
     )
     return figure
@@ -605,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("report", help="rewrite results.md and the figure from results.json")
     p.add_argument("--tag", default="")
     for sub in (m, r, g, p):
-        sub.add_argument("--results", default=str(RESULTS), help="folder of grid.csv and the results (default %(default)s)")
+        sub.add_argument("--results", help="folder of grid.csv and the results (default: results/search-efficiency/"
+                         "<study file's name> for measure, .../digits otherwise)")
     args = parser.parse_args(argv)
     import warnings
 

@@ -184,7 +184,7 @@ def hypervolume_figure(history: HypervolumeHistory, height: int = 340) -> go.Fig
     ))
     figure.update_layout(
         **LAYOUT, height=height, showlegend=False, xaxis_title="trial number",
-        yaxis_title="hypervolume (objectives ÷ baseline)",
+        yaxis_title="hypervolume (vs the baseline)",
     )
     return figure
 

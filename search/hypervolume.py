@@ -1,13 +1,19 @@
 """How much of the objective space a study's feasible front covers: its hypervolume, with every
 objective normalised against the baseline and a reference point fixed when the study is created.
 
-Normalisation (each objective becomes a loss, the baseline at 1 on every axis):
-- a minimised objective v: ``v / b`` (b: the baseline's measured value), so 0.5 = half the
-  baseline's latency; reference 1.1 (up to 10% worse than the baseline still counts);
-- ``accuracy`` under ``max_accuracy_drop = d > 0``: ``1 + (b - v) / d``, so the baseline is 1
-  and the constraint's floor ``b - d`` is 2, which is the reference: every feasible point
-  counts, and the accuracy axis is measured in units of the allowed drop;
-- any other maximised objective: ``2 - v / b``; reference 1.1.
+Normalisation (each objective becomes a loss, the baseline at 0 on every axis):
+- a minimised objective v: ``log2(v / b)`` (b: the baseline's measured value), so -1 = half the
+  baseline's latency and -3 = an eighth; reference ``log2(1.1)`` (up to 10% worse than the
+  baseline still counts). Halvings, not ratios: compression gains compound, and on a linear
+  ratio axis a 2x speed-up already covers half of what any speed-up can, so a front that goes
+  from 4x to 13x hardly moved (benchmarks/results/search-efficiency/ has the figures);
+- ``accuracy`` under ``max_accuracy_drop = d > 0``: ``(b - v) / d``, so the baseline is 0 and
+  the constraint's floor ``b - d`` is 1, which is the reference: every feasible point counts,
+  and the accuracy axis is measured in units of the allowed drop;
+- any other maximised objective: ``-log2(v / b)``; reference ``log2(1.1)``.
+Studies created before this rule keep theirs (``"scale": "baseline"``: linear ratios ``v / b``
+with the baseline at 1, reference 1.1, accuracy floor at 2): the settings are read from the
+study, never recomputed.
 The baseline is the study's trial 0 (the unmodified model, enqueued at creation); until it has
 completed there is no hypervolume. The rule and the reference are stored in the study's user
 attribute `HYPERVOLUME_ATTR` when the study is created, so a later slimtune reads the same.
@@ -42,13 +48,16 @@ def hypervolume_settings(objectives: dict[str, str], max_accuracy_drop: float | 
     axes = []
     for name, direction in objectives.items():
         if direction == "maximize" and name == "accuracy" and max_accuracy_drop:
-            axes.append({"name": name, "direction": direction, "scale": float(max_accuracy_drop), "reference": 2.0})
+            axes.append({"name": name, "direction": direction, "scale": float(max_accuracy_drop), "reference": 1.0})
         else:
-            axes.append({"name": name, "direction": direction, "scale": "baseline", "reference": 1.0 + MARGIN})
+            axes.append({"name": name, "direction": direction, "scale": "log2", "reference": math.log2(1.0 + MARGIN)})
     return {
+        "rule": "halvings",
         "axes": axes,
-        "normalise": "1 + (v - b) / scale for minimised objectives, 1 + (b - v) / scale for maximised ones; "
-                     "b is the baseline trial's value; scale 'baseline' means b",
+        "normalise": "scale 'log2': log2(v / b) for minimised objectives, -log2(v / b) for maximised ones; "
+                     "a number d: (v - b) / d for minimised, (b - v) / d for maximised; b is the baseline trial's "
+                     "value. Older studies: scale 'baseline' means 1 + (v - b) / b (1 + (b - v) / b maximised) and "
+                     "a number d means 1 + (v - b) / d (1 + (b - v) / d)",
     }
 
 
@@ -56,27 +65,39 @@ def reference_point(settings: dict[str, Any]) -> np.ndarray:
     return np.array([axis["reference"] for axis in settings["axes"]], dtype=float)
 
 
+def _linear(settings: dict[str, Any]) -> bool:
+    """Whether the study was created under the first rule (linear ratios, baseline at 1)."""
+    return settings.get("rule") != "halvings"
+
+
 def normalise(values: Sequence[Sequence[float]], baseline: Sequence[float], settings: dict[str, Any]) -> np.ndarray:
     """Objective values (one row per point, in the study's objective order) as losses to minimise."""
     points = np.asarray(values, dtype=float).reshape(-1, len(settings["axes"]))
     out = np.empty_like(points)
+    offset = 1.0 if _linear(settings) else 0.0
     for i, (axis, b) in enumerate(zip(settings["axes"], baseline)):
-        scale = abs(b) if axis["scale"] == "baseline" else float(axis["scale"])
         sign = 1.0 if axis["direction"] == "minimize" else -1.0
-        out[:, i] = 1.0 + sign * (points[:, i] - b) / scale
+        if axis["scale"] == "log2":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[:, i] = sign * np.log2(points[:, i] / b)
+        else:
+            scale = abs(b) if axis["scale"] == "baseline" else float(axis["scale"])
+            out[:, i] = offset + sign * (points[:, i] - b) / scale
     return out
 
 
 def hypervolume(values: Sequence[Sequence[float]], baseline: Sequence[float], settings: dict[str, Any]) -> float | None:
     """Hypervolume of `values` (feasible points) normalised against `baseline`; points beyond the
     reference on any axis add nothing. None when the baseline cannot normalise (a zero value)."""
-    if any(b == 0 or not math.isfinite(b) for b, axis in zip(baseline, settings["axes"]) if axis["scale"] == "baseline"):
+    if any(b == 0 or not math.isfinite(b) for b, axis in zip(baseline, settings["axes"]) if isinstance(axis["scale"], str)):
         return None
     reference = reference_point(settings)
     if len(values) == 0:
         return 0.0
     points = normalise(values, baseline, settings)
-    points = points[np.all(points <= reference, axis=1)]
+    # beyond the reference on any axis adds nothing; a value of 0 or below on a log axis is
+    # not a measurement (a minimised latency of 0 would be infinitely many halvings)
+    points = points[np.all(np.isfinite(points), axis=1) & np.all(points <= reference, axis=1)]
     return float(compute_hypervolume(points, reference)) if len(points) else 0.0
 
 
@@ -104,9 +125,10 @@ def study_hypervolume(study: optuna.Study, front: list[FrozenTrial] | None = Non
 def describe_reference(settings: dict[str, Any]) -> str:
     parts = []
     for axis in settings["axes"]:
-        if axis["scale"] == "baseline":
-            parts.append(f"{axis['name']} {axis['reference']:g}x baseline" if axis["direction"] == "minimize"
-                         else f"{axis['name']} {2 - axis['reference']:g}x baseline")
+        if isinstance(axis["scale"], str):
+            worse = 2 ** axis["reference"] if axis["scale"] == "log2" else axis["reference"]
+            parts.append(f"{axis['name']} {worse:g}x baseline" if axis["direction"] == "minimize"
+                         else f"{axis['name']} {1 / worse if axis['scale'] == 'log2' else 2 - worse:g}x baseline")
         else:
             parts.append(f"{axis['name']} at the max_accuracy_drop floor")
     return ", ".join(parts)
@@ -120,8 +142,9 @@ def hypervolume_line(study: optuna.Study) -> str:
     value = study_hypervolume(study)
     if value is None:
         return "hypervolume: none yet (the baseline trial has not completed)"
-    return (f"hypervolume {value:.4f} (objectives normalised to the baseline = 1; "
-            f"reference point: {describe_reference(settings)})")
+    units = ("objectives normalised to the baseline = 1" if _linear(settings)
+             else "halvings of each objective against the baseline, accuracy in units of the allowed drop")
+    return f"hypervolume {value:.4f} ({units}; reference point: {describe_reference(settings)})"
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,8 @@ def test_a_pareto_snapshot_follows_each_complete_trial(finished: Run) -> None:
     assert all(v is not None and v > 0 for v in volumes) and volumes == sorted(volumes)
     assert volumes[-1] == pytest.approx(study_hypervolume(study))
     assert study.user_attrs[HYPERVOLUME_ATTR]["axes"][2] == {
-        "name": "accuracy", "direction": "maximize", "scale": MAX_DROP, "reference": 2.0}
+        "name": "accuracy", "direction": "maximize", "scale": MAX_DROP, "reference": 1.0}
+    assert study.user_attrs[HYPERVOLUME_ATTR]["rule"] == "halvings"
 
 
 def test_pareto_as_json_and_csv(finished: Run) -> None:
