@@ -108,6 +108,16 @@ def grid_recipes(levels: dict[str, list], finetune_steps: int, importance: str):
             )
 
 
+def caching_evaluator(spec, workload, baseline_model):
+    """The worker-process factory (`measure --isolated`): the study's Evaluator with fine-tuning reused."""
+    from slimtune.objectives.evaluator import Budget, Evaluator
+
+    return _caching_evaluator(Evaluator)(
+        workload, baseline_model, spec.device, threads=spec.threads, batch_sizes=tuple(spec.batch_sizes),
+        budget=Budget(**spec.budget), max_accuracy_drop=spec.max_accuracy_drop,
+    )
+
+
 def training_key(recipe) -> tuple:
     """What decides the fine-tuned weights: the pruned architecture and the KD settings."""
     return (recipe.prune_ratio, recipe.prune_importance, recipe.prune_scope, recipe.prune_round_to,
@@ -159,12 +169,9 @@ def measure(args: argparse.Namespace) -> None:
     device = torch.device(config.target.device)
     threads = args.threads or config.target.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    workload = load_workload(config.workload.model, config.workload.data, tuple(config.workload.input_shape))
-    baseline = get_baseline(workload, device, recipe=TrainingRecipe(
-        config.baseline.epochs, config.baseline.batch_size, config.baseline.lr, config.study.seed))
     budget = Budget(
         finetune_steps=config.budget.finetune_steps, finetune_lr=config.budget.finetune_lr,
-        finetune_batch_size=config.baseline.batch_size, trial_timeout_s=config.budget.trial_timeout_s,
+        finetune_batch_size=config.baseline.batch_size, trial_timeout_s=args.timeout_s or config.budget.trial_timeout_s,
         latency_warmup=config.budget.latency_warmup, latency_repeats=config.budget.latency_repeats,
     )
     if args.shared_machine:
@@ -173,11 +180,32 @@ def measure(args: argparse.Namespace) -> None:
         # latency_repeats, stopping after 1 s once 10 ran) leave CPU time for repeated passes.
         budget = dataclasses.replace(budget, trial_timeout_s=3600.0, latency_warmup=min(3, budget.latency_warmup),
                                      latency_max_s=1.0)
-    evaluator = _caching_evaluator(Evaluator)(
-        workload, baseline.model, device, threads=threads, batch_sizes=tuple(config.workload.batch_sizes),
-        budget=budget, max_accuracy_drop=config.constraints.max_accuracy_drop,
-    )
-    space, removals = probe(config.search_space(), device)
+    if args.isolated:
+        # Each recipe in slimtune's worker process, as in a real study: a recipe that hangs
+        # (a compile, a CUDA graph capture) is killed at the trial timeout and a fresh worker
+        # goes on; a failing combination is verified on the unpruned model and then failed at
+        # once. The worker keeps the fine-tuned weights of each (architecture, KD) point while it lives.
+        from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
+        from slimtune.search.runner import worker_spec
+
+        spec = worker_spec(config, factory="search_efficiency:caching_evaluator")
+        spec = dataclasses.replace(spec, budget={**spec.budget, **dataclasses.asdict(budget)})
+        evaluator = IsolatedEvaluator(spec, log=lambda line: print(line, flush=True))
+        evaluator.load()
+        evaluator.prepare()
+        space, removals, baseline_source = evaluator.space, evaluator.removals, evaluator.source
+        failures: tuple[type[BaseException], ...] = (WorkerFailed,)
+    else:
+        workload = load_workload(config.workload.model, config.workload.data, tuple(config.workload.input_shape))
+        baseline = get_baseline(workload, device, recipe=TrainingRecipe(
+            config.baseline.epochs, config.baseline.batch_size, config.baseline.lr, config.study.seed))
+        evaluator = _caching_evaluator(Evaluator)(
+            workload, baseline.model, device, threads=threads, batch_sizes=tuple(config.workload.batch_sizes),
+            budget=budget, max_accuracy_drop=config.constraints.max_accuracy_drop,
+        )
+        space, removals = probe(config.search_space(), device)
+        baseline_source = baseline.source
+        failures = (Exception,)
     levels = grid_levels(config, space, _floats(args.prune_levels), _floats(args.kd_temperatures), _floats(args.kd_alphas))
     recipes = list(grid_recipes(levels, config.budget.finetune_steps, space.prune_importance[0]))
     # Shuffled, so a slow spell of the machine does not land on one region of the grid.
@@ -198,7 +226,7 @@ def measure(args: argparse.Namespace) -> None:
         "levels": levels, "budget": dataclasses.asdict(budget), "threads": threads, "seed": args.seed,
         "passes": args.passes, "shared_machine": args.shared_machine,
         "baseline_accuracy": evaluator.baseline_accuracy,
-        "baseline_source": baseline.source.split(":")[0],
+        "baseline_source": baseline_source.split(":")[0], "isolated": args.isolated,
         "probe_removed": [str(r) for r in removals],
         "commit": commit, "date": time.strftime("%Y-%m-%d"),
         "fingerprint": fingerprint(device, threads),
@@ -236,10 +264,13 @@ def measure(args: argparse.Namespace) -> None:
                            compile_s="" if m.compile_s is None else round(m.compile_s, 3))
             except TrialStopped as error:
                 row.update(status="stopped", reason=str(error))
-            except Exception as error:
+            except failures as error:
                 row.update(status="failed", reason=one_line(error))
-            ft = evaluator.finetune_seconds(recipe, args.seed) if recipe.finetune_steps else 0.0
+            ft = evaluator.finetune_seconds(recipe, args.seed) if recipe.finetune_steps and not args.isolated else 0.0
             row["finetune_seconds"] = round(ft, 3) if ft is not None else ""
+            print(f"  {index + 1}/{len(order)} {recipe.describe()}: {row['status']} "
+                  + (f"{row['latency_ms']:.3f} ms, accuracy {row['accuracy']:.4f}" if row["status"] == "complete"
+                     else row["reason"][:160]), flush=True)
             previous = best.get(recipe)
             passes = (previous["latency_passes"] if previous else []) + [row.get("latency_ms")]
             if previous is None or (row["status"] == "complete" and row["latency_ms"] < (previous.get("latency_ms") or math.inf)):
@@ -252,6 +283,9 @@ def measure(args: argparse.Namespace) -> None:
                 write_grid(folder, f"{name}.partial", _grid_rows(best), {**meta, "wall_seconds": round(time.time() - started, 1)})
     meta.update(wall_seconds=round(time.time() - started, 1), cpu_seconds=round(time.process_time(), 1),
                 load_average=os.getloadavg())
+    if args.isolated:
+        meta["worker_restarts"] = evaluator.restarts
+        evaluator.close()
     write_grid(folder, name, _grid_rows(best), meta)
     for suffix in (".csv", ".json"):
         (folder / f"{name}.partial{suffix}").unlink(missing_ok=True)
@@ -644,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--passes", type=int, default=1, help="measure every recipe this many times; keep the lowest median latency")
     m.add_argument("--shared-machine", action="store_true", help="no wall-clock trial timeout, shorter latency runs")
     m.add_argument("--limit", type=int, help="measure only the first N recipes of the shuffled grid (a smoke test)")
+    m.add_argument("--isolated", action="store_true", help="each recipe in slimtune's worker process, with the "
+                   "trial timeout as a hard limit (what a real study does; needed where a compile can hang)")
+    m.add_argument("--timeout-s", type=float, help="the trial timeout for the grid (default: the study file's)")
     m.add_argument("--resume", help="a grid CSV (a cut-short run's .partial.csv): its recipes are kept, not measured again")
     m.add_argument("--prune-levels", help="comma-separated prune ratios (0 is always added)")
     m.add_argument("--kd-temperatures", help="comma-separated KD temperatures (default: 1/4 and 3/4 of the log range)")
