@@ -659,10 +659,10 @@ def hypervolume_figure(results, trials: int, best_possible: float, objectives, m
                      annotation_text="whole grid's feasible front", annotation_position="bottom right")
     figure.update_layout(
         title="Hypervolume against trials: median and 25-75% band over seeds"
-              f"<br><sup>{summary['study_file']} ({', '.join(objectives)}; max_accuracy_drop {max_drop}), replayed "
-              f"against real measurements on {summary.get('device', 'a CPU')}</sup>",
+              f"<br><sup>{summary['study_file']} ({', '.join(objectives)}; max_accuracy_drop {max_drop}),"
+              f"<br>replayed against real measurements on {summary.get('device', 'a CPU')}</sup>",
         xaxis_title="trials (trial 1 = the baseline)", yaxis_title="hypervolume (halvings against the baseline)",
-        template="plotly_white", width=900, height=540, legend=dict(orientation="h", y=-0.18),
+        template="plotly_white", width=900, height=560, margin=dict(t=110), legend=dict(orientation="h", y=-0.18),
     )
     return figure
 
