@@ -77,11 +77,16 @@ def grid_levels(config, space, prune: list[float] | None = None, temperatures: l
         prune = sorted({v for v in candidates if low <= v <= high} | {low, high})
     levels: dict[str, list] = {"prune_ratio": sorted(set(prune) | {0.0})}
     if space.kd_temperature is not None and config.budget.finetune_steps > 0:
+        from slimtune.spaces.joint import DEFAULT_KD_ALPHA
+
         t_low, t_high = (math.log(v) for v in space.kd_temperature)
         levels["kd_temperature"] = temperatures or [
             round(math.exp(t_low + f * (t_high - t_low)), 3) for f in (0.25, 0.75)]
-        a_low, a_high = space.kd_alpha
-        levels["kd_alpha"] = alphas or [round(a_low + f * (a_high - a_low), 3) for f in (0.25, 0.75)]
+        if space.kd_alpha is None:  # not searched: the knob's fixed weight
+            levels["kd_alpha"] = [DEFAULT_KD_ALPHA]
+        else:
+            a_low, a_high = space.kd_alpha
+            levels["kd_alpha"] = alphas or [round(a_low + f * (a_high - a_low), 3) for f in (0.25, 0.75)]
     for name in ("prune_scope", "prune_round_to", "quantization", "precision", "memory_format", "runtime"):
         levels[name] = list(getattr(space, name))
     return levels

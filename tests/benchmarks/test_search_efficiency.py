@@ -1,0 +1,84 @@
+"""benchmarks/search_efficiency.py on the CPU: a tiny grid measured (cut short, then resumed in
+slimtune's worker process), the samplers replayed against it, and the committed digits grid
+(measured before the memory-format and runtime knobs existed) still read."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    # the worker process imports the caching factory as `search_efficiency`, from benchmarks/
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "benchmarks" / "search_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_measure_resume_isolated_and_replay(benchmark, write_study, tmp_path: Path) -> None:
+    study = write_study({"space": {"quantization": ["none"], "precision": ["fp32", "bf16"]}})
+    out = tmp_path / "grid"
+    measure = ["measure", "--study", str(study), "--prune-levels", "0.5", "--kd-temperatures", "2", "--results", str(out)]
+    assert benchmark.main(measure + ["--limit", "2"]) == 0  # a run cut short: 2 of the 4 recipes
+    first = _rows(out / "grid.csv")
+    assert len(first) == 2 and {r["status"] for r in first} == {"complete"}
+    (out / "first.csv").write_text((out / "grid.csv").read_text())
+
+    assert benchmark.main(measure + ["--resume", str(out / "first.csv"), "--isolated"]) == 0
+    rows = _rows(out / "grid.csv")
+    meta = json.loads((out / "grid.json").read_text())
+    assert meta["resumed_rows"] == 2 and meta["isolated"] and meta["worker_restarts"] == 0
+    assert meta["levels"]["prune_ratio"] == [0.0, 0.5] and meta["levels"]["precision"] == ["fp32", "bf16"]
+    # every point once: unpruned and pruned, in both precisions; the resumed rows kept as measured
+    points = {(r["prune_ratio"], r["precision"]) for r in rows}
+    assert points == {("0.0", "fp32"), ("0.0", "bf16"), ("0.5", "fp32"), ("0.5", "bf16")} and len(rows) == 4
+    assert all(r in rows for r in first)
+    assert all(r["status"] == "complete" and float(r["latency_ms"]) > 0 for r in rows)
+    assert not (out / "grid.partial.csv").exists()
+
+    assert benchmark.main(["replay", "--results", str(out), "--trials", "6", "--seeds", "2",
+                           "--samplers", "tpe", "random"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["samplers"]) == {"tpe", "random"}
+    for sampler in results["samplers"].values():
+        for run in sampler["runs"]:
+            volumes = run["hypervolume"]
+            assert len(volumes) == 6 and volumes == sorted(volumes)  # a front never loses volume
+            assert run["best_speedup"][0] == pytest.approx(1.0)  # trial 0 is the baseline
+            assert len(run["hypervolume_linear"]) == 6
+    assert results["grid_hypervolume"] >= max(r["hypervolume"][-1] for s in results["samplers"].values() for r in s["runs"])
+    assert "| random | 2 |" in (out / "results.md").read_text()
+    assert (out / "hypervolume.html").exists()
+
+
+def test_the_committed_digits_grid_reads_without_the_newer_columns(benchmark) -> None:
+    import optuna
+
+    from slimtune.search.config import load_config
+
+    grid = benchmark.Grid(ROOT / "benchmarks" / "results" / "search-efficiency" / "digits")
+    assert "memory_format" not in next(iter(grid.rows.values()))  # measured before the knob existed
+    assert grid.baseline["quantization"] == "none" and grid.baseline["precision"] == "fp32"
+    space = load_config(ROOT / grid.meta["study_file"]).search_space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):  # every sampled recipe has a measured grid point
+        key = grid.key(space.suggest(study.ask()))
+        assert key in grid.rows
+        fields = dict(zip(benchmark.KEY_FIELDS, key))
+        assert fields["memory_format"] == "contiguous" and fields["runtime"] == "eager"
