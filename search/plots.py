@@ -42,7 +42,7 @@ def pareto_figure(
     history = hypervolume is not None and not hypervolume.empty
     if history:
         figure = make_subplots(rows=2, cols=1, row_heights=[0.72, 0.28], vertical_spacing=0.14, subplot_titles=(
-            "", "hypervolume of the feasible front (objectives normalised to the baseline) after each completed trial"))
+            "", "hypervolume of the feasible front after each completed trial (as slimtune pareto reports it)"))
         figure.update_annotations(font_size=12)
     else:
         figure = go.Figure()
