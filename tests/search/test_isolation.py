@@ -6,6 +6,8 @@ evaluator is wrapped by a factory from `faults.py` that misbehaves on chosen tri
 
 from __future__ import annotations
 
+import signal
+
 import optuna
 import pytest
 
@@ -70,10 +72,16 @@ def test_a_combination_that_fails_unpruned_too_fails_later_trials_at_once(write_
 
 
 def test_ctrl_c_records_the_interrupted_trial_and_kills_the_worker(write_study, tmp_path):
+    # Python's own Ctrl-C handler, as a terminal gives it: a test runner started in the
+    # background by a non-interactive shell inherits SIGINT ignored, and Python then installs none
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     url = f"sqlite:///{tmp_path / 'interrupted.db'}"
-    with pytest.raises(KeyboardInterrupt):
-        run_study(load_config(write_study()), url, progress=False, log=lambda _: None,
-                  evaluator_factory="tests.search.faults:interrupt_on_trial_1")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(load_config(write_study()), url, progress=False, log=lambda _: None,
+                      evaluator_factory="tests.search.faults:interrupt_on_trial_1")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     rows = {r.trial_number: r for r in Repository(connect(url)).trials("tiny")}
     assert rows[0].status == "complete"
     assert rows[1].status == "interrupted"
