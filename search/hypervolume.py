@@ -61,6 +61,18 @@ def hypervolume_settings(objectives: dict[str, str], max_accuracy_drop: float | 
     }
 
 
+def linear_settings(objectives: dict[str, str], max_accuracy_drop: float | None) -> dict[str, Any]:
+    """The first rule's settings (linear ratios, the baseline at 1; what studies created before
+    the halvings rule stored): benchmarks report it beside the current rule."""
+    axes = []
+    for name, direction in objectives.items():
+        if direction == "maximize" and name == "accuracy" and max_accuracy_drop:
+            axes.append({"name": name, "direction": direction, "scale": float(max_accuracy_drop), "reference": 2.0})
+        else:
+            axes.append({"name": name, "direction": direction, "scale": "baseline", "reference": 1.0 + MARGIN})
+    return {"axes": axes}
+
+
 def reference_point(settings: dict[str, Any]) -> np.ndarray:
     return np.array([axis["reference"] for axis in settings["axes"]], dtype=float)
 
@@ -122,16 +134,19 @@ def study_hypervolume(study: optuna.Study, front: list[FrozenTrial] | None = Non
     return hypervolume([t.values for t in front], baseline.values, settings)
 
 
+def _reference_ratio(axis: dict[str, Any]) -> float:
+    """The value / baseline ratio at the reference point of an axis normalised to the baseline."""
+    minimised = axis["direction"] == "minimize"
+    if axis["scale"] == "log2":
+        return 2 ** axis["reference"] if minimised else 2 ** -axis["reference"]
+    return axis["reference"] if minimised else 2 - axis["reference"]
+
+
 def describe_reference(settings: dict[str, Any]) -> str:
-    parts = []
-    for axis in settings["axes"]:
-        if isinstance(axis["scale"], str):
-            worse = 2 ** axis["reference"] if axis["scale"] == "log2" else axis["reference"]
-            parts.append(f"{axis['name']} {worse:g}x baseline" if axis["direction"] == "minimize"
-                         else f"{axis['name']} {1 / worse if axis['scale'] == 'log2' else 2 - worse:g}x baseline")
-        else:
-            parts.append(f"{axis['name']} at the max_accuracy_drop floor")
-    return ", ".join(parts)
+    return ", ".join(
+        f"{axis['name']} {_reference_ratio(axis):g}x baseline" if isinstance(axis["scale"], str)
+        else f"{axis['name']} at the max_accuracy_drop floor"
+        for axis in settings["axes"])
 
 
 def hypervolume_line(study: optuna.Study) -> str:

@@ -11,7 +11,8 @@ import optuna
 import pytest
 
 from slimtune.search.hypervolume import (
-    HYPERVOLUME_ATTR, hypervolume, hypervolume_line, hypervolume_settings, normalise, reference_point, study_hypervolume,
+    HYPERVOLUME_ATTR, hypervolume, hypervolume_line, hypervolume_settings, linear_settings, normalise, reference_point,
+    study_hypervolume,
 )
 
 OBJECTIVES = {"latency_ms": "minimize", "peak_memory_mb": "minimize", "accuracy": "maximize"}
@@ -61,6 +62,7 @@ def test_hand_computed_volumes() -> None:
 
 
 def test_a_study_created_under_the_linear_rule_keeps_it() -> None:
+    assert linear_settings(OBJECTIVES, max_accuracy_drop=0.02) == LINEAR_SETTINGS
     assert reference_point(LINEAR_SETTINGS).tolist() == [1.1, 1.1, 2.0]
     assert normalise([BASELINE], BASELINE, LINEAR_SETTINGS).tolist() == [[1.0, 1.0, 1.0]]
     assert normalise([[4.0, 1.0, 0.96], [8.0, 5.0, 0.99]], BASELINE, LINEAR_SETTINGS) == pytest.approx(
