@@ -32,6 +32,7 @@ import argparse
 import copy
 import dataclasses
 import csv
+import functools
 import itertools
 import json
 import math
@@ -51,6 +52,7 @@ RESULTS = HERE / "results" / "search-efficiency"
 #: before a field existed lacks its column: the field then had its baseline value everywhere)
 KEY_FIELDS = ("prune_ratio", "prune_scope", "prune_round_to", "kd_temperature", "kd_alpha",
               "quantization", "precision", "memory_format", "runtime")
+GridKey = tuple  # the values of KEY_FIELDS
 #: fields that mean something only for a pruned (and so fine-tuned) model
 PRUNED_ONLY = ("prune_scope", "prune_round_to", "kd_temperature", "kd_alpha")
 NUMERIC = {"prune_ratio": float, "prune_round_to": int, "kd_temperature": float, "kd_alpha": float}
@@ -243,12 +245,10 @@ def measure(args: argparse.Namespace) -> None:
     name = f"grid.shard-{args.shard.replace('/', '-of-')}" if args.shard else "grid"
     best: dict[Any, dict[str, Any]] = {}
     if args.resume:  # rows an earlier, cut-short run measured (its .partial.csv): not measured again
-        from slimtune.spaces import Recipe
-
         with open(args.resume, newline="") as handle:
-            done = {_row_key(row): row for row in csv.DictReader(handle)}
+            done = {row_point(row): row for row in csv.DictReader(handle)}
         for recipe in recipes:
-            row = done.get(tuple(str(getattr(recipe, name)) if getattr(recipe, name) is not None else "" for name in KEY_FIELDS))
+            row = done.get(recipe_point(recipe))
             if row is not None:
                 best[recipe] = {**row, "latency_passes": [float(v) for v in row["latency_passes"].split()]}
         recipes = [r for r in recipes if r not in best]
@@ -260,7 +260,7 @@ def measure(args: argparse.Namespace) -> None:
         # pass whose median latency was lowest (all passes' medians are kept in latency_passes).
         order = recipes if number == 0 else random.Random(number).sample(recipes, len(recipes))
         for index, recipe in enumerate(order):
-            row: dict[str, Any] = {k: getattr(recipe, k) for k in KEY_FIELDS}
+            row: dict[str, Any] = dict(zip(KEY_FIELDS, recipe_point(recipe)))
             try:
                 m = evaluator.evaluate(recipe, seed=args.seed)
                 row.update(status="complete", reason="", accuracy=m.accuracy, latency_ms=m.latency_ms,
@@ -271,7 +271,10 @@ def measure(args: argparse.Namespace) -> None:
                 row.update(status="stopped", reason=str(error))
             except failures as error:
                 row.update(status="failed", reason=one_line(error))
-            ft = evaluator.finetune_seconds(recipe, args.seed) if recipe.finetune_steps and not args.isolated else 0.0
+            if args.isolated:  # the worker keeps its fine-tuning times to itself
+                ft = None
+            else:
+                ft = evaluator.finetune_seconds(recipe, args.seed) if recipe.finetune_steps else 0.0
             row["finetune_seconds"] = round(ft, 3) if ft is not None else ""
             print(f"  {index + 1}/{len(order)} {recipe.describe()}: {row['status']} "
                   + (f"{row['latency_ms']:.3f} ms, accuracy {row['accuracy']:.4f}" if row["status"] == "complete"
@@ -296,10 +299,31 @@ def measure(args: argparse.Namespace) -> None:
         (folder / f"{name}.partial{suffix}").unlink(missing_ok=True)
 
 
-def _row_key(row: dict[str, str]) -> tuple[str, ...]:
-    """A CSV row's grid point as text, the way str() writes a recipe's fields."""
-    return tuple(str(float(row[n])) if n in ("prune_ratio", "kd_temperature", "kd_alpha") and row[n] != "" else row[n]
-                 for n in KEY_FIELDS)
+@functools.cache
+def _key_defaults() -> dict[str, Any]:
+    from slimtune.spaces.registry import recipe_defaults
+
+    return {name: recipe_defaults()[name] for name in KEY_FIELDS}
+
+
+def row_point(row: dict[str, str]) -> GridKey:
+    """A CSV row's grid point as recipe field values (the same tuple `recipe_point` gives); a
+    column the grid lacks (measured before that knob existed) is the knob's baseline value."""
+    defaults = _key_defaults()
+
+    def value(name: str) -> Any:
+        text = row.get(name)
+        if text is None:
+            return defaults[name]
+        if text == "":
+            return None
+        return NUMERIC[name](float(text)) if name in NUMERIC else text
+
+    return tuple(value(name) for name in KEY_FIELDS)
+
+
+def recipe_point(recipe) -> GridKey:
+    return tuple(getattr(recipe, name) for name in KEY_FIELDS)
 
 
 def _grid_rows(best: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -341,7 +365,6 @@ def merge(args: argparse.Namespace) -> None:
 
 
 # -------------------------------------------------------------------------------------- replay
-GridKey = tuple  # the values of KEY_FIELDS
 SAMPLER_LABELS = {"tpe": "TPE (multivariate, constraints)", "nsga2": "NSGA-II", "gp": "GP (Optuna GPSampler)",
                   "random": "random"}
 
@@ -350,25 +373,12 @@ class Grid:
     """The measured table, looked up by the nearest grid point of a sampled recipe."""
 
     def __init__(self, folder: Path):
-        from slimtune.spaces.registry import recipe_defaults
-
         self.meta = json.loads((folder / "grid.json").read_text())
         self.levels = self.meta["levels"]
-        self.defaults = {name: recipe_defaults()[name] for name in KEY_FIELDS}
-        self.rows: dict[GridKey, dict[str, Any]] = {}
+        self.defaults = _key_defaults()
         with open(folder / "grid.csv", newline="") as handle:
-            for row in csv.DictReader(handle):
-                values = {name: self._parse(name, row.get(name)) for name in KEY_FIELDS}
-                self.rows[tuple(values[name] for name in KEY_FIELDS)] = row
+            self.rows: dict[GridKey, dict[str, Any]] = {row_point(row): row for row in csv.DictReader(handle)}
         self.baseline = self.rows[tuple(self.defaults[name] for name in KEY_FIELDS)]
-
-    def _parse(self, name: str, text: str | None) -> Any:
-        """A CSV cell as the recipe field's value; a column the grid lacks is the baseline value."""
-        if text is None:
-            return self.defaults[name]
-        if text == "":
-            return None
-        return NUMERIC[name](float(text)) if name in NUMERIC else text
 
     @staticmethod
     def _nearest(levels: list[float], value: float, log: bool = False) -> float:
@@ -379,7 +389,7 @@ class Grid:
         """Each knob snapped on its own: prune ratio and KD alpha linearly, the KD temperature in
         log space (it is sampled on a log scale), categorical knobs exactly. A knob the grid
         holds at one level (not searched, or measured at one setting) maps to that level."""
-        values = {name: getattr(recipe, name) for name in KEY_FIELDS}
+        values = dict(zip(KEY_FIELDS, recipe_point(recipe)))
         values["prune_ratio"] = self._nearest(self.levels["prune_ratio"], recipe.prune_ratio)
         if values["prune_ratio"] == 0:
             values.update({name: self.defaults[name] for name in PRUNED_ONLY})
@@ -393,16 +403,6 @@ class Grid:
         return tuple(values[name] for name in KEY_FIELDS)
 
 
-def linear_settings(objectives: dict[str, str], max_drop: float | None) -> dict[str, Any]:
-    """slimtune's first hypervolume rule (linear ratios to the baseline, which sits at 1; studies
-    created before the halvings rule keep it): replays report it beside the current rule."""
-    return {"axes": [
-        {"name": name, "direction": direction, "scale": float(max_drop), "reference": 2.0}
-        if direction == "maximize" and name == "accuracy" and max_drop
-        else {"name": name, "direction": direction, "scale": "baseline", "reference": 1.1}
-        for name, direction in objectives.items()]}
-
-
 class ReplayFailed(Exception):
     pass
 
@@ -413,7 +413,9 @@ def replay_one(grid: Grid, config, sampler_name: str, seed: int, n_trials: int, 
     after each finished trial, computed by slimtune's own code."""
     import optuna
 
-    from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume, hypervolume_settings, study_hypervolume
+    from slimtune.search.hypervolume import (
+        HYPERVOLUME_ATTR, hypervolume, hypervolume_settings, linear_settings, study_hypervolume,
+    )
     from slimtune.search.samplers import make_sampler
 
     space = config.search_space()
@@ -501,7 +503,7 @@ def replay(args: argparse.Namespace) -> None:
 
 
 def write_results(folder, results, grid, config, args, objectives, max_drop, seeds) -> None:
-    from slimtune.search.hypervolume import hypervolume_settings
+    from slimtune.search.hypervolume import hypervolume_settings, linear_settings
 
     best_possible = _grid_hypervolume(grid, objectives, hypervolume_settings(objectives, max_drop), max_drop)
     summary = {
