@@ -26,6 +26,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from slimtune.spaces.knob import deployed_inputs
+
 FORMATS = ("pt2", "torchscript", "onnx", "state_dict", "aoti")
 MANIFEST = "manifest.json"
 #: the file each format's model lives in
@@ -174,10 +176,7 @@ class Exported:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def inputs(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(device=self.device, dtype=self.input_dtype)
-        if batch.dim() == 4:
-            batch = batch.contiguous(memory_format=self.memory_format)
-        return batch
+        return deployed_inputs(batch, self.device, self.input_dtype, self.memory_format)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(batch)

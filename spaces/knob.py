@@ -31,6 +31,16 @@ class StudyField:
     help: str = ""
 
 
+def deployed_inputs(batch: torch.Tensor, device: torch.device, dtype: torch.dtype,
+                    memory_format: torch.memory_format) -> torch.Tensor:
+    """A float32 batch as a deployed model takes it: the candidate when measured and its export
+    when loaded must convert the same way, or the export measures another model."""
+    batch = batch.to(device=device, dtype=dtype)
+    if batch.dim() == 4:
+        batch = batch.contiguous(memory_format=memory_format)
+    return batch
+
+
 @dataclass
 class Candidate:
     """A model on its way to deployment, plus what each step did to it.
@@ -49,10 +59,7 @@ class Candidate:
     record: dict[str, Any] = field(default_factory=dict)
 
     def inputs(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(device=self.device, dtype=self.input_dtype)
-        if batch.dim() == 4:
-            batch = batch.contiguous(memory_format=self.memory_format)
-        return batch
+        return deployed_inputs(batch, self.device, self.input_dtype, self.memory_format)
 
     @property
     def deployed(self) -> Callable[[torch.Tensor], torch.Tensor]:
