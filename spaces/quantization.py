@@ -31,8 +31,13 @@ QUANTIZATION_CHOICES = ("none", "int8_weight_only", "int8_dynamic", "int4_weight
 LayerFilter = Callable[[nn.Module, str], bool]
 
 
+#: why the output projection of nn.MultiheadAttention stays in float (torchao's own filter
+#: leaves it out too): the attention reads its weight directly, not through the module's forward
+ATTENTION_PROJECTION = "nn.MultiheadAttention reads this weight directly; it stays in float"
+
+
 def _is_linear(module: nn.Module, fqn: str) -> bool:
-    return isinstance(module, nn.Linear)
+    return isinstance(module, nn.Linear) and not isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
 
 def _is_conv(module: nn.Module, fqn: str) -> bool:
@@ -101,6 +106,9 @@ def quantize(model: nn.Module, choice: str, device: torch.device) -> Quantizatio
     _import_torchao_quietly()
     from torchao.quantization import quantize_
 
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            report.skipped[name] = ATTENTION_PROJECTION
     for config, selects in _plan(choice, device):
         for name, module in list(model.named_modules()):
             if not selects(module, name):

@@ -126,3 +126,22 @@ def test_none_leaves_the_model_untouched():
     assert all(_is_plain(m.weight) for m in _weighted_layers(model).values())
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key])
+
+
+@pytest.mark.parametrize("choice", ["int8_weight_only", "int8_dynamic", "int4_weight_only"])
+def test_attention_output_projections_stay_float_and_the_vit_runs(choice):
+    """nn.MultiheadAttention reads out_proj.weight itself, so a quantized one broke every
+    forward of a ViT ("unimplemented operator aten.t"); the MLP Linears are still quantized."""
+    from slimtune.objectives.models import vit_tiny
+    from slimtune.spaces.quantization import ATTENTION_PROJECTION
+
+    torch.manual_seed(0)
+    model = vit_tiny(10, (1, 8, 8)).eval()
+    projections = {name for name, m in model.named_modules() if isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)}
+    assert len(projections) == 4  # one per encoder layer
+    report = quantize(model, choice, CPU)
+    assert {name: report.skipped[name] for name in projections} == dict.fromkeys(projections, ATTENTION_PROJECTION)
+    assert not projections & set(report.quantized)
+    assert "heads.head" in report.quantized and any(name.endswith("mlp.0") for name in report.quantized)
+    with torch.inference_mode():
+        assert model(torch.randn(4, 1, 8, 8)).shape == (4, 10)
