@@ -37,7 +37,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_measure_resume_isolated_and_replay(write_study, tmp_path: Path) -> None:
+def test_measure_resume_isolated_and_replay(benchmark, write_study, tmp_path: Path) -> None:
     study = write_study({"space": {"quantization": ["none"], "precision": ["fp32", "bf16"]}})
     out = tmp_path / "grid"
     measure = ["measure", "--study", str(study), "--prune-levels", "0.5", "--kd-temperatures", "2", "--results", str(out)]
@@ -71,6 +71,13 @@ def test_measure_resume_isolated_and_replay(write_study, tmp_path: Path) -> None
     assert "| random | 2 |" in (out / "results.md").read_text()
     assert (out / "hypervolume.html").exists()
 
+    _run("tpe-settings", "--results", str(out), "--trials", "6", "--seeds", "2")
+    variants = json.loads((out / "tpe-settings.json").read_text())
+    assert set(variants["hypervolume_at_last_trial"]) == set(benchmark.TPE_VARIANTS)
+    assert all(len(v) == 2 for v in variants["hypervolume_at_last_trial"].values()) and len(variants["random"]) == 2
+    table = (out / "tpe-settings.md").read_text()
+    assert all(f"| {label} |" in table for label in benchmark.TPE_VARIANTS) and "| random sampling |" in table
+
 
 def test_the_committed_digits_grid_reads_without_the_newer_columns(benchmark) -> None:
     import optuna
@@ -87,3 +94,31 @@ def test_the_committed_digits_grid_reads_without_the_newer_columns(benchmark) ->
         assert key in grid.rows
         fields = dict(zip(benchmark.KEY_FIELDS, key))
         assert fields["memory_format"] == "contiguous" and fields["runtime"] == "eager"
+
+
+def test_tpe_overrides_reach_the_sampler(benchmark) -> None:
+    """The tpe-settings comparison changes the sampler it says it changes: TPE whose start-up
+    outlasts the study is random sampling, draw for draw; slimtune's TPE is not."""
+    from slimtune.search.config import load_config
+
+    grid = benchmark.Grid(ROOT / "benchmarks" / "results" / "search-efficiency" / "digits")
+    config = load_config(ROOT / grid.meta["study_file"])
+    objectives, max_drop = dict(config.objectives), config.constraints.max_accuracy_drop
+
+    def volumes(name: str, overrides=None) -> list[float]:
+        return benchmark.replay_one(grid, config, name, 0, 12, max_drop, objectives, overrides)["hypervolume"]
+
+    random_volumes = volumes("random")
+    assert volumes("tpe", {"n_startup_trials": 15}) == random_volumes
+    assert volumes("tpe") != random_volumes
+
+
+def test_ratio_interval(benchmark) -> None:
+    assert benchmark.ratio_interval([2.0] * 20, [1.0] * 20) == (2.0, 2.0)
+    values, reference = [1.0 + 0.1 * i for i in range(30)], [1.0 + 0.08 * i for i in range(30)]
+    low, high = benchmark.ratio_interval(values, reference)
+    point = (values[14] + values[15]) / (reference[14] + reference[15])
+    assert low < point < high
+    many = benchmark.ratio_interval([1.0 + 0.01 * i for i in range(300)], [1.0 + 0.008 * i for i in range(300)])
+    assert many[0] < point < many[1] and many[1] - many[0] < (high - low) / 2  # ten times the seeds: narrower
+    assert benchmark.ratio_interval(values, reference) == (low, high)  # seeded: the committed tables reproduce
