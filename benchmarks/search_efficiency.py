@@ -484,6 +484,15 @@ def _at(result: dict[str, Any], trials: int, key: str = "hypervolume") -> list[f
     return [run[key][trials - 1] for run in result["runs"]]
 
 
+def _band(q: dict[str, float]) -> str:
+    """A `_quantiles` result as the tables print it: median [25th-75th percentile]."""
+    return f"{q['median']:.4f} [{q['q25']:.4f}-{q['q75']:.4f}]"
+
+
+def _interval(bounds: tuple[float, float]) -> str:
+    return f"[{bounds[0]:.2f}-{bounds[1]:.2f}]"
+
+
 def _quantiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     q = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 3
@@ -573,15 +582,14 @@ def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
     ]
     for name, result in results.items():
         per = result["per_trial"]
-        cells = [f"{per[n - 1]['median']:.4f} [{per[n - 1]['q25']:.4f}-{per[n - 1]['q75']:.4f}]" for n in checkpoints]
+        cells = [_band(per[n - 1]) for n in checkpoints]
         ratio = share = ""
         if trials >= 30:
             share = f"{100 * per[29]['median'] / best:.0f}%"
             if "random" in results:
                 ratio = f"{per[29]['median'] / results['random']['per_trial'][29]['median']:.2f}x"
                 if name != "random":
-                    low, high = ratio_interval(_at(result, 30), _at(results["random"], 30))
-                    ratio += f" [{low:.2f}-{high:.2f}]"
+                    ratio += " " + _interval(ratio_interval(_at(result, 30), _at(results["random"], 30)))
         lines.append(f"| {result['label']} | {len(result['runs'])} | " + " | ".join(cells) + f" | {ratio} | {share} |")
     if trials >= 30 and "random" in results and "best_speedup" in results["random"]["runs"][0]:
         linear_best, fastest = summary["grid_hypervolume_linear"], summary["grid_best_speedup"]
@@ -591,13 +599,13 @@ def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
                   "Medians [25th-75th percentile] over seeds:", "",
                   "| sampler | hypervolume, halvings: / random's | linear rule | linear: / random's | linear: % of the grid's "
                   "| fastest feasible | fastest: / random's |", "|---|---|---|---|---|---|---|"]
-        at = {name: {key: _quantiles([run[key][29] for run in result["runs"]]) for key in ("hypervolume_linear", "best_speedup")}
+        at = {name: {key: _quantiles(_at(result, 30, key)) for key in ("hypervolume_linear", "best_speedup")}
               for name, result in results.items()}
         for name, result in results.items():
             lin, fast = at[name]["hypervolume_linear"], at[name]["best_speedup"]
             lines.append(
                 f"| {result['label']} | {result['per_trial'][29]['median'] / results['random']['per_trial'][29]['median']:.2f}x "
-                f"| {lin['median']:.4f} [{lin['q25']:.4f}-{lin['q75']:.4f}] | {lin['median'] / at['random']['hypervolume_linear']['median']:.2f}x "
+                f"| {_band(lin)} | {lin['median'] / at['random']['hypervolume_linear']['median']:.2f}x "
                 f"| {100 * lin['median'] / linear_best:.0f}% | {fast['median']:.2f}x [{fast['q25']:.2f}-{fast['q75']:.2f}] "
                 f"| {fast['median'] / at['random']['best_speedup']['median']:.2f}x |")
     lines += ["", "Per study (median over seeds): distinct grid points visited, failed trials (grid points whose "
@@ -690,11 +698,10 @@ def tpe_variants(args: argparse.Namespace) -> None:
         vs_random, vs_default = ratio_interval(values, reference), ratio_interval(values, default)
         changed = ", ".join(f"{k}={v}" for k, v in TPE_VARIANTS[label].items()) or "(none)"
         lines.append(
-            f"| {label} | {changed} | {q['median']:.4f} [{q['q25']:.4f}-{q['q75']:.4f}] "
-            f"| {q['median'] / statistics.median(reference):.2f}x [{vs_random[0]:.2f}-{vs_random[1]:.2f}] "
-            f"| {q['median'] / statistics.median(default):.2f}x [{vs_default[0]:.2f}-{vs_default[1]:.2f}] |")
-    q = _quantiles(reference)
-    lines.append(f"| random sampling | | {q['median']:.4f} [{q['q25']:.4f}-{q['q75']:.4f}] | 1.00x | |")
+            f"| {label} | {changed} | {_band(q)} "
+            f"| {q['median'] / statistics.median(reference):.2f}x {_interval(vs_random)} "
+            f"| {q['median'] / statistics.median(default):.2f}x {_interval(vs_default)} |")
+    lines.append(f"| random sampling | | {_band(_quantiles(reference))} | 1.00x | |")
     summary = {"study_file": grid.meta["study_file"], "max_accuracy_drop": max_drop, "trials": n, "seeds": len(seeds),
                "tpe_settings": tpe_settings(n), "variants": TPE_VARIANTS, "hypervolume_at_last_trial": runs,
                "random": reference, "seconds": round(time.time() - started, 1)}

@@ -36,8 +36,12 @@ LayerFilter = Callable[[nn.Module, str], bool]
 ATTENTION_PROJECTION = "nn.MultiheadAttention reads this weight directly; it stays in float"
 
 
+def _is_attention_projection(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear)
+
+
 def _is_linear(module: nn.Module, fqn: str) -> bool:
-    return isinstance(module, nn.Linear) and not isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear)
+    return isinstance(module, nn.Linear) and not _is_attention_projection(module)
 
 
 def _is_conv(module: nn.Module, fqn: str) -> bool:
@@ -107,7 +111,7 @@ def quantize(model: nn.Module, choice: str, device: torch.device) -> Quantizatio
     from torchao.quantization import quantize_
 
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        if _is_attention_projection(module):
             report.skipped[name] = ATTENTION_PROJECTION
     for config, selects in _plan(choice, device):
         for name, module in list(model.named_modules()):
