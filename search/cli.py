@@ -201,7 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _emit(trials_frame(study, repository), args.format)
         return 0
     except (StudyFileError, WorkloadError, StorageError, StudyNotFound) as error:
-        print(f"slimtune: error: {error}", file=sys.stderr)
+        # The messages quote what a user typed; this keeps the promise of one line even where
+        # some message did not (a control character in a path or a library's text).
+        message = str(error).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"slimtune: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except DBAPIError as error:  # the database went away mid-run; its trial fails as lost later
         reason = str(error.orig or error).strip().splitlines()[0] if str(error.orig or error).strip() else type(error).__name__

@@ -213,11 +213,17 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def field_path(loc: tuple[Any, ...]) -> str:
+    """`section.field`, with any part a user typed that is not a plain name quoted (`target.'\\n'`),
+    so a key holding a newline or a dot cannot break the one-line message or pass for a path."""
+    return ".".join(str(part) if re.fullmatch(r"[A-Za-z0-9_]+", str(part)) else repr(str(part)) for part in loc)
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
     """The first problem as one line: `file: field = value: what is allowed`."""
     first = error.errors()[0]
     loc = tuple(first["loc"])
-    field = ".".join(str(part) for part in loc) or "(file)"
+    field = field_path(loc) or "(file)"
     if first["type"] == "extra_forbidden":
         allowed = _allowed_fields(StudyConfig, loc)
         return f"{source}: {field}: unknown field; allowed: {', '.join(allowed)}"

@@ -193,3 +193,19 @@ def test_stop_when_validates_and_may_change_on_resume(write_study: Callable[...,
 def test_a_bad_stop_when_is_one_line(write_study: Callable[..., Path], stop_when: dict[str, Any], expected: str) -> None:
     path = write_study({"study": {"stop_when": stop_when}})
     assert error_of(path) == f"{path}: {expected}"
+
+
+def test_a_key_a_user_typed_is_quoted_so_the_error_stays_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text('[study]\nname = "x"\n[workload]\nmodel = "m:f"\ndata = "d"\ninput_shape = [1, 8, 8]\n'
+                    '[target]\n"\\n" = 1\n')
+    assert error_of(path) == f"{path}: target.'\\n': unknown field; allowed: device, threads, runtimes"
+
+
+def test_the_cli_prints_a_control_character_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from slimtune.search.cli import main
+
+    path = tmp_path / "new\nline.toml"  # the path is user text too
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "new\\nline.toml: study file not found" in err

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from slimtune.search.config import StudyConfig, StudyFileError, load_config, parse_config
@@ -59,6 +59,8 @@ def assert_one_line(error: StudyFileError, source: str) -> None:
 
 @SETTINGS
 @given(raw=broken_studies())
+@example(raw={**TINY_STUDY, "target": {**TINY_STUDY["target"], "\n": 0}})  # once failed CI: a raw newline
+@example(raw={**TINY_STUDY, "a\rb": {}})
 def test_any_broken_study_is_one_line_or_a_valid_config(raw: dict[str, Any]) -> None:
     try:
         config = parse_config(raw, "study.toml")
