@@ -117,7 +117,7 @@ ROUTES = {
 def measure(url: str, name: str, n: int) -> dict[str, dict[str, float]]:
     from fastapi.testclient import TestClient
 
-    from slimtune.search.service import Settings, create_app
+    from slimtune.search.web.service import Settings, create_app
 
     results: dict[str, dict[str, float]] = {}
     with TestClient(create_app(Settings(url))) as client:

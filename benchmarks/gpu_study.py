@@ -28,7 +28,7 @@ import torch
 
 from slimtune.search.config import load_config
 from slimtune.search.isolated import IsolatedEvaluator
-from slimtune.search.report import open_study, pareto_front
+from slimtune.search.results import open_study, pareto_front
 from slimtune.search.runner import run_study, worker_spec
 from slimtune.spaces import Recipe
 

@@ -141,7 +141,7 @@ class Instruments:
         from sqlalchemy.engine import Engine
 
         from slimtune.search.isolated import IsolatedEvaluator as Evaluator  # the driver waits here for the worker process
-        from slimtune.search.workers import Worker
+        from slimtune.search.many_workers import Worker
 
         local = threading.local()
 

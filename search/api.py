@@ -15,10 +15,10 @@ import pandas as pd
 
 from slimtune.storage import DEFAULT_STORAGE
 
-from .config import load_config
-from .report import open_study, pareto_front, trials_frame
-from .runner import run_study
-from .warm_start import WarmStart
+from slimtune.search.config import load_config
+from slimtune.search.results import open_study, pareto_front, trials_frame
+from slimtune.search.runner import run_study
+from slimtune.search.warm_start import WarmStart
 
 
 def run(study_file: str, storage: str = DEFAULT_STORAGE, *, timeout: float | None = None,

@@ -1,20 +1,18 @@
-"""`slimtune run | worker | launch | pareto | trials | plot | export | report | serve | upgrade`.
+"""`slimtune run | worker | launch | pareto | trials | plot | export | report | serve | upgrade`: the
+parser and the dispatch; each command is one function in search/commands.py.
 Exit codes: 0 done, 2 bad input (study file, workload, database, unknown study), 130 interrupted by
 SIGINT (Ctrl-C), 143 by SIGTERM (the trials finished so far are kept; the same command resumes)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import warnings
 from typing import Sequence
 
-from slimtune.storage import DEFAULT_STORAGE, safe_url
+from slimtune.objectives.artifacts import FORMATS
+from slimtune.storage import DEFAULT_STORAGE
 
-from . import export
-from .samplers import SAMPLERS
-from .signals import exit_code, handle_signals
+from slimtune.search.samplers import SAMPLERS
 
 EXIT_BAD_INPUT = 2
 EXIT_STORAGE_FAILED = 1
@@ -57,7 +55,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("study")
         sub.add_argument("--storage", default=DEFAULT_STORAGE)
         sub.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    export.add_parser(commands)
+    sub = commands.add_parser("export", help="export a trial as a deployable model, verified in a fresh process")
+    sub.add_argument("study")
+    sub.add_argument("--storage", default=DEFAULT_STORAGE)
+    which = sub.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="the trial number")
+    which.add_argument("--pick", metavar="RULE", help="e.g. 'min latency where accuracy_drop <= 0.01'")
+    which.add_argument("--knee", action="store_true", help="the front's knee (closest to the ideal point)")
+    sub.add_argument("--format", default="pt2", choices=FORMATS)
+    sub.add_argument("--out", required=True, help="a new (or empty) folder")
+    sub.add_argument("--seed", type=int, help="the study's seed, only for trials stored without one")
     plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
     plot.add_argument("study")
     plot.add_argument("--storage", default=DEFAULT_STORAGE)
@@ -77,87 +84,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plot(args: argparse.Namespace) -> int:
-    from .plots import hypervolume_history, pareto_figure
-    from .report import accuracy_floor, open_study, pareto_front, trials_frame
-
-    study, repository = open_study(args.study, args.storage)
-    figure = pareto_figure(
-        trials_frame(study, repository), pareto_front(study, repository), f"slimtune: {args.study}",
-        accuracy_floor(study, repository), hypervolume_history(repository.snapshots(args.study)),
-    )
-    if args.out.endswith(".html"):
-        figure.write_html(args.out, include_plotlyjs="cdn")
-    else:
-        figure.write_image(args.out, scale=2)  # needs the optional `kaleido` package and a Chrome
-    print(f"wrote {args.out}")
-    return 0
-
-
-def _emit(frame, fmt: str, footer: str | None = None) -> None:
-    from .report import format_table, trials_table
-
-    if fmt == "json":
-        print(json.dumps(json.loads(frame.to_json(orient="records")), indent=2))
-    elif fmt == "csv":
-        print(frame.to_csv(index=False), end="")
-    else:
-        print(format_table(frame) if "speedup_x" in frame else trials_table(frame))
-        if footer:
-            print(footer)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .runner import run_study
-    from .warm_start import WarmStart
-
-    overrides = {"study.n_trials": args.n_trials, "study.sampler": args.sampler, "study.seed": args.seed}
-    config = load_config(args.study_file, overrides)
-    # Optuna's per-trial INFO lines and its notes on experimental arguments are noise here:
-    # slimtune prints its own line for each failed trial and the front at the end.
-    # torchao 0.17 warns on every quantized layer that its int8 tensor classes and configs
-    # ("Deprecation: ...", "Config Deprecation: ...") are deprecated.
-    _quiet()
-    interrupted = None
-    try:
-        warm_start = WarmStart(args.warm_start, args.warm_storage) if args.warm_start else None
-        with handle_signals():
-            run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress,
-                      warm_start=warm_start)
-    except KeyboardInterrupt as error:
-        interrupted = error
-        print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
-    return _front(config.study.name, args.storage, interrupted)
-
-
-def _quiet() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
-
-
-def _front(study_name: str, storage: str, interrupted: KeyboardInterrupt | None = None) -> int:
-    """Print the front and its hypervolume; the exit code: 130/143 when a signal stopped the run, else 0."""
-    from .hypervolume import hypervolume_line
-    from .report import StudyNotFound, format_table, open_study, pareto_front
-
-    try:
-        study, repository = open_study(study_name, storage)
-    except StudyNotFound:
-        if interrupted is None:
-            raise
-        return exit_code(interrupted)  # stopped before the study existed: nothing to show
-    front = pareto_front(study, repository)
-    print(f"\nPareto front of {study_name!r}: {len(front)} feasible points, "
-          f"{len(study.trials)} trials (storage {safe_url(storage)})")
-    print(format_table(front))
-    print(hypervolume_line(study))
-    return exit_code(interrupted) if interrupted is not None else 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -168,39 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from slimtune.objectives import WorkloadError
     from slimtune.storage import StorageError
 
-    from .config import StudyFileError
-    from .report import StudyNotFound
+    from slimtune.search.config import StudyFileError
+    from slimtune.search.export import ExportError
+    from slimtune.search.results import StudyNotFound
+
+    from slimtune.search import commands
 
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command in ("worker", "launch", "upgrade"):  # many workers: search/commands.py
-            from . import commands
-
-            return getattr(commands, args.command)(args)
-        if args.command == "plot":
-            return _plot(args)
-        if args.command == "export":
-            return export.run_command(args)
-        if args.command == "report":
-            from .html_report import write_report
-
-            print(f"wrote {write_report(args.study, args.storage, args.out)}")
-            return 0
-        if args.command == "serve":
-            from .serve import serve
-
-            return serve(args)
-        from .hypervolume import hypervolume_line
-        from .report import open_study, pareto_front, trials_frame
-
-        study, repository = open_study(args.study, args.storage)
-        if args.command == "pareto":
-            _emit(pareto_front(study, repository), args.format, hypervolume_line(study))
-        else:
-            _emit(trials_frame(study, repository), args.format)
-        return 0
-    except (StudyFileError, WorkloadError, StorageError, StudyNotFound) as error:
+        return getattr(commands, args.command)(args)
+    except (StudyFileError, WorkloadError, StorageError, StudyNotFound, ExportError) as error:
         # The messages quote what a user typed; this keeps the promise of one line even where
         # some message did not (a control character in a path or a library's text).
         message = str(error).replace("\r", "\\r").replace("\n", "\\n")

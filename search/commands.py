@@ -1,25 +1,109 @@
-"""`slimtune worker | launch | upgrade`: the many-workers commands of the CLI (cli.py parses the
-arguments and turns the errors raised here into one line and exit code 2)."""
+"""The commands of the CLI, one function each (`cli.py` parses the arguments, calls the function
+of the same name and turns the errors raised here into one line and exit code 2)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import warnings
 
-from .cli import _front, _quiet
-from .config import StudyConfig, StudyFileError, parse_config
-from .signals import exit_code, handle_signals
+from slimtune.storage import safe_url
+
+from slimtune.search.config import StudyConfig, StudyFileError, parse_config
+from slimtune.search.signals import exit_code, handle_signals
 
 INTERRUPTED = "interrupted: finished trials are kept; run the same command to resume"
+
+
+def plot(args: argparse.Namespace) -> int:
+    from slimtune.search.report.plots import hypervolume_history, pareto_figure
+    from slimtune.search.results import accuracy_floor, open_study, pareto_front, trials_frame
+
+    study, repository = open_study(args.study, args.storage)
+    figure = pareto_figure(
+        trials_frame(study, repository), pareto_front(study, repository), f"slimtune: {args.study}",
+        accuracy_floor(study, repository), hypervolume_history(repository.snapshots(args.study)),
+    )
+    if args.out.endswith(".html"):
+        figure.write_html(args.out, include_plotlyjs="cdn")
+    else:
+        figure.write_image(args.out, scale=2)  # needs the optional `kaleido` package and a Chrome
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _emit(frame, fmt: str, footer: str | None = None) -> None:
+    from slimtune.search.results import format_table, trials_table
+
+    if fmt == "json":
+        print(json.dumps(json.loads(frame.to_json(orient="records")), indent=2))
+    elif fmt == "csv":
+        print(frame.to_csv(index=False), end="")
+    else:
+        print(format_table(frame) if "speedup_x" in frame else trials_table(frame))
+        if footer:
+            print(footer)
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimtune.search.config import load_config
+    from slimtune.search.runner import run_study
+    from slimtune.search.warm_start import WarmStart
+
+    overrides = {"study.n_trials": args.n_trials, "study.sampler": args.sampler, "study.seed": args.seed}
+    config = load_config(args.study_file, overrides)
+    # Optuna's per-trial INFO lines and its notes on experimental arguments are noise here:
+    # slimtune prints its own line for each failed trial and the front at the end.
+    # torchao 0.17 warns on every quantized layer that its int8 tensor classes and configs
+    # ("Deprecation: ...", "Config Deprecation: ...") are deprecated.
+    quiet()
+    interrupted = None
+    try:
+        warm_start = WarmStart(args.warm_start, args.warm_storage) if args.warm_start else None
+        with handle_signals():
+            run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress,
+                      warm_start=warm_start)
+    except KeyboardInterrupt as error:
+        interrupted = error
+        print(INTERRUPTED, file=sys.stderr)
+    return print_front(config.study.name, args.storage, interrupted)
+
+
+def quiet() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
+
+
+def print_front(study_name: str, storage: str, interrupted: KeyboardInterrupt | None = None) -> int:
+    """Print the front and its hypervolume; the exit code: 130/143 when a signal stopped the run, else 0."""
+    from slimtune.search.hypervolume import hypervolume_line
+    from slimtune.search.results import StudyNotFound, format_table, open_study, pareto_front
+
+    try:
+        study, repository = open_study(study_name, storage)
+    except StudyNotFound:
+        if interrupted is None:
+            raise
+        return exit_code(interrupted)  # stopped before the study existed: nothing to show
+    front = pareto_front(study, repository)
+    print(f"\nPareto front of {study_name!r}: {len(front)} feasible points, "
+          f"{len(study.trials)} trials (storage {safe_url(storage)})")
+    print(format_table(front))
+    print(hypervolume_line(study))
+    return exit_code(interrupted) if interrupted is not None else 0
 
 
 def worker(args: argparse.Namespace) -> int:
     """Join an existing study with the configuration stored in it; run trials until the study
     has its n_trials (waiting while other workers still run some)."""
-    from .runner import run_study
-    from .workers import stored_config, study_is_done
+    from slimtune.search.runner import run_study
+    from slimtune.search.workers.joining import stored_config, study_is_done
 
-    _quiet()
+    quiet()
     config = stored_config(args.study, args.storage)
     if study_is_done(config.study.name, args.storage):  # before loading data and models for nothing
         print(f"study {config.study.name!r} already has its {config.study.n_trials} finished trials")
@@ -50,10 +134,10 @@ def launch(args: argparse.Namespace) -> int:
     the workers' worst exit code (1 when they were killed)."""
     from slimtune.storage import SlotBook
 
-    from .launch import launch as run_workers
-    from .report import open_study
+    from slimtune.search.workers.launch import launch as run_workers
+    from slimtune.search.results import open_study
 
-    _quiet()
+    quiet()
     try:
         with handle_signals():
             config, codes = run_workers(args.study, args.storage, args.workers, args.gpus, timeout=args.timeout)
@@ -63,7 +147,7 @@ def launch(args: argparse.Namespace) -> int:
     study, repository = open_study(config.study.name, args.storage)
     usage = SlotBook(repository.engine).usage(config.study.name)
     repository.engine.dispose()
-    code = _front(config.study.name, args.storage)
+    code = print_front(config.study.name, args.storage)
     if usage.done >= usage.n_trials:
         return code
     print(f"slimtune: study {config.study.name!r} has {usage.done} of {usage.n_trials} trials; "
@@ -72,9 +156,50 @@ def launch(args: argparse.Namespace) -> int:
 
 
 def upgrade(args: argparse.Namespace) -> int:
-    from slimtune.storage import safe_url
     from slimtune.storage.migrations import upgrade_storage
 
     done = upgrade_storage(args.storage)
     print("\n".join(done) if done else f"{safe_url(args.storage)}: already up to date")
+    return 0
+
+
+def pareto(args: argparse.Namespace) -> int:
+    from slimtune.search.hypervolume import hypervolume_line
+    from slimtune.search.results import open_study, pareto_front
+
+    study, repository = open_study(args.study, args.storage)
+    _emit(pareto_front(study, repository), args.format, hypervolume_line(study))
+    return 0
+
+
+def trials(args: argparse.Namespace) -> int:
+    from slimtune.search.results import open_study, trials_frame
+
+    _emit(trials_frame(*open_study(args.study, args.storage)), args.format)
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from slimtune.search.report.html_report import write_report
+
+    print(f"wrote {write_report(args.study, args.storage, args.out)}")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from slimtune.search.web.serve import serve as serve_http
+
+    return serve_http(args)
+
+
+def export(args: argparse.Namespace) -> int:
+    """Exit codes: 0 verified, 1 written but not verified (or rebuild failed), 2 bad input."""
+    from slimtune.search.export import ExportFailed, export as export_trial
+
+    try:
+        export_trial(args.study, args.storage, trial=args.trial, pick=args.pick, knee=args.knee, fmt=args.format,
+                     out=args.out, seed=args.seed, log=print)
+    except ExportFailed as error:
+        print(f"slimtune: error: {error}", file=sys.stderr)
+        return 1
     return 0

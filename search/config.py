@@ -21,7 +21,7 @@ from slimtune.spaces import SearchSpace
 from slimtune.spaces.registry import study_fields
 from slimtune.spaces.runtime import NEEDS_CUDA, RUNTIME_CHOICES
 
-from .samplers import SAMPLERS
+from slimtune.search.samplers import SAMPLERS
 
 #: the Optuna study user attribute that keeps `StudyConfig.identity()`
 CONFIG_ATTR = "slimtune_config"

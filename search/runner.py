@@ -23,16 +23,16 @@ from slimtune.spaces import SearchSpace
 from slimtune.spaces.errors import one_line
 from slimtune.storage import DEFAULT_STORAGE, Repository, SlotBook, connect, is_sqlite, optuna_storage, safe_url, single_process
 
-from . import signals
-from .config import CONFIG_ATTR, STUDY_FILE_ATTR, StudyConfig, StudyFileError
-from .fingerprint import fingerprint
-from .hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
-from .isolated import IsolatedEvaluator, WorkerFailed
-from .samplers import make_sampler
-from .stopping import StopWhenFrontStalls
-from .warm_start import WarmStart, enqueue_warm_start, load_front, plan_warm_start
-from .workers import LostTrialHandler, Worker, fail_running
-from .studies import N_TRIALS_ATTR
+from slimtune.search import signals
+from slimtune.search.config import CONFIG_ATTR, STUDY_FILE_ATTR, StudyConfig, StudyFileError
+from slimtune.search.fingerprint import fingerprint
+from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
+from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
+from slimtune.search.samplers import make_sampler
+from slimtune.search.stopping import StopWhenFrontStalls
+from slimtune.search.warm_start import WarmStart, enqueue_warm_start, load_front, plan_warm_start
+from slimtune.search.many_workers import LostTrialHandler, Worker, fail_running
+from slimtune.search.studies import N_TRIALS_ATTR
 
 Log = Callable[[str], None]
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -221,7 +221,7 @@ def _run_study(
     )
     existing = _existing_study(storage, config.study.name)
     if existing is None and join:
-        from .report import StudyNotFound
+        from slimtune.search.results import StudyNotFound
 
         raise StudyNotFound(f"study {config.study.name!r} not found in {safe_url(storage_url)!r}")
     if existing is not None and not join:  # a joining worker runs the study's own configuration

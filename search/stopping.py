@@ -14,7 +14,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .hypervolume import study_hypervolume
+from slimtune.search.hypervolume import study_hypervolume
 
 #: the Optuna study user attribute that records why and when a run stopped early
 STOPPED_ATTR = "slimtune_stopped"

@@ -16,8 +16,8 @@ from slimtune.objectives import load_workload
 from slimtune.spaces import probe
 from slimtune.storage import Repository, connect, optuna_storage, safe_url
 
-from .config import CONFIG_ATTR, StudyConfig, StudyFileError
-from .samplers import make_sampler
+from slimtune.search.config import CONFIG_ATTR, StudyConfig, StudyFileError
+from slimtune.search.samplers import make_sampler
 
 #: the whole validated study file (JSON), so workers can join a study that has no file on disk
 STUDY_FILE_ATTR = "slimtune_study_file"

@@ -25,8 +25,8 @@ import optuna
 from slimtune.spaces import Recipe, Removal, SearchSpace
 from slimtune.storage import StorageError, safe_url
 
-from .config import StudyFileError
-from .report import StudyNotFound, open_study
+from slimtune.search.config import StudyFileError
+from slimtune.search.results import StudyNotFound, open_study
 
 #: the Optuna study user attribute that records where the first trials came from
 WARM_START_ATTR = "slimtune_warm_start"

@@ -79,7 +79,7 @@ class PrecisionKnob(Knob):
         return None
 
     def try_on_tiny_model(self, value, device: torch.device) -> None:
-        from .capabilities import run_tiny, tiny_model
+        from .tiny import run_tiny, tiny_model
 
         model = cast(tiny_model(device), value)
         with math_mode(value):

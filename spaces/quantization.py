@@ -150,7 +150,7 @@ class QuantizationKnob(Knob):
         return self.fields[0]
 
     def try_on_tiny_model(self, value, device: torch.device) -> None:
-        from .capabilities import run_tiny, tiny_model
+        from .tiny import run_tiny, tiny_model
 
         model = tiny_model(device)
         quantize(model, value, device)

@@ -172,6 +172,6 @@ class RuntimeKnob(Knob):
         return None
 
     def try_on_tiny_model(self, value, device: torch.device) -> None:
-        from .capabilities import run_tiny, tiny_model
+        from .tiny import run_tiny, tiny_model
 
         run_tiny(prepare(tiny_model(device), value), device)

@@ -21,7 +21,7 @@ import torch
 from slimtune.search import ExportError, load_exported
 from slimtune.search.cli import main
 from slimtune.search.export import export
-from slimtune.search.report import open_study
+from slimtune.search.results import open_study
 from slimtune.spaces import Recipe
 
 

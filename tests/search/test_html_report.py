@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from slimtune.search.cli import main
-from slimtune.search.overview import Catalog
+from slimtune.search.report.overview import Catalog
 
 from .conftest import Served, plotly_array
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
+import sqlite3
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the pages need the 'serve' extra")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from slimtune.search.service import Settings, create_app  # noqa: E402
+from slimtune.search.web.service import Settings, create_app  # noqa: E402
 from slimtune.storage import Repository, connect  # noqa: E402
 
 from .conftest import Served, plotly_array  # noqa: E402
@@ -81,7 +81,10 @@ def test_trial_page(client: TestClient, served_study: Served) -> None:
 def big(tmp_path: Path, served_study: Served) -> Iterator[tuple[TestClient, str]]:
     """The served study plus 130 recorded trials (half of them failed), to page through."""
     path = tmp_path / "big.db"
-    shutil.copy(served_study.folder / "served.db", path)
+    # SQLite's backup API, not a file copy: the served database is in WAL mode, and its last
+    # writes may still sit in served.db-wal (a copy of served.db alone would lack the study).
+    with sqlite3.connect(served_study.folder / "served.db") as source, sqlite3.connect(path) as target:
+        source.backup(target)
     url = f"sqlite:///{path}"
     repository = Repository(connect(url))
     study = optuna.load_study(study_name=served_study.name, storage=url)

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from slimtune.search.isolated import IsolatedEvaluator
 from slimtune.search.config import WorkersSection, load_config
 from slimtune.search.runner import run_study
-from slimtune.search.workers import LostTrialHandler, retry_trial
+from slimtune.search.many_workers import LostTrialHandler, retry_trial
 from slimtune.storage import Repository, SlotBook, connect, optuna_storage
 
 from .processes import check_study, study_file

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.search.security import Refused, check_can_listen, confine, is_loopback, token_matches
+from slimtune.search.web.security import Refused, check_can_listen, confine, is_loopback, token_matches
 
 
 @pytest.mark.parametrize("host, loopback", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slimtune.search.selection import SelectionError, knee, parse_rule, pick
+from slimtune.search.export.selection import SelectionError, knee, parse_rule, pick
 
 FRONT = [
     {"trial": 3, "latency_ms": 1.0, "peak_memory_mb": 0.9, "accuracy": 0.95, "accuracy_drop": 0.030},

@@ -15,8 +15,8 @@ fastapi = pytest.importorskip("fastapi", reason="the service needs the 'serve' e
 from fastapi.testclient import TestClient  # noqa: E402
 
 from slimtune.search.config import CONFIG_ATTR  # noqa: E402
-from slimtune.search.report import open_study, pareto_front  # noqa: E402
-from slimtune.search.service import Settings, create_app  # noqa: E402
+from slimtune.search.results import open_study, pareto_front  # noqa: E402
+from slimtune.search.web.service import Settings, create_app  # noqa: E402
 from slimtune.search.studies import N_TRIALS_ATTR, STUDY_FILE_ATTR  # noqa: E402
 from tests.conftest import TINY_STUDY  # noqa: E402
 
@@ -323,7 +323,7 @@ def test_export_paths_stay_inside_the_export_root(served_study: Served, tmp_path
 
 
 def test_launch_says_when_this_install_cannot_launch(client: TestClient, served_study: Served) -> None:
-    from slimtune.search.launches import Launches
+    from slimtune.search.web.launches import Launches
 
     if Launches(served_study.url, Path(".")).available():
         pytest.skip("this install has `slimtune launch`: test_launch_and_stop runs it for real")
@@ -347,7 +347,7 @@ def test_export_a_trial(client: TestClient, served_study: Served, tmp_path: Path
 
 def test_launch_and_stop(tmp_path: Path) -> None:
     """A study created over HTTP, run by workers the server launched, then another stopped."""
-    from slimtune.search.launches import Launches
+    from slimtune.search.web.launches import Launches
 
     url = f"sqlite:///{tmp_path / 'launched.db'}"
     if not Launches(url, tmp_path).available():

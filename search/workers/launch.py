@@ -26,8 +26,8 @@ from typing import Callable
 from slimtune.storage import StorageError, is_sqlite
 from slimtune.storage.sqlite import POSTGRES_HINT
 
-from . import signals
-from .config import StudyConfig, StudyFileError, load_config
+from slimtune.search import signals
+from slimtune.search.config import StudyConfig, StudyFileError, load_config
 
 Log = Callable[[str], None]
 
@@ -73,8 +73,8 @@ def _check_device(config: StudyConfig, gpus: list[str] | None) -> None:
 def prepare(study: str, storage_url: str, gpus: list[str] | None, log: Log) -> StudyConfig:
     """Create or resume the study a file describes (or find the one named) before any worker
     starts; everything is checked before anything is written."""
-    from .runner import run_study
-    from .workers import stored_config
+    from slimtune.search.runner import run_study
+    from slimtune.search.workers.joining import stored_config
 
     if study.endswith(".toml") or Path(study).is_file():
         config = load_config(study)

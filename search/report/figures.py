@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .hypervolume import HypervolumeHistory
-from .overview import AXIS_TITLES
+from slimtune.search.hypervolume import HypervolumeHistory
+from slimtune.search.report.overview import AXIS_TITLES
 
 FRONT, FEASIBLE, INFEASIBLE, BASELINE = "#d62728", "#9aa0a6", "#ff7f0e", "#1f77b4"
 #: above this many points the other trials are drawn with WebGL, which stays fluid

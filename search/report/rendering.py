@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 
 from slimtune.storage import safe_url
 
-from . import figures
-from .overview import AXIS_TITLES, MEASURED, StudyView
+from slimtune.search.report import figures
+from slimtune.search.report.overview import AXIS_TITLES, MEASURED, StudyView
 
 HERE = Path(__file__).parent
 environment = jinja2.Environment(
@@ -119,7 +119,7 @@ def _study_plots(view: StudyView, chosen: tuple[str, str, str | None], importanc
 
 def study_context(view: StudyView, chosen: tuple[str, str, str | None], plots: dict[str, str]) -> dict[str, Any]:
     """What study.html needs besides the trial table."""
-    from .overview import describe
+    from slimtune.search.report.overview import describe
 
     points = view.points()
     return dict(

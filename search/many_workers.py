@@ -30,8 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 from slimtune.storage import Claim, Repository, SlotBook
 from slimtune.storage.slots import counts_as_result
 
-from . import signals
-from .config import WorkersSection
+from slimtune.search import signals
+from slimtune.search.config import WorkersSection
 
 Log = Callable[[str], None]
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -247,32 +247,3 @@ class Worker:
         )
         self.log(f"trial {number} finished after another worker had judged it lost; its measurement is kept")
         return True
-
-
-def stored_config(study_name: str, storage_url: str):
-    """The study file a study was last run with, from its user attributes: what a worker on
-    another machine runs, with no file of its own."""
-    from .config import STUDY_FILE_ATTR, StudyFileError, parse_config
-    from .report import open_study
-
-    study, repository = open_study(study_name, storage_url)
-    repository.engine.dispose()
-    raw = study.user_attrs.get(STUDY_FILE_ATTR)
-    if raw is None:
-        raise StudyFileError(
-            f"study {study_name!r} keeps no study file (it was created by an older slimtune): run "
-            f"`slimtune run FILE --storage URL` once to store it"
-        )
-    return parse_config(raw, f"study {study_name!r}")
-
-
-def study_is_done(study_name: str, storage_url: str) -> bool:
-    """True when the study's trial budget is used up (no slot claimed, none free)."""
-    from slimtune.storage import connect
-
-    engine = connect(storage_url, must_exist=True)
-    try:
-        usage = SlotBook(engine).usage(study_name)
-    finally:
-        engine.dispose()
-    return usage.n_trials > 0 and usage.done >= usage.n_trials

@@ -10,11 +10,9 @@ a database. Bad bodies get 422 with the field's location, as FastAPI reports its
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 import tomllib
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,42 +28,16 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from slimtune.objectives import WorkloadError
 from slimtune.storage import StorageError
 
-from .config import StudyConfig, StudyFileError
-from .launches import Launches
-from .overview import SORTABLE, Catalog, StudyView
-from .report import StudyNotFound
-from .security import Refused, check_builtin_workload, confine, token_matches
-from .studies import StudyExists, create_study
+from slimtune.search.config import StudyConfig, StudyFileError
+from slimtune.search.web.launches import Launches
+from slimtune.search.web.state import Settings, catalog, launches, open_view, settings
+from slimtune.search.report.overview import SORTABLE, Catalog
+from slimtune.search.results import StudyNotFound
+from slimtune.search.web import pages
+from slimtune.search.web.security import Refused, check_builtin_workload, confine, token_matches
+from slimtune.search.studies import StudyExists, create_study
 
 MAX_PAGE = 500
-
-
-@dataclass
-class Settings:
-    storage_url: str
-    token: str | None = None
-    export_root: Path = Path("exports")
-    data_dir: Path | None = None
-    log_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "slimtune-serve-logs")
-
-
-def settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def catalog(request: Request) -> Catalog:
-    return request.app.state.catalog
-
-
-def launches(request: Request) -> Launches:
-    return request.app.state.launches
-
-
-def open_view(request: Request, name: str) -> StudyView:
-    try:
-        return catalog(request).study(name, launches(request).running())
-    except StudyNotFound as error:
-        raise HTTPException(404, str(error)) from None
 
 
 _bearer = HTTPBearer(auto_error=False, description="the server's SLIMTUNE_API_TOKEN")
@@ -320,7 +292,6 @@ def export(request: Request, name: str, body: ExportIn) -> dict[str, Any]:
 # ---------------------------------------------------------------- the application
 
 def create_app(config: Settings) -> FastAPI:
-    from . import pages
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

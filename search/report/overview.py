@@ -28,10 +28,10 @@ from slimtune.spaces import Recipe
 from slimtune.storage import DatabaseMissing, Repository, TrialRecord, connect, has_optuna_schema, optuna_storage, safe_url
 from slimtune.storage.schema import Fingerprint, ParetoSnapshot
 
-from .config import CONFIG_ATTR
-from .hypervolume import HYPERVOLUME_ATTR, HypervolumeHistory, hypervolume_history, hypervolume_settings
-from .report import StudyNotFound, _row, baseline_record
-from .studies import N_TRIALS_ATTR, STUDY_FILE_ATTR
+from slimtune.search.config import CONFIG_ATTR
+from slimtune.search.hypervolume import HYPERVOLUME_ATTR, HypervolumeHistory, hypervolume_history, hypervolume_settings
+from slimtune.search.results import StudyNotFound, _row, baseline_record
+from slimtune.search.studies import N_TRIALS_ATTR, STUDY_FILE_ATTR
 
 #: measurement keys a trial table can show and sort by, with their column titles (units included)
 MEASURED = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from plotly.offline import get_plotlyjs
 
-from . import rendering
-from .overview import Catalog
+from slimtune.search.report import rendering
+from slimtune.search.report.overview import Catalog
 
 
 def write_report(study_name: str, storage_url: str, out: str | os.PathLike[str]) -> Path:

@@ -15,7 +15,7 @@ import ipaddress
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .config import StudyConfig
+from slimtune.search.config import StudyConfig
 
 TOKEN_ENV = "SLIMTUNE_API_TOKEN"
 BUILTIN_MODEL_NAMESPACES = ("slimtune", "torchvision")

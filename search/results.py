@@ -13,7 +13,7 @@ from slimtune.storage import (
     DatabaseMissing, Repository, StorageError, TrialRecord, connect, has_optuna_schema, optuna_storage, safe_url,
 )
 
-from .config import CONFIG_ATTR
+from slimtune.search.config import CONFIG_ATTR
 
 
 class StudyNotFound(LookupError):

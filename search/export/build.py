@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -25,14 +24,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slimtune.objectives.artifacts import (
-    FORMATS, MANIFEST, FormatError, check_format, file_hashes, formats_for,
+    FORMATS, MANIFEST, FormatError, check_format, file_hashes,
 )
 from slimtune.spaces import Recipe
 from slimtune.storage import DEFAULT_STORAGE, StorageError, safe_url
 
-from .config import CONFIG_ATTR, parse_config
-from .report import StudyNotFound, baseline_record, open_study
-from .selection import SelectionError, knee, pick
+from slimtune.search.config import CONFIG_ATTR, parse_config
+from slimtune.search.results import StudyNotFound, baseline_record, open_study
+from slimtune.search.export.selection import SelectionError, knee, pick
 
 #: the exported model's held-out accuracy must match the trial's within this (0.5 point)
 ACCURACY_TOLERANCE = 0.005
@@ -142,9 +141,9 @@ def export(
     from slimtune.objectives.worker import DEFAULT_FACTORY
     from slimtune.spaces.errors import one_line
 
-    from .fingerprint import fingerprint
-    from .isolated import IsolatedEvaluator, WorkerFailed
-    from .runner import worker_spec
+    from slimtune.search.fingerprint import fingerprint
+    from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
+    from slimtune.search.runner import worker_spec
 
     out = Path(out)
     if fmt not in FORMATS:
@@ -300,44 +299,3 @@ def _verify(folder: Path, timeout_s: float) -> dict[str, Any]:
     except (IndexError, json.JSONDecodeError):
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"the verifier exited with code {done.returncode}: {tail}"}
-
-
-# -- the CLI -----------------------------------------------------------------------------------
-def add_parser(commands) -> None:
-    sub = commands.add_parser("export", help="export a trial as a deployable model, verified in a fresh process")
-    sub.add_argument("study")
-    sub.add_argument("--storage", default=DEFAULT_STORAGE)
-    which = sub.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, help="the trial number")
-    which.add_argument("--pick", metavar="RULE", help="e.g. 'min latency where accuracy_drop <= 0.01'")
-    which.add_argument("--knee", action="store_true", help="the front's knee (closest to the ideal point)")
-    sub.add_argument("--format", default="pt2", choices=FORMATS)
-    sub.add_argument("--out", required=True, help="a new (or empty) folder")
-    sub.add_argument("--seed", type=int, help="the study's seed, only for trials stored without one")
-
-
-def run_command(args) -> int:
-    """Exit codes: 0 verified, 1 written but not verified (or rebuild failed), 2 bad input."""
-    try:
-        export(args.study, args.storage, trial=args.trial, pick=args.pick, knee=args.knee, fmt=args.format,
-               out=args.out, seed=args.seed, log=print)
-    except ExportError as error:
-        print(f"slimtune: error: {error}", file=sys.stderr)
-        return 2
-    except ExportFailed as error:
-        print(f"slimtune: error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-class _CallableModule(types.ModuleType):
-    """`slimtune.search.export(...)` (the issue's API) and `slimtune.search.export.export(...)`
-    are the same call: the package exposes this module, and the module can be called."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ExportResult:
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-__all__ = ["ACCURACY_TOLERANCE", "ExportError", "ExportFailed", "ExportResult", "export", "formats_for"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from slimtune.storage import StorageError, safe_url
 
-from .security import TOKEN_ENV, Refused, check_can_listen, token_from_env
+from slimtune.search.web.security import TOKEN_ENV, Refused, check_can_listen, token_from_env
 
 EXIT_BAD_INPUT = 2
 
@@ -21,7 +21,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .service import Settings, create_app
+        from slimtune.search.web.service import Settings, create_app
     except ImportError as error:
         print(f"slimtune: error: serve needs the 'serve' extra (pip install 'slimtune[serve]'): {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -19,10 +19,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from . import figures, rendering
-from .overview import SORTABLE, TrialDetail, describe
-from .report import StudyNotFound
-from .service import catalog, launches, open_view, settings
+from slimtune.search.report import figures, rendering
+from slimtune.search.report.overview import SORTABLE, TrialDetail, describe
+from slimtune.search.results import StudyNotFound
+from slimtune.search.web.state import catalog, launches, open_view, settings
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 PAGE_SIZE = 50
