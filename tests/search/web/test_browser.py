@@ -26,7 +26,7 @@ pytest.importorskip("fastapi", reason="the service needs the 'serve' extra")
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; `playwright install` cannot download here
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run"]
-ARTIFACTS = Path(os.environ.get("SLIMTUNE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("SLIMTUNE_TEST_ARTIFACTS", Path(__file__).resolve().parents[3] / "test-artifacts"))
 
 
 def free_port() -> int:
