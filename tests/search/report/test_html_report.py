@@ -9,7 +9,7 @@ from pathlib import Path
 from slimtune.search.cli import main
 from slimtune.search.report.overview import Catalog
 
-from .conftest import Served, plotly_array
+from tests.search.conftest import Served, plotly_array
 
 
 def test_report_is_self_contained(served_study: Served, tmp_path: Path, capsys) -> None:

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from .conftest import Served
+from tests.search.conftest import Served
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (the test extra)")
 pytest.importorskip("fastapi", reason="the service needs the 'serve' extra")

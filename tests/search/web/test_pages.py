@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from slimtune.search.web.service import Settings, create_app  # noqa: E402
 from slimtune.storage import Repository, connect  # noqa: E402
 
-from .conftest import Served, plotly_array  # noqa: E402
+from tests.search.conftest import Served, plotly_array  # noqa: E402
 
 
 def figures(html: str) -> dict[str, dict]:

@@ -20,7 +20,7 @@ from slimtune.search.web.service import Settings, create_app  # noqa: E402
 from slimtune.search.studies import N_TRIALS_ATTR, STUDY_FILE_ATTR  # noqa: E402
 from tests.conftest import TINY_STUDY  # noqa: E402
 
-from .conftest import Served  # noqa: E402
+from tests.search.conftest import Served  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -216,7 +216,7 @@ def test_create_a_study(empty: tuple[TestClient, str]) -> None:
 
 
 def test_create_a_study_from_the_study_file_itself(empty: tuple[TestClient, str]) -> None:
-    from .conftest import study_toml
+    from tests.search.conftest import study_toml
 
     client, url = empty
     text = study_toml(study_body(study={"name": "from-toml", "n_trials": 2}))

@@ -15,8 +15,8 @@ from slimtune.search.cli import main
 from slimtune.storage import Repository, connect, normalize_url
 from slimtune.storage.schema import SCHEMA_VERSION, SchemaVersion
 
-from ..storage.postgres import need_driver, temporary_database
-from .test_cli import assert_bad_input, cli
+from tests.storage.postgres import need_driver, temporary_database
+from tests.search.test_cli import assert_bad_input, cli
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 
 from slimtune.storage import Repository, SlotBook, connect
 
-from ..storage.postgres import temporary_database
-from .processes import Database, check_study, finish, running_trial, same_recipe, start, study_file
+from tests.storage.postgres import temporary_database
+from tests.search.processes import Database, check_study, finish, running_trial, same_recipe, start, study_file
 
 
 @pytest.fixture
