@@ -182,7 +182,7 @@ def measure(args: argparse.Namespace) -> None:
         from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
         from slimtune.search.runner import worker_spec
 
-        spec = worker_spec(config, factory="search_efficiency:caching_evaluator")
+        spec = worker_spec(config, factory="sampler_grid:caching_evaluator")
         spec = dataclasses.replace(spec, budget={**spec.budget, **dataclasses.asdict(budget)})
         evaluator = IsolatedEvaluator(spec, log=lambda line: print(line, flush=True))
         evaluator.load()

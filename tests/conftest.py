@@ -20,6 +20,13 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 warnings.filterwarnings("ignore", module="optuna")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start real slimtune processes (tens of seconds each) run first: with
+    pytest-xdist the two workers then share them, instead of one of them ending the run alone
+    on the last slow test. The order within each group is kept."""
+    items.sort(key=lambda item: item.get_closest_marker("processes") is None)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Baselines trained by tests go to a throwaway cache, shared by the whole session."""

@@ -7,7 +7,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.storage.postgres import temporary_database
+
+pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled first (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 

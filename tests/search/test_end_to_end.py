@@ -32,6 +32,8 @@ from slimtune.storage import Repository, connect
 from tests.conftest import TINY_STUDY, toml_value
 from tests.storage.postgres import temporary_database
 
+pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled first (tests/conftest.py)
+
 NAME = TINY_STUDY["study"]["name"]
 MAX_DROP = TINY_STUDY["constraints"]["max_accuracy_drop"]
 PARETO_COLUMNS = ["trial", "recipe", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "accuracy",
@@ -342,6 +344,7 @@ NO_BF16_MODEL = textwrap.dedent('''
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(
     write_study: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+
     (tmp_path / "slimtune_test_no_bf16_model.py").write_text(NO_BF16_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
     path = write_study({

@@ -15,6 +15,8 @@ from slimtune.search.config import load_config
 from slimtune.search.runner import run_study
 from slimtune.storage import Repository, connect
 
+pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled first (tests/conftest.py)
+
 TrialState = optuna.trial.TrialState
 
 

@@ -19,6 +19,8 @@ from slimtune.storage import Repository, SlotBook, connect, optuna_storage
 
 from .processes import check_study, study_file
 
+pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled first (tests/conftest.py)
+
 
 def dead_trial(study: optuna.Study, **system_attrs) -> optuna.trial.FrozenTrial:
     study.add_trial(optuna.trial.create_trial(
@@ -87,6 +89,7 @@ def test_the_lost_trial_handler_releases_the_slot_and_records_why(tmp_path: Path
 def test_a_live_trial_judged_lost_keeps_its_measurement_and_the_study_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+
     """Trial 1's heartbeats stop (a database stall, a dead heartbeat thread) while it measures;
     another worker fails it as lost and retries it. When trial 1 finishes after all, its
     measurement is kept in slimtune's table and the run goes on to its three results."""

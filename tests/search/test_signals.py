@@ -16,12 +16,15 @@ from slimtune.storage.slots import counts_as_result
 
 from .processes import Database, check_study, finish, running_trial, start, study_file
 
+pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled first (tests/conftest.py)
+
 
 @pytest.mark.parametrize("signum, code, resume", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)],
                          ids=["SIGTERM", "SIGINT"])
 def test_a_signal_on_run_interrupts_the_trial_and_the_same_command_resumes(
     tmp_path: Path, signum: int, code: int, resume: bool,
 ) -> None:
+
     path = study_file(tmp_path / "study.toml", "signalled", n_trials=3, finetune_steps=100)
     url = f"sqlite:///{tmp_path / 'signals.db'}"
     db = Database(url)

@@ -56,6 +56,7 @@ def test_postgresql_and_memory_urls_take_no_lock() -> None:
         pass
 
 
+@pytest.mark.processes
 def test_run_on_a_file_another_process_writes_is_refused_and_creates_no_study(
     write_study, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

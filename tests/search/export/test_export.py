@@ -24,6 +24,8 @@ from slimtune.search.export import export
 from slimtune.search.results import open_study
 from slimtune.spaces import Recipe
 
+pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled first (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
@@ -159,6 +161,7 @@ def test_a_verification_mismatch_marks_the_files_unverified(tiny_study, tmp_path
 # -- a .pt2 of a pruned, unquantized model where only torch is installed -------------------------
 TORCH_ONLY = """
 import sys, json, torch
+
 try:
     import slimtune
 except ImportError:

@@ -345,6 +345,7 @@ def test_export_a_trial(client: TestClient, served_study: Served, tmp_path: Path
     assert "picked" in page.text  # the trial page lists its export
 
 
+@pytest.mark.processes
 def test_launch_and_stop(tmp_path: Path) -> None:
     """A study created over HTTP, run by workers the server launched, then another stopped."""
     from slimtune.search.web.launches import Launches

@@ -19,6 +19,8 @@ from slimtune.storage import Repository, SlotBook, connect
 from tests.storage.postgres import temporary_database
 from tests.search.processes import Database, check_study, finish, running_trial, same_recipe, start, study_file
 
+pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled first (tests/conftest.py)
+
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
@@ -95,6 +97,7 @@ def test_when_the_last_worker_dies_a_new_worker_fails_its_trial_and_retries_it(
 def test_sigterm_on_launch_interrupts_its_workers_leaves_another_study_alone_and_resumes(
     tmp_path: Path, postgres_url: str,
 ) -> None:
+
     """Two studies at once on one database; SIGTERM to the launcher of one of them."""
     stopped = study_file(tmp_path / "term.toml", "term", n_trials=4, finetune_steps=60)
     other = study_file(tmp_path / "other.toml", "other", n_trials=3, finetune_steps=10,
