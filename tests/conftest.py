@@ -29,10 +29,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True, scope="session")
 def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Baselines trained by tests go to a throwaway cache, shared by the whole session."""
+    """Baselines trained by tests go to a throwaway cache shared by the whole run: with
+    pytest-xdist every worker uses the same folder (beside the workers' own temporary folders),
+    so a baseline is trained once, not once per worker. Cache writes are atomic renames."""
+    root = tmp_path_factory.getbasetemp()
+    xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    if xdist:
+        root = root.parent  # shared by the workers of this run
+    cache = root / "slimtune-cache"
+    cache.mkdir(parents=True, exist_ok=True)
     mp = pytest.MonkeyPatch()
-    mp.setenv("SLIMTUNE_CACHE", str(tmp_path_factory.mktemp("slimtune-cache")))
-    torch.set_num_threads(2)
+    mp.setenv("SLIMTUNE_CACHE", str(cache))
+    torch.set_num_threads(1 if xdist else 2)  # two xdist workers on two cores: one thread each
     yield
     mp.undo()
 
