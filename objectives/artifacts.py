@@ -139,8 +139,8 @@ def write_artifact(
             except Exception:  # some graphs specialise the batch: export at the trial's size
                 program = torch.export.export(model, (example,))
                 info["batch"] = int(example.shape[0])
-            program.example_inputs = None  # not part of the deployable model
             if fmt == "pt2":
+                program.example_inputs = None  # not part of the deployable model (AOTInductor needs them)
                 on_stage("write")
                 torch.export.save(program, path)
             else:

@@ -17,6 +17,7 @@ Which of these a target really runs is decided by the capability probe, not by t
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -144,8 +145,13 @@ def untouched_choices(model: nn.Module, choices: tuple[str, ...] | list[str]) ->
 
 
 def _percent(share: float) -> str:
+    """Two significant figures or so, never rounded up to 100% (nor down to 0%)."""
     percent = 100 * share
-    return f"{percent:.0f}%" if percent >= 10 else f"{percent:.1f}%" if percent >= 1 else f"{percent:.2f}%"
+    if share >= 1 or share <= 0:
+        return f"{percent:.0f}%"
+    if percent >= 99:
+        return f"{math.floor(percent * 10) / 10:.1f}%"
+    return f"{percent:.0f}%" if percent >= 10 else f"{percent:.1f}%" if percent >= 1 else f"{max(percent, 0.01):.2f}%"
 
 
 def coverage(quantized_layers: list[str], weight_share: float | None = None, layer_count: int | None = None) -> str:

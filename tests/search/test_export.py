@@ -67,6 +67,10 @@ def test_export_pt2_verified_in_a_fresh_process(tiny_study, tmp_path, capsys):
     assert main(["export", "tiny", "--storage", storage, "--trial", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "verified: accuracy" in printed
+    # the recipe says what its quantization covered (the small CNN: 4 of its 5 weight layers;
+    # torchao refuses the grayscale stem's 144 weights)
+    assert re.search(r"^export: trial 1 of 'tiny' \(prune 0\.30, .*int8_weight_only \(4 of 5 layers, "
+                     r"99\.\d% of weights\)\) as pt2$", printed, re.MULTILINE), printed
     # each stage with its time, in order
     stages = re.findall(r"^export: (.+?) (\d+\.\d) s$", printed, re.MULTILINE)
     names = [name for name, _ in stages]
@@ -82,6 +86,8 @@ def test_export_pt2_verified_in_a_fresh_process(tiny_study, tmp_path, capsys):
     assert verification["latency_ratio"] > 0 and verification["batch_size"] == 32
     assert set(manifest["files"]) == {"model.pt2"}
     assert manifest["requires"]["torchao"] and manifest["quantized_layers"]
+    assert 0.5 < manifest["quantized_weight_share"] < 1.0
+    assert "of weights)" in manifest["recipe_description"]
     assert manifest["input"]["batch"] == "dynamic" and manifest["input"]["dtype"] == "float32"
     rows = repository.exports("tiny")
     row = rows[-1]

@@ -161,6 +161,7 @@ def test_the_share_of_weights_quantized_is_reported():
     assert coverage(report.quantized, report.weight_share, report.layer_count) == "2 of 4 layers, 62% of weights"
     assert coverage(["fc"], 0.000456, 21) == "fc only, 0.05% of weights"
     assert coverage(["a", "b"], 1.0, 2) == "all 2 layers, 100% of weights"
+    assert coverage(["a", "b"], 0.9997, 3) == "2 of 3 layers, 99.9% of weights"  # never rounded up to 100%
     assert quantize(_model(), "none", CPU).weight_share == 0.0
 
 
