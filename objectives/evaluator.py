@@ -66,6 +66,10 @@ class Measurement:
     batch_size: int
     quantized_layers: list[str] = field(default_factory=list)
     unquantized_layers: dict[str, str] = field(default_factory=dict)
+    #: of the Linear/Conv weight elements, the share in quantized layers (0.0005: fc only on a ResNet-18)
+    quantized_weight_share: float = 0.0
+    #: the model's Linear/Conv layers (what `quantized_layers` is out of)
+    weight_layers: int | None = None
     finetune_steps_run: int = 0
     seconds: float = 0.0
     latency_by_batch_size: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -218,6 +222,8 @@ class Evaluator:
             batch_size=self.batch_sizes[0],
             quantized_layers=record.pop("quantized_layers", []),
             unquantized_layers=record.pop("unquantized_layers", {}),
+            quantized_weight_share=record.pop("quantized_weight_share", 0.0),
+            weight_layers=record.pop("weight_layers", None),
             finetune_steps_run=record.pop("finetune_steps_run", 0),
             seconds=time.perf_counter() - started,
             latency_by_batch_size={str(bs): {"median_ms": s.median_ms, "p95_ms": s.p95_ms} for bs, s in latencies.items()},

@@ -3,8 +3,9 @@
 A fresh process is the point: nothing of the process that built the model (its modules, its
 compiled graphs, its RNG) can make the artifact look right. It loads the folder through
 `load_exported` (every hash checked), runs the workload's held-out split at the trial's batch
-size, and times the forward with the trial's runtime, warm-up and repeats. The last line of
-stdout is one JSON object: the figures, or {"error": reason}.
+size, and times the forward with the trial's runtime, warm-up and repeats. Before each step it
+prints {"stage": "..."} (flushed), so the driver can say what a crash or a hang interrupted. The
+last line of stdout is one JSON object: the figures, or {"error": reason}.
 """
 
 from __future__ import annotations
@@ -32,22 +33,30 @@ def _with_runtime(exported, runtime: str):
     return exported.model, {"torchscript": "torchscript", "onnx": "onnxruntime (CPU)", "aoti": "aoti"}.get(fmt, "eager")
 
 
+def _stage(name: str) -> None:
+    print(json.dumps({"stage": name}), flush=True)
+
+
 def verify(folder: str) -> dict:
     from slimtune.spaces.precision import math_mode
 
     started = time.perf_counter()
+    _stage("loading the model")
     exported = load_exported(folder)
     manifest = exported.manifest
     measure, workload_spec = manifest["measure"], manifest["workload"]
     if measure.get("threads") and exported.device.type == "cpu":
         torch.set_num_threads(measure["threads"])
+    _stage("loading the data")
     workload = load_workload(workload_spec["model"], workload_spec["data"], tuple(workload_spec["input_shape"]),
                              workload_spec.get("data_root"))
     batch_size = measure["batch_size"]
     with math_mode(manifest["recipe"]["precision"]):
         run, runtime = _with_runtime(exported, manifest["recipe"]["runtime"])
+        _stage("measuring accuracy")
         accuracy = top1_accuracy(run, workload.data.val, batch_size, exported.device, prepare=exported.inputs)
         example = torch.randn(batch_size, *workload.input_shape, generator=torch.Generator().manual_seed(batch_size))
+        _stage("measuring latency")
         latency = measure_latency(run, exported.inputs(example), warmup=measure["latency_warmup"],
                                   repeats=measure["latency_repeats"], max_seconds=measure.get("latency_max_s", 3.0))
     return {

@@ -8,8 +8,9 @@ plain messages on a pipe.
 
 Messages from the driver: ("load",) ("baseline",) ("evaluate", recipe_dict, seed)
 ("check", recipe_dict) ("export", recipe_dict, seed, format, folder) ("stop",). Messages to the driver: ("log", text) ("stage", name)
+("warning", line) (each third-party warning once, see spaces/warnings_once.py)
 ("loaded", info) ("ready", info) ("result", measurement_dict) ("stopped", reason)
-("failed", reason, restart) ("error", field, message) for bad input.
+("failed", reason, restart) ("error", field, message, traceback or None) for bad input.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -63,10 +65,18 @@ def make_evaluator(spec: WorkerSpec, workload, baseline_model):
     )
 
 
+#: the knobs' build steps as an export names them; the later knobs are one stage, which also
+#: holds the rebuilt model's held-out accuracy (`Evaluator.rebuild` measures it last)
+EXPORT_STAGES = {"pruning": "rebuild (prune)", "distillation": "fine-tune"}
+LATER_KNOBS = "rebuild (cast, quantize) and held-out accuracy"
+
+
 def export_candidate(evaluator, workload, recipe, seed: int, fmt: str, folder: str,
                      on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Rebuild the trial's model and write it in `fmt` into `folder` (the driver composes the
-    manifest and verifies the files in a fresh process). Returns what the manifest needs."""
+    manifest and verifies the files in a fresh process). Returns what the manifest needs.
+    `on_stage` hears each export stage as it starts: the rebuild's (EXPORT_STAGES), then the
+    format's own (trace, compile, write)."""
     from pathlib import Path
 
     import torch
@@ -76,14 +86,15 @@ def export_candidate(evaluator, workload, recipe, seed: int, fmt: str, folder: s
     from slimtune.spaces.errors import one_line
 
     from .artifacts import FormatError, formats_for, write_artifact
+    from .memory import weight_bytes
 
+    stage = on_stage or (lambda name: None)
     with math_mode(recipe.precision):
-        candidate, accuracy = evaluator.rebuild(recipe, seed, on_stage)
-        if on_stage is not None:
-            on_stage(f"writing {fmt}")
+        candidate, accuracy = evaluator.rebuild(recipe, seed, lambda knob: stage(EXPORT_STAGES.get(knob, LATER_KNOBS)))
         example = candidate.inputs(evaluator.example(evaluator.batch_size))
         try:
-            info = write_artifact(candidate.model, fmt, Path(folder), example, fresh_model=workload.make_model)
+            info = write_artifact(candidate.model, fmt, Path(folder), example, fresh_model=workload.make_model,
+                                  on_stage=stage)
         except Exception as error:  # the format cannot hold this model: say which can
             others = [f for f in formats_for(recipe, str(evaluator.device)) if f != fmt]
             raise FormatError(f"format = {fmt!r} cannot hold this recipe ({one_line(error, 200)}); "
@@ -93,6 +104,8 @@ def export_candidate(evaluator, workload, recipe, seed: int, fmt: str, folder: s
         **info, "rebuilt_accuracy": accuracy, "dtype": str(candidate.input_dtype).removeprefix("torch."),
         "memory_format": memory_format, "num_classes": workload.num_classes,
         "quantized_layers": candidate.record.get("quantized_layers", []),
+        "quantized_weight_share": candidate.record.get("quantized_weight_share", 0.0),
+        "weight_bytes": weight_bytes(candidate.model),
     }
 
 
@@ -120,13 +133,19 @@ def serve(conn, spec: WorkerSpec) -> None:
 
     from slimtune.spaces import Recipe, SearchSpace, probe
     from slimtune.spaces.errors import one_line
+    from slimtune.spaces.warnings_once import show_once
 
     from .baseline import TrainingRecipe, get_baseline, load_checkpoint
     from .evaluator import TrialStopped
-    from .workloads import WorkloadError, load_workload
+    from .workloads import WorkloadError, check_quantization, load_workload
+
+    lock = threading.Lock()
 
     def send(*message: Any) -> None:
-        conn.send(message)
+        with lock:  # a warning can come from another thread
+            conn.send(message)
+
+    show_once(lambda line: send("warning", line))
 
     device = torch.device(spec.device)
     if spec.threads and device.type == "cpu":
@@ -144,6 +163,7 @@ def serve(conn, spec: WorkerSpec) -> None:
                 return
             if kind == "load":
                 workload = load_workload(spec.model, spec.data, tuple(spec.input_shape), spec.data_root)
+                check_quantization(workload, space.quantization)
                 if spec.checkpoint:
                     checkpoint_model = load_checkpoint(workload, spec.checkpoint)
                 send("loaded", {"num_classes": workload.num_classes})
@@ -175,7 +195,7 @@ def serve(conn, spec: WorkerSpec) -> None:
                 evaluator.check_combination(Recipe.from_dict(message[1]))
                 send("result", None)
         except WorkloadError as error:
-            send("error", error.field, str(error))
+            send("error", error.field, str(error), error.traceback)
         except TrialStopped as error:
             send("stopped", str(error))
         except Exception as error:  # a failing recipe is a result; the loop goes on

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import operator
 import os
+import traceback
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,11 +26,21 @@ from .models import BUILTIN_MODELS
 
 
 class WorkloadError(ValueError):
-    """A model or dataset the study names cannot be had; `field` says which one."""
+    """A model or dataset the study names cannot be had; `field` says which one. `traceback`
+    holds the user's code's own traceback when a factory raised (shown with `--verbose`)."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str, traceback: str | None = None):
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.traceback = traceback
+
+
+def _factory_failed(field: str, role: str, spec: str, error: BaseException) -> WorkloadError:
+    """A user's factory raised: one line naming the field, the factory and the exception."""
+    from slimtune.spaces.errors import one_line
+
+    return WorkloadError(field, f"the {role} factory {spec!r} raised {one_line(error)}",
+                         "".join(traceback.format_exception(error)))
 
 
 @dataclass
@@ -61,7 +73,10 @@ def _import_function(spec: str, field: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
-        raise WorkloadError(field, f"cannot import module {module_name!r} ({type(error).__name__}: {error})") from None
+        from slimtune.spaces.errors import one_line
+
+        raise WorkloadError(field, f"cannot import module {module_name!r} ({one_line(error)})",
+                            "".join(traceback.format_exception(error))) from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise WorkloadError(field, f"module {module_name!r} has no function {function_name!r}")
@@ -203,21 +218,82 @@ def load_data(spec: str, input_shape: tuple[int, ...], data_root: str | None = N
     if namespace == "imagefolder":
         return _image_folder(name, input_shape)
     function = _import_function(spec, "workload.data")
-    result = function()
+    try:
+        result = function()
+    except Exception as error:
+        raise _factory_failed("workload.data", "data", spec, error) from None
     if isinstance(result, DataSplits):
         return result
+    return _checked_splits(spec, result)
+
+
+def _is_dataset(value: object) -> bool:
+    return hasattr(value, "__getitem__") and hasattr(value, "__len__") and not isinstance(value, (str, bytes))
+
+
+def _checked_splits(spec: str, result: object) -> DataSplits:
+    """A data factory's answer, refused in one line unless it is (train, val, num_classes)."""
+    expected = "it must return (train_dataset, val_dataset, num_classes)"
+    if not isinstance(result, tuple) or len(result) != 3:
+        shape = f"a {type(result).__name__}" + (f" of {len(result)} items" if hasattr(result, "__len__") else "")
+        raise WorkloadError("workload.data", f"the data factory {spec!r} returned {shape}; {expected}")
+    train, val, num_classes = result
+    for name, value in (("train_dataset", train), ("val_dataset", val)):
+        if not _is_dataset(value):
+            raise WorkloadError("workload.data", f"the data factory {spec!r} returned a {type(value).__name__} as "
+                                                 f"{name} (no len() and indexing); {expected}")
     try:
-        train, val, num_classes = result
-    except (TypeError, ValueError):
-        raise WorkloadError("workload.data", f"{spec} must return (train_dataset, val_dataset, num_classes)") from None
-    return DataSplits(train, val, int(num_classes), f"{spec}:{len(train)}:{len(val)}")
+        classes = operator.index(num_classes)  # int, numpy or one-element integer tensor
+    except TypeError:
+        classes = 0
+    if isinstance(num_classes, bool) or classes < 2:
+        raise WorkloadError("workload.data", f"the data factory {spec!r} returned num_classes = {num_classes!r}; "
+                                             "it must be an int >= 2")
+    return DataSplits(train, val, classes, f"{spec}:{len(train)}:{len(val)}")
+
+
+def check_model(spec: str, make_model: Callable[[], nn.Module], input_shape: tuple[int, ...]) -> None:
+    """Build the model once and run a batch of two through it, so a factory that raises, returns
+    something else than a module, or a model that cannot take `input_shape` is a one-line error
+    before anything is stored, not a traceback from the baseline's training. The global RNG is
+    left as it was (the baseline's training seeds itself, but a user's code may not)."""
+    from slimtune.spaces.errors import one_line
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            model = make_model()
+        except Exception as error:
+            raise _factory_failed("workload.model", "model", spec, error) from None
+        if not isinstance(model, nn.Module):
+            raise WorkloadError("workload.model", f"the model factory {spec!r} returned a {type(model).__name__}, "
+                                                  "not a torch.nn.Module")
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(2, *input_shape))
+        except Exception as error:
+            raise WorkloadError("workload.model", f"{spec!r} cannot run a batch of input_shape {list(input_shape)}: "
+                                                  f"{one_line(error)}", "".join(traceback.format_exception(error))) from None
 
 
 def load_workload(
     model: str, data: str, input_shape: tuple[int, ...], data_root: str | None = None
 ) -> Workload:
-    """Load the data and resolve the model; raises `WorkloadError` naming the bad field."""
+    """Load the data, resolve the model and run it once; raises `WorkloadError` naming the bad
+    field (and, for a user's factory that raised, the factory and its exception)."""
     input_shape = tuple(input_shape)
     splits = load_data(data, input_shape, data_root)
     make_model = model_factory(model, splits.num_classes, input_shape)
+    check_model(model, make_model, input_shape)
     return Workload(model, data, input_shape, splits, make_model)
+
+
+def check_quantization(workload: Workload, choices: tuple[str, ...] | list[str]) -> None:
+    """Refuse (one line, naming what the model has) quantization choices that would touch no
+    layer of the workload's model: int8_dynamic on a model without nn.Linear would quantize
+    nothing and still name the recipe."""
+    from slimtune.spaces.quantization import untouched_choices
+
+    with torch.random.fork_rng(devices=[]):
+        problem = untouched_choices(workload.make_model(), choices)
+    if problem is not None:
+        raise WorkloadError("space.quantization", problem)

@@ -1,12 +1,14 @@
 """`slimtune run | worker | launch | pareto | trials | plot | export | report | serve | upgrade`: the
 parser and the dispatch; each command is one function in search/commands.py.
-Exit codes: 0 done, 2 bad input (study file, workload, database, unknown study), 130 interrupted by
+Exit codes: 0 done, 2 bad input (study file, workload, database, unknown study; `--verbose` adds
+the traceback, e.g. of a user's model or data factory that raised), 130 interrupted by
 SIGINT (Ctrl-C), 143 by SIGTERM (the trials finished so far are kept; the same command resumes)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Sequence
 
 from slimtune.objectives.artifacts import FORMATS
@@ -65,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", default="pt2", choices=FORMATS)
     sub.add_argument("--out", required=True, help="a new (or empty) folder")
     sub.add_argument("--seed", type=int, help="the study's seed, only for trials stored without one")
+    sub.add_argument("--verify-timeout", type=float, metavar="SECONDS",
+                     help="stop the verifier after this long (default: 4x trial_timeout_s, at least 300)")
     plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
     plot.add_argument("study")
     plot.add_argument("--storage", default=DEFAULT_STORAGE)
@@ -81,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--export-root", default="exports", help="exports requested over HTTP go under this folder")
     serve.add_argument("--data-dir", help="studies created over HTTP may name data and checkpoints under this folder")
+    for sub in commands.choices.values():
+        sub.add_argument("--verbose", action="store_true",
+                         help="with an error, print the full traceback (of the user's factory, where one raised)")
     return parser
 
 
@@ -98,11 +105,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from slimtune.search.export import ExportError
     from slimtune.search.results import StudyNotFound
 
+    from slimtune.spaces.warnings_once import show_once
+
     from slimtune.search import commands
 
+    # third-party warnings once per run, one line each (the worker process sends its own here)
+    show_once(lambda line: print(line, file=sys.stderr))
     try:
         return getattr(commands, args.command)(args)
     except (StudyFileError, WorkloadError, StorageError, StudyNotFound, ExportError) as error:
+        if args.verbose:  # the user's code's own traceback where a factory raised, else ours
+            print(getattr(error, "traceback", None) or traceback.format_exc(), file=sys.stderr, end="")
         # The messages quote what a user typed; this keeps the promise of one line even where
         # some message did not (a control character in a path or a library's text).
         message = str(error).replace("\r", "\\r").replace("\n", "\\n")

@@ -55,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.study_file, overrides)
     # Optuna's per-trial INFO lines and its notes on experimental arguments are noise here:
     # slimtune prints its own line for each failed trial and the front at the end.
-    # torchao 0.17 warns on every quantized layer that its int8 tensor classes and configs
-    # ("Deprecation: ...", "Config Deprecation: ...") are deprecated.
     quiet()
     interrupted = None
     try:
@@ -75,7 +73,6 @@ def quiet() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="(Config )?Deprecation: ", category=UserWarning)
 
 
 def print_front(study_name: str, storage: str, interrupted: KeyboardInterrupt | None = None) -> int:
@@ -198,7 +195,7 @@ def export(args: argparse.Namespace) -> int:
 
     try:
         export_trial(args.study, args.storage, trial=args.trial, pick=args.pick, knee=args.knee, fmt=args.format,
-                     out=args.out, seed=args.seed, log=print)
+                     out=args.out, seed=args.seed, verify_timeout_s=args.verify_timeout, log=print)
     except ExportFailed as error:
         print(f"slimtune: error: {error}", file=sys.stderr)
         return 1

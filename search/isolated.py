@@ -24,6 +24,7 @@ from typing import Any, Callable
 from slimtune.objectives import Measurement, TrialStopped, WorkloadError
 from slimtune.objectives.worker import WorkerSpec, serve
 from slimtune.spaces import Recipe, Removal, SearchSpace
+from slimtune.spaces.warnings_once import SHOWN
 
 Log = Callable[[str], None]
 #: recipe fields whose combination can fail whatever the prune ratio
@@ -143,8 +144,10 @@ class IsolatedEvaluator:
         self._serving = True
 
     # -- talking to the worker ------------------------------------------------------------
-    def _request(self, message: tuple, timeout_s: float | None, stage: str) -> Any:
-        """Send one request and wait for its answer, relaying log lines and stage names."""
+    def _request(self, message: tuple, timeout_s: float | None, stage: str,
+                 on_stage: Callable[[str], None] | None = None) -> Any:
+        """Send one request and wait for its answer, relaying log lines and stage names (to
+        `on_stage` too, when given)."""
         self._conn.send(message)
         started = time.perf_counter()
         while True:
@@ -162,8 +165,13 @@ class IsolatedEvaluator:
                     kind = reply[0]
                     if kind == "log":
                         self.log(reply[1])
+                    elif kind == "warning":  # once per run, whichever worker sent it
+                        if SHOWN.first_time(reply[1]):
+                            self.log(reply[1])
                     elif kind == "stage":
                         stage = reply[1]
+                        if on_stage is not None:
+                            on_stage(stage)
                     elif kind in ("loaded", "ready"):
                         return reply[1]
                     elif kind == "result":
@@ -175,7 +183,7 @@ class IsolatedEvaluator:
                             self._restart()
                         raise WorkerFailed(reply[1])
                     elif kind == "error":
-                        raise WorkloadError(reply[1], reply[2].removeprefix(f"{reply[1]}: "))
+                        raise WorkloadError(reply[1], reply[2].removeprefix(f"{reply[1]}: "), reply[3])
                     continue
             if not process.is_alive():
                 process.join()
@@ -216,11 +224,13 @@ class IsolatedEvaluator:
             raise
         return Measurement(**result)
 
-    def export(self, recipe: Recipe, seed: int, fmt: str, folder: str) -> dict[str, Any]:
+    def export(self, recipe: Recipe, seed: int, fmt: str, folder: str,
+               on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Rebuild the trial's model in the worker and write it in `fmt` into `folder`; the
-        same hard limit as a trial (twice its timeout: rebuilding plus writing)."""
+        same hard limit as a trial (twice its timeout: rebuilding plus writing). `on_stage`
+        hears each stage's name as it starts."""
         limit = 2 * self.timeout_s + grace_s(self.timeout_s)
-        return self._request(("export", recipe.to_dict(), seed, fmt, folder), limit, "export")
+        return self._request(("export", recipe.to_dict(), seed, fmt, folder), limit, "export", on_stage)
 
     def _learn(self, recipe: Recipe, combination: tuple, reason: str) -> None:
         """Remember a combination that also fails on the unpruned model."""

@@ -56,7 +56,7 @@ def _row(number: int, record: TrialRecord | None, baseline: TrialRecord | None) 
     measurement = (record.measurement if record else None) or {}
     row: dict[str, Any] = {
         "trial": number,
-        "recipe": Recipe.from_dict(record.recipe).describe() if record else "",
+        "recipe": Recipe.from_dict(record.recipe).describe(record.measurement) if record else "",
         "latency_ms": measurement.get("latency_ms"),
         "latency_p95_ms": measurement.get("latency_p95_ms"),
         "peak_memory_mb": measurement.get("peak_memory_mb"),
@@ -92,7 +92,7 @@ def trials_frame(study: optuna.Study, repository: Repository) -> pd.DataFrame:
         row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name}
         row["status"] = record.status if record else trial.user_attrs.get("status")
         row["reason"] = record.reason if record else trial.system_attrs.get("fail_reason")
-        row["recipe"] = Recipe.from_dict(recipe).describe() if recipe else ""
+        row["recipe"] = Recipe.from_dict(recipe).describe(record.measurement if record else None) if recipe else ""
         row["is_baseline"] = baseline is not None and trial.number == baseline.trial_number
         row.update({f"recipe.{k}": v for k, v in recipe.items()})
         measurement = (record.measurement if record else None) or {}

@@ -13,6 +13,7 @@ import optuna
 import torch
 
 from slimtune.objectives import load_workload
+from slimtune.objectives.workloads import check_quantization
 from slimtune.spaces import probe
 from slimtune.storage import Repository, connect, optuna_storage, safe_url
 
@@ -36,8 +37,9 @@ def create_study(config: StudyConfig, storage_url: str) -> optuna.Study:
     device = torch.device(config.target.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StudyFileError(f"target.device = {config.target.device!r}: no CUDA device here; allowed: cpu")
-    load_workload(config.workload.model, config.workload.data, tuple(config.workload.input_shape),
-                  config.workload.data_root)
+    workload = load_workload(config.workload.model, config.workload.data, tuple(config.workload.input_shape),
+                             config.workload.data_root)
+    check_quantization(workload, config.search_space().quantization)
     engine = connect(storage_url)
     repository = Repository(engine)
     repository.check_compatible()

@@ -17,6 +17,7 @@ Which of these a target really runs is decided by the capability probe, not by t
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -60,6 +61,34 @@ def _import_torchao_quietly() -> None:
         logger.setLevel(level)
 
 
+#: which layers each choice quantizes (the same filters on every device; what a device can
+#: really run is the probe's job). A choice whose filters select no layer of a model is refused
+#: at start-up: it would name a recipe for something it did not do.
+LAYER_FILTERS: dict[str, tuple[LayerFilter, ...]] = {
+    "int8_weight_only": (_is_linear, _is_conv),
+    "int8_dynamic": (_is_linear,),
+    "int4_weight_only": (_is_linear, _is_conv),
+    "fp8_dynamic": (_is_linear,),
+}
+#: what each choice's filters take, in the user's words
+LAYER_KINDS = {"int8_weight_only": "nn.Linear and nn.Conv2d", "int8_dynamic": "nn.Linear",
+               "int4_weight_only": "nn.Linear and nn.Conv2d", "fp8_dynamic": "nn.Linear"}
+#: the layers whose weights a share of quantized weights is counted against
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _current(config_class: type, **kwargs: object) -> object:
+    """The config in its current (non-deprecated) version: torchao 0.17 still defaults
+    Int8WeightOnlyConfig and Int8DynamicActivationInt8WeightConfig to version 1 (built on
+    AffineQuantizedTensor and PlainLayout, which warn on every layer); 0.18 defaults to 2."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    if "version" in fields and fields["version"].default < 2:
+        kwargs["version"] = 2
+    return config_class(**kwargs)
+
+
 def _plan(choice: str, device: torch.device) -> list[tuple[object, LayerFilter]]:
     """(torchao config, layer filter) pairs that implement `choice` on `device`."""
     _import_torchao_quietly()
@@ -72,21 +101,72 @@ def _plan(choice: str, device: torch.device) -> list[tuple[object, LayerFilter]]
     )
     from torchao.quantization.granularity import PerAxis
 
-    int8_conv = IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
-    int4_any = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerAxis(0))
+    if choice not in LAYER_FILTERS:
+        raise ValueError(f"quantization={choice!r}; allowed: {list(QUANTIZATION_CHOICES)}")
+    linear, *conv = LAYER_FILTERS[choice]
+    int8_conv = _current(IntxWeightOnlyConfig, weight_dtype=torch.int8, granularity=PerAxis(0))
+    int4_any = _current(IntxWeightOnlyConfig, weight_dtype=torch.int4, granularity=PerAxis(0))
     cuda = device.type == "cuda"
     if choice == "int8_weight_only":
-        return [(Int8WeightOnlyConfig(), _is_linear), (int8_conv, _is_conv)]
+        return [(_current(Int8WeightOnlyConfig), linear), (int8_conv, *conv)]
     if choice == "int8_dynamic":
-        return [(Int8DynamicActivationInt8WeightConfig(), _is_linear)]
+        return [(_current(Int8DynamicActivationInt8WeightConfig), linear)]
     if choice == "int4_weight_only":
-        linear = Int4WeightOnlyConfig(group_size=32) if cuda else int4_any
-        return [(linear, _is_linear), (int4_any, _is_conv)]
-    if choice == "fp8_dynamic":
-        if not cuda:
-            raise NotImplementedError("fp8_dynamic needs a CUDA device with float8 support (sm89+)")
-        return [(Float8DynamicActivationFloat8WeightConfig(), _is_linear)]
-    raise ValueError(f"quantization={choice!r}; allowed: {list(QUANTIZATION_CHOICES)}")
+        return [(_current(Int4WeightOnlyConfig, group_size=32) if cuda else int4_any, linear), (int4_any, *conv)]
+    if not cuda:
+        raise NotImplementedError("fp8_dynamic needs a CUDA device with float8 support (sm89+)")
+    return [(_current(Float8DynamicActivationFloat8WeightConfig), linear)]
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's layers with a weight matrix or kernel (Linear, Conv), by name."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, WEIGHT_LAYERS)}
+
+
+def layers_for(model: nn.Module, choice: str) -> list[str]:
+    """The names of the layers `choice` would try to quantize in `model`."""
+    filters = LAYER_FILTERS.get(choice, ())
+    return [name for name, module in model.named_modules() if any(f(module, name) for f in filters)]
+
+
+def untouched_choices(model: nn.Module, choices: tuple[str, ...] | list[str]) -> str | None:
+    """One line naming the quantization choices that would touch no layer of `model` and what
+    the model has, or None when every choice touches some layer."""
+    empty = [choice for choice in choices if choice != "none" and not layers_for(model, choice)]
+    if not empty:
+        return None
+    kinds: dict[str, int] = {}
+    for module in weight_layers(model).values():
+        kinds[type(module).__name__] = kinds.get(type(module).__name__, 0) + 1
+    has = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "no Linear or Conv layer"
+    takes = "; ".join(f"{choice!r} quantizes {LAYER_KINDS[choice]} only" for choice in empty)
+    return (f"{', '.join(map(repr, empty))} would quantize no layer of this model ({takes}); "
+            f"the model has {has}; remove {'it' if len(empty) == 1 else 'them'} from the list")
+
+
+def _percent(share: float) -> str:
+    """Two significant figures or so, never rounded up to 100% (nor down to 0%)."""
+    percent = 100 * share
+    if share >= 1 or share <= 0:
+        return f"{percent:.0f}%"
+    if percent >= 99:
+        return f"{math.floor(percent * 10) / 10:.1f}%"
+    return f"{percent:.0f}%" if percent >= 10 else f"{percent:.1f}%" if percent >= 1 else f"{max(percent, 0.01):.2f}%"
+
+
+def coverage(quantized_layers: list[str], weight_share: float | None = None, layer_count: int | None = None) -> str:
+    """What a quantization recipe really covered, e.g. "fc only, 0.05% of weights" or
+    "20 of 21 layers, 99.9% of weights" (from a trial's stored measurement)."""
+    count = len(quantized_layers)
+    if count == 0:
+        which = "no layer"
+    elif count == 1 and layer_count != 1:
+        which = f"{quantized_layers[0] or 'the model'} only"
+    elif layer_count is not None and count >= layer_count:
+        which = f"all {count} layers"
+    else:
+        which = f"{count} of {layer_count} layers" if layer_count else f"{count} layers"
+    return which + (f", {_percent(weight_share)} of weights" if weight_share is not None else "")
 
 
 @dataclass
@@ -95,6 +175,10 @@ class QuantizationReport:
 
     quantized: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: of the weight layers' (Linear, Conv) weight elements, the share in quantized layers
+    weight_share: float = 0.0
+    #: how many weight layers the model has
+    layer_count: int = 0
 
 
 def quantize(model: nn.Module, choice: str, device: torch.device) -> QuantizationReport:
@@ -104,7 +188,9 @@ def quantize(model: nn.Module, choice: str, device: torch.device) -> Quantizatio
     single input channel per group, such as a grayscale stem or a depthwise conv): such a
     layer stays in float and is listed as skipped instead of failing the whole recipe.
     """
-    report = QuantizationReport()
+    layers = weight_layers(model)
+    sizes = {name: module.weight.numel() for name, module in layers.items()}  # counted before quantizing
+    report = QuantizationReport(layer_count=len(layers))
     if choice == "none":
         return report
     _import_torchao_quietly()
@@ -125,6 +211,8 @@ def quantize(model: nn.Module, choice: str, device: torch.device) -> Quantizatio
                 report.quantized.append(name)
     if not report.quantized:
         raise NotImplementedError(f"quantization={choice!r} could quantize no layer: {report.skipped}")
+    total = sum(sizes.values())
+    report.weight_share = sum(sizes.get(name, 0) for name in report.quantized) / total if total else 0.0
     return report
 
 
@@ -142,6 +230,8 @@ class QuantizationKnob(Knob):
         report = quantize(candidate.model, recipe.quantization, candidate.device)
         candidate.record["quantized_layers"] = report.quantized
         candidate.record["unquantized_layers"] = report.skipped
+        candidate.record["quantized_weight_share"] = report.weight_share
+        candidate.record["weight_layers"] = report.layer_count
 
     def describe(self, recipe) -> list[str]:
         return [] if recipe.quantization == "none" else [recipe.quantization]

@@ -33,9 +33,19 @@ class _RecipeMethods:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def describe(self) -> str:
-        """Short human-readable form for tables: only what differs from the baseline."""
-        return ", ".join(word for knob in KNOBS for word in knob.describe(self)) or "baseline"
+    def describe(self, measured: dict[str, Any] | None = None) -> str:
+        """Short human-readable form for tables: only what differs from the baseline. With the
+        trial's stored measurement, a quantization says what it covered, e.g.
+        "fp8_dynamic (fc only, 0.05% of weights)" (measurements stored before the share was
+        recorded give the layer count only)."""
+        words = [word for knob in KNOBS for word in knob.describe(self)]
+        if measured and self.quantization != "none" and "quantized_layers" in measured:
+            from .quantization import coverage
+
+            covered = coverage(measured["quantized_layers"], measured.get("quantized_weight_share"),
+                               measured.get("weight_layers"))
+            words = [f"{word} ({covered})" if word == self.quantization else word for word in words]
+        return ", ".join(words) or "baseline"
 
 
 Recipe = dataclasses.make_dataclass(

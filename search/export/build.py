@@ -8,6 +8,12 @@ The driver hashes the files, writes `manifest.json` (verified: false), moves the
 held-out accuracy must match the trial's within 0.5 point. The manifest then says
 verified true or false with the figures, a row goes to `slimtune_exports`, and a failed
 verification raises (exit 1): the files stay, marked unverified.
+
+Each stage is logged with its time when it ends (rebuild, fine-tune, accuracy, trace, compile,
+write, verify): an AOTInductor package can take minutes to compile, and a loader can hang or
+crash (torch 2.11+cu130 segfaults loading any package on the H100 and H200 machines). The
+verifier runs in its own session under a timeout; a crash ends as "the loader crashed (signal
+11)" and a hang as "timed out after N s", the files marked unverified either way.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -24,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slimtune.objectives.artifacts import (
-    FORMATS, MANIFEST, FormatError, check_format, file_hashes,
+    FORMATS, MANIFEST, FormatError, check_format, file_hashes, file_sizes,
 )
 from slimtune.spaces import Recipe
 from slimtune.storage import DEFAULT_STORAGE, StorageError, safe_url
@@ -35,7 +43,30 @@ from slimtune.search.export.selection import SelectionError, knee, pick
 
 #: the exported model's held-out accuracy must match the trial's within this (0.5 point)
 ACCURACY_TOLERANCE = 0.005
+#: the verifier's own command (a fresh interpreter); its last stdout line is its JSON answer
+VERIFIER = (sys.executable, "-m", "slimtune.objectives.verify_export")
+LOADING = "loading the model"  # the verifier's first stage (objectives/verify_export.py)
 Log = Callable[[str], None]
+
+
+class StageClock:
+    """Logs each export stage with its time when the next one starts (`export: fine-tune 3.1 s`)."""
+
+    def __init__(self, log: Log):
+        self.log = log
+        self.name: str | None = None
+        self.started = 0.0
+
+    def __call__(self, name: str) -> None:
+        if name == self.name:
+            return
+        self.finish()
+        self.name, self.started = name, time.perf_counter()
+
+    def finish(self) -> None:
+        if self.name is not None:
+            self.log(f"export: {self.name} {time.perf_counter() - self.started:.1f} s")
+        self.name = None
 
 
 class ExportError(ValueError):
@@ -130,12 +161,15 @@ def export(
     fmt: str = "pt2",
     out: str | os.PathLike[str],
     seed: int | None = None,
+    verify_timeout_s: float | None = None,
     log: Log = lambda line: None,
 ) -> ExportResult:
     """Export one trial of a study (by number, by `pick` rule, or the front's `knee`) in
     `fmt` to the folder `out`, and verify it in a fresh process. Raises `ExportError` for
     bad input (nothing written) and `ExportFailed` when the export must not be shipped.
-    `seed` is needed only for trials stored before slimtune recorded each trial's seed."""
+    `seed` is needed only for trials stored before slimtune recorded each trial's seed.
+    `verify_timeout_s` bounds the verifier (default: 4x the study's trial_timeout_s, at least
+    300 s)."""
     import torch
 
     from slimtune.objectives.worker import DEFAULT_FACTORY
@@ -146,6 +180,8 @@ def export(
     from slimtune.search.runner import worker_spec
 
     out = Path(out)
+    if verify_timeout_s is not None and not verify_timeout_s > 0:
+        raise ExportError(f"verify_timeout_s = {verify_timeout_s!r}: must be a positive number of seconds")
     if fmt not in FORMATS:
         raise ExportError(f"format = {fmt!r}: unknown; allowed: {', '.join(FORMATS)}")
     _check_out(out)
@@ -185,16 +221,19 @@ def export(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ExportError(f"target.device = {device!r}: the study ran on CUDA and there is no CUDA device here")
 
-    log(f"export: trial {number} of {study_name!r} ({recipe.describe()}) as {fmt}")
+    log(f"export: trial {number} of {study_name!r} ({recipe.describe(record.measurement)}) as {fmt}")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
+    stages = StageClock(log)
     try:
         with IsolatedEvaluator(worker_spec(config, DEFAULT_FACTORY), log=log,
                                memory_limit_mb=config.budget.memory_limit_mb) as evaluator:
+            stages("worker start (workload, baseline)")
             evaluator.load()
             evaluator.prepare()
-            info = evaluator.export(recipe, trial_seed, fmt, str(partial))
+            info = evaluator.export(recipe, trial_seed, fmt, str(partial), on_stage=stages)
+            stages.finish()
     except WorkerFailed as error:
         shutil.rmtree(partial, ignore_errors=True)
         text = str(error)
@@ -215,7 +254,7 @@ def export(
         "trial": number,
         "format": fmt,
         "recipe": recipe.to_dict(),
-        "recipe_description": recipe.describe(),
+        "recipe_description": recipe.describe(record.measurement),
         "seed": trial_seed,
         "measured": {k: measured.get(k) for k in (
             "accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "params", "macs", "batch_size")}
@@ -233,9 +272,12 @@ def export(
         | ({"onnxruntime": _version("onnxruntime")} if fmt == "onnx" else {})
         | ({"slimtune": _version("slimtune")} if fmt == "state_dict" else {}),
         "quantized_layers": info["quantized_layers"],
+        "quantized_weight_share": info["quantized_weight_share"],
         "rebuilt_accuracy": info["rebuilt_accuracy"],
         "load": _load_code(fmt, info["dtype"], info["memory_format"], list(config.workload.input_shape)),
         "files": file_hashes(partial),
+        "file_bytes": file_sizes(partial),
+        "weight_bytes": info.get("weight_bytes"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "verified": False,
         "verification": {"status": "pending"},
@@ -245,10 +287,16 @@ def export(
         out.rmdir()  # checked empty above
     os.replace(partial, out)
     for name in manifest["files"]:
-        log(f"wrote {out / name} ({(out / name).stat().st_size / 1e6:.3f} MB, sha256 {manifest['files'][name][:12]})")
+        log(f"wrote {out / name} ({manifest['file_bytes'][name] / 1e6:.3f} MB, sha256 {manifest['files'][name][:12]})")
+    if info.get("weight_bytes"):
+        log(f"export: {sum(manifest['file_bytes'].values()) / 1e6:.3f} MB of files for "
+            f"{info['weight_bytes'] / 1e6:.3f} MB of weights")
 
-    log("verifying in a fresh Python process ...")
-    outcome = _verify(out, timeout_s=max(300.0, 4 * config.budget.trial_timeout_s))
+    timeout_s = verify_timeout_s or max(300.0, 4 * config.budget.trial_timeout_s)
+    log(f"export: verifying in a fresh Python process (at most {timeout_s:g} s) ...")
+    stages("verify")
+    outcome = verify_in_fresh_process(out, timeout_s)
+    stages.finish()
     reason = outcome.get("error")
     verification: dict[str, Any] = {"status": "failed" if reason else "measured", **outcome}
     if not reason:
@@ -272,7 +320,7 @@ def export(
     )
     result = ExportResult(out, manifest)
     if reason:
-        raise ExportFailed(f"export: verification failed, {out} is marked unverified: {reason}", result)
+        raise ExportFailed(f"export: verification failed: {reason}; {out} is marked unverified", result)
     log(f"verified: accuracy {outcome['accuracy']:.4f} (trial {measured['accuracy']:.4f}, "
         f"{verification['accuracy_difference_pts']:+.2f} pts); latency {outcome['latency_ms']:.3f} ms at batch "
         f"{outcome['batch_size']} ({outcome['runtime']}) vs {measured['latency_ms']:.3f} ms in the trial "
@@ -286,16 +334,51 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     partial.replace(folder / MANIFEST)
 
 
-def _verify(folder: Path, timeout_s: float) -> dict[str, Any]:
-    """Run the verifier in a fresh interpreter; its last stdout line is its JSON answer."""
+def _signal_name(number: int) -> str:
     try:
-        done = subprocess.run([sys.executable, "-m", "slimtune.objectives.verify_export", str(folder)],
-                              capture_output=True, text=True, timeout=timeout_s)
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def verify_in_fresh_process(folder: Path, timeout_s: float, command: tuple[str, ...] = VERIFIER) -> dict[str, Any]:
+    """Run the verifier (`command` + folder) in a fresh interpreter and its own session, and
+    return its JSON answer, or {"error": reason}: "the loader crashed (signal 11, SIGSEGV)"
+    when it died by a signal while loading (the verifier prints {"stage": ...} lines as it goes),
+    "timed out after N s (while ...)" when it ran past `timeout_s`: then the whole session is
+    killed (a verifier's compiler workers too)."""
+    process = subprocess.Popen([*command, str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return {"error": f"verification took longer than {timeout_s:.0f} s"}
-    lines = done.stdout.strip().splitlines()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        stdout, stderr = process.communicate()
+        return {"error": f"timed out after {timeout_s:g} s (while {_last_stage(stdout)})"}
+    lines = stdout.strip().splitlines()
+    if process.returncode < 0:
+        number, stage = -process.returncode, _last_stage(stdout)
+        crashed = f"crashed (signal {number}, {_signal_name(number)})"
+        return {"error": f"the loader {crashed}" if stage == LOADING else f"the verifier {crashed} while {stage}"}
     try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"the verifier exited with code {done.returncode}: {tail}"}
+        answer = json.loads(lines[-1])
+        if "stage" in answer:
+            raise ValueError("no answer after the last stage")
+        return answer
+    except (IndexError, ValueError):
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"the verifier exited with code {process.returncode}: {tail}"}
+
+
+def _last_stage(stdout: str | None) -> str:
+    """What the verifier was doing: the last {"stage": ...} line it printed."""
+    stage = "starting"
+    for line in (stdout or "").splitlines():
+        try:
+            stage = json.loads(line).get("stage", stage)
+        except (ValueError, AttributeError):
+            continue
+    return stage

@@ -404,5 +404,6 @@ def _fingerprint_dict(fingerprint: Fingerprint) -> dict[str, Any]:
     }
 
 
-def describe(recipe: dict[str, Any]) -> str:
-    return Recipe.from_dict(recipe).describe() if recipe else ""
+def describe(recipe: dict[str, Any], measurement: dict[str, Any] | None = None) -> str:
+    """The recipe in words; with the trial's measurement, what its quantization covered."""
+    return Recipe.from_dict(recipe).describe(measurement) if recipe else ""

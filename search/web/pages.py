@@ -77,7 +77,7 @@ def trial_page(request: Request, name: str, number: int) -> HTMLResponse:
         raise HTTPException(404, str(error)) from None
     baseline = view.baseline()
     return render(
-        request, "trial.html", view=view, summary=view.summary, trial=detail, recipe_text=describe(detail.recipe),
+        request, "trial.html", view=view, summary=view.summary, trial=detail, recipe_text=describe(detail.recipe, detail.measurement),
         baseline=(baseline.measurement or {}) if baseline and baseline.trial_number != number else None,
         exports=exports_of(settings(request).export_root, name, number), duration=_duration(detail),
     )

@@ -94,3 +94,33 @@ def test_formats_that_cannot_hold_a_recipe_say_which_can():
         check_format("onnx", Recipe(precision="bf16"), "cpu")
     check_format("aoti", Recipe(runtime="compile"), "cuda")
     assert set(FORMATS) == {"pt2", "torchscript", "onnx", "state_dict", "aoti"}
+
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    torch.manual_seed(0)
+    model = small_cnn(10, SHAPE).eval()
+    prune(model, 0.5, torch.randn(4, *SHAPE), num_classes=10)
+    return model.eval()
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript", "onnx", "state_dict"])
+def test_a_model_exported_at_a_large_batch_is_weights_plus_graph(tmp_path, pruned, pruned_quantized, fmt):
+    """The example batch is not part of the files: 8192 x 1 x 8 x 8 floats are 2.1 MB, the pruned
+    CNN's weights 0.1 MB; the files weigh the same as at batch 16, within 256 kB of the weights.
+    (torch.jit.trace of torchao's int8 tensors stores a float copy of each weight besides its
+    int8 one, so the weights-plus-graph bound is checked on the unquantized model there.)"""
+    from slimtune.objectives.artifacts import file_sizes
+    from slimtune.objectives.memory import weight_bytes
+
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime", reason="the onnx format is checked with onnxruntime")
+    model = pruned if fmt == "torchscript" else pruned_quantized
+    sizes = {}
+    for rows in (16, 8192):
+        write_artifact(model, fmt, tmp_path / str(rows), torch.randn(rows, *SHAPE),
+                       fresh_model=lambda: small_cnn(10, SHAPE))
+        sizes[rows] = sum(file_sizes(tmp_path / str(rows)).values())
+    assert abs(sizes[8192] - sizes[16]) < 4096, sizes
+    assert sizes[8192] < weight_bytes(model) + 256_000, (sizes, weight_bytes(model))

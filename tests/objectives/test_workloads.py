@@ -150,7 +150,8 @@ def test_user_factories_for_model_and_data(tmp_path, monkeypatch):
     assert (len(workload.data.train), len(workload.data.val)) == (24, 6)
     net = workload.make_model()
     assert net(torch.randn(5, 2, 4, 4)).shape == (5, 3)
-    assert importlib.import_module(module).calls == [(3, (2, 4, 4))]
+    # once by load_workload's check (a factory that fails is a one-line error up front), once here
+    assert importlib.import_module(module).calls == [(3, (2, 4, 4))] * 2
 
 
 def test_user_data_factory_with_a_wrong_return_names_the_data_field(tmp_path, monkeypatch):
@@ -203,3 +204,49 @@ def test_imagefolder_that_is_not_a_folder(tmp_path):
     with pytest.raises(WorkloadError) as info:
         load_data(f"imagefolder:{tmp_path / 'nothing'}", (1, 8, 8))
     assert info.value.field == "workload.data"
+
+
+@pytest.mark.parametrize(
+    "model, data, message",
+    [
+        pytest.param("tests.search.user_factories:raising_model", "sklearn:digits",
+                     "workload.model: the model factory 'tests.search.user_factories:raising_model' raised "
+                     "RuntimeError: weights file models/best.pt is missing", id="model factory raises"),
+        pytest.param("slimtune:small_cnn", "tests.search.user_factories:data_on_an_unmounted_folder",
+                     "workload.data: the data factory 'tests.search.user_factories:data_on_an_unmounted_folder' raised "
+                     "FileNotFoundError: [Errno 2] No such file or directory: '/mnt/unmounted/digits/train.csv'",
+                     id="data factory raises FileNotFoundError"),
+        pytest.param("slimtune:small_cnn", "tests.search.user_factories:data_as_a_list",
+                     "workload.data: the data factory 'tests.search.user_factories:data_as_a_list' returned a list of "
+                     "100 items; it must return (train_dataset, val_dataset, num_classes)", id="data as a list"),
+        pytest.param("os.path:join", "sklearn:digits",
+                     "workload.model: the model factory 'os.path:join' raised TypeError: join() got an unexpected "
+                     "keyword argument 'num_classes'", id="a standard library function as the model"),
+        pytest.param("slimtune:small_cnn", "json:dumps",
+                     "workload.data: the data factory 'json:dumps' raised TypeError: dumps() missing 1 required "
+                     "positional argument: 'obj'", id="a standard library function as the data"),
+        pytest.param("tests.search.user_factories:data_as_a_list", "sklearn:digits",
+                     "workload.model: the model factory 'tests.search.user_factories:data_as_a_list' raised "
+                     "TypeError: data_as_a_list() got an unexpected keyword argument 'num_classes'",
+                     id="the data factory as the model"),
+        pytest.param("torchvision:vit_b_16", "sklearn:digits",
+                     "workload.model: 'torchvision:vit_b_16' cannot run a batch of input_shape [1, 8, 8]: "
+                     "AssertionError: Wrong image height! Expected 224 but got 8!", id="a model that cannot take the shape"),
+    ],
+)
+def test_a_failing_factory_is_one_line_naming_the_field_the_factory_and_the_exception(model, data, message):
+    with pytest.raises(WorkloadError) as info:
+        load_workload(model, data, (1, 8, 8))
+    assert str(info.value) == message
+    assert "\n" not in str(info.value)
+    if "raised" in message:  # the user's code's own traceback, for --verbose
+        assert info.value.traceback.startswith("Traceback (most recent call last):")
+
+
+def test_a_model_factory_returning_something_else_than_a_module(tmp_path, monkeypatch):
+    module = _write_module(tmp_path, monkeypatch, """
+        def model(num_classes, input_shape):
+            return {"layers": 3}
+    """)
+    with pytest.raises(WorkloadError, match=f"the model factory '{module}:model' returned a dict, not a torch.nn.Module"):
+        load_workload(f"{module}:model", "sklearn:digits", (1, 8, 8))

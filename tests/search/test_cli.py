@@ -89,6 +89,57 @@ def test_a_bad_study_or_workload_exits_2_and_creates_nothing(
 
 
 @pytest.mark.parametrize(
+    "workload, parts",
+    [
+        pytest.param({"model": "tests.search.user_factories:raising_model"},
+                     ["workload.model: the model factory 'tests.search.user_factories:raising_model' raised "
+                      "RuntimeError: weights file models/best.pt is missing"], id="model factory raises"),
+        pytest.param({"data": "tests.search.user_factories:data_on_an_unmounted_folder"},
+                     ["workload.data: the data factory 'tests.search.user_factories:data_on_an_unmounted_folder' "
+                      "raised FileNotFoundError: [Errno 2] No such file or directory: '/mnt/unmounted"],
+                     id="data factory raises FileNotFoundError"),
+    ],
+)
+def test_a_failing_factory_is_one_line_naming_it_and_nothing_is_written(
+    write_study: Callable[..., Path], capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    storage: tuple[str, Path], workload: dict[str, str], parts: list[str],
+) -> None:
+    """The workload is loaded and its model run once in the worker before the database is
+    touched (the other failing factories are in tests/objectives/test_workloads.py)."""
+    url, db = storage
+    code, _, err = cli(capsys, "run", str(write_study({"workload": workload})), "--storage", url, "--no-progress")
+    assert_bad_input(code, err, *parts)
+    assert_nothing_created(tmp_path, db)
+
+
+def test_a_quantization_that_would_touch_no_layer_is_refused_at_start_up(
+    write_study: Callable[..., Path], capsys: pytest.CaptureFixture[str], tmp_path: Path, storage: tuple[str, Path],
+) -> None:
+    """SqueezeNet has no nn.Linear (its classifier is a convolution): int8_dynamic would quantize
+    nothing and still name every trial that sampled it."""
+    url, db = storage
+    study = write_study({"workload": {"model": "torchvision:squeezenet1_1", "input_shape": [3, 32, 32]},
+                         "space": {"quantization": ["none", "int8_weight_only", "int8_dynamic"]}})
+    code, _, err = cli(capsys, "run", str(study), "--storage", url, "--no-progress")
+    assert_bad_input(code, err, "space.quantization: 'int8_dynamic' would quantize no layer of this model "
+                                "('int8_dynamic' quantizes nn.Linear only); the model has 26 Conv2d")
+    assert_nothing_created(tmp_path, db)
+
+
+def test_verbose_adds_the_factorys_own_traceback(
+    write_study: Callable[..., Path], capsys: pytest.CaptureFixture[str], tmp_path: Path, storage: tuple[str, Path],
+) -> None:
+    url, db = storage
+    study = write_study({"workload": {"model": "tests.search.user_factories:raising_model"}})
+    code, _, err = cli(capsys, "run", str(study), "--storage", url, "--no-progress", "--verbose")
+    assert code == 2
+    assert "Traceback (most recent call last):" in err
+    assert 'user_factories.py", line' in err and "in raising_model" in err  # the user's own frame
+    assert err.strip().splitlines()[-1].startswith("slimtune: error: workload.model: the model factory ")
+    assert_nothing_created(tmp_path, db)
+
+
+@pytest.mark.parametrize(
     "flags, parts",
     [(["--n-trials", "0"], ["study.n_trials = 0"]), (["--seed", "1", "--n-trials", "-3"], ["study.n_trials = -3"])],
 )

@@ -145,3 +145,84 @@ def test_attention_output_projections_stay_float_and_the_vit_runs(choice):
     assert "heads.head" in report.quantized and any(name.endswith("mlp.0") for name in report.quantized)
     with torch.inference_mode():
         assert model(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+
+
+def test_the_share_of_weights_quantized_is_reported():
+    """int8_dynamic has no conv path: on this model it covers the two Linear layers, 4,736 of
+    the 7,616 weight elements (the convs hold 576 + 2,304)."""
+    from slimtune.spaces.quantization import coverage
+
+    model = _model()
+    sizes = {name: m.weight.numel() for name, m in _weighted_layers(model).items()}
+    report = quantize(model, "int8_dynamic", CPU)
+    assert report.layer_count == 4
+    assert report.weight_share == pytest.approx(sum(sizes[n] for n in LINEARS) / sum(sizes.values()))
+    assert report.weight_share == pytest.approx(4736 / 7616)
+    assert coverage(report.quantized, report.weight_share, report.layer_count) == "2 of 4 layers, 62% of weights"
+    assert coverage(["fc"], 0.000456, 21) == "fc only, 0.05% of weights"
+    assert coverage(["a", "b"], 1.0, 2) == "all 2 layers, 100% of weights"
+    assert coverage(["a", "b"], 0.9997, 3) == "2 of 3 layers, 99.9% of weights"  # never rounded up to 100%
+    assert quantize(_model(), "none", CPU).weight_share == 0.0
+
+
+def test_a_recipe_describes_its_quantization_with_its_coverage():
+    from slimtune.spaces import Recipe
+
+    recipe = Recipe(quantization="fp8_dynamic", precision="bf16")
+    measured = {"quantized_layers": ["fc"], "quantized_weight_share": 0.000456, "weight_layers": 21}
+    assert recipe.describe(measured) == "bf16, fp8_dynamic (fc only, 0.05% of weights)"
+    assert recipe.describe() == "bf16, fp8_dynamic"
+    # a measurement stored before the share was recorded
+    assert recipe.describe({"quantized_layers": ["fc"]}) == "bf16, fp8_dynamic (fc only)"
+    assert Recipe().describe(measured) == "baseline"
+
+
+def test_choices_that_would_touch_no_layer_are_named_with_what_the_model_has():
+    from slimtune.spaces.quantization import untouched_choices
+
+    convs_only = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    assert untouched_choices(convs_only, ["none", "int8_weight_only"]) is None
+    assert untouched_choices(convs_only, ["none", "int8_dynamic", "fp8_dynamic", "int4_weight_only"]) == (
+        "'int8_dynamic', 'fp8_dynamic' would quantize no layer of this model ('int8_dynamic' quantizes nn.Linear "
+        "only; 'fp8_dynamic' quantizes nn.Linear only); the model has 2 Conv2d; remove them from the list")
+    assert untouched_choices(_model(), ["int8_dynamic"]) is None
+
+
+def test_torchao_configs_are_built_in_their_current_version():
+    """torchao 0.17 defaults two int8 configs to version 1 (AffineQuantizedTensor, PlainLayout:
+    deprecated, a warning per layer); the plan asks for version 2 wherever a config has versions."""
+    from dataclasses import dataclass
+
+    from slimtune.spaces.quantization import _current, _plan
+
+    for choice in ("int8_weight_only", "int8_dynamic", "int4_weight_only"):
+        for config, _ in _plan(choice, CPU):
+            assert getattr(config, "version", 2) >= 2, (choice, config)
+
+    @dataclass
+    class VersionOneByDefault:  # the shape of torchao 0.17's Int8WeightOnlyConfig
+        group_size: int | None = None
+        version: int = 1
+
+    assert _current(VersionOneByDefault).version == 2
+
+
+def test_a_warning_is_shown_once_even_when_torch_resets_the_filters():
+    import warnings
+
+    from slimtune.spaces import warnings_once
+
+    shown: list[str] = []
+    previous = warnings.showwarning
+    try:
+        warnings_once.show_once(shown.append)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            for _ in range(5):
+                with warnings.catch_warnings():  # what wipes Python's own once-per-location memory
+                    pass
+                warnings.warn("Deprecation: a test-only deprecation\nsecond line", UserWarning)
+    finally:
+        warnings.showwarning = previous
+    assert len(shown) == 1 and "\n" not in shown[0]
+    assert shown[0].endswith("(UserWarning, shown once per run): Deprecation: a test-only deprecation")

@@ -69,13 +69,27 @@ def test_export_pt2_verified_in_a_fresh_process(tiny_study, tmp_path, capsys):
     assert main(["export", "tiny", "--storage", storage, "--trial", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "verified: accuracy" in printed
+    # the recipe says what its quantization covered (the small CNN: 4 of its 5 weight layers;
+    # torchao refuses the grayscale stem's 144 weights)
+    assert re.search(r"^export: trial 1 of 'tiny' \(prune 0\.30, .*int8_weight_only \(4 of 5 layers, "
+                     r"99\.\d% of weights\)\) as pt2$", printed, re.MULTILINE), printed
+    # each stage with its time, in order
+    stages = re.findall(r"^export: (.+?) (\d+\.\d) s$", printed, re.MULTILINE)
+    names = [name for name, _ in stages]
+    assert names[:3] == ["worker start (workload, baseline)", "rebuild (prune)", "fine-tune"], printed
+    assert names[-3:] == ["trace", "write", "verify"], printed
     manifest = json.loads((out / "manifest.json").read_text())
+    # the file is the weights and the graph, and the manifest says how much of each
+    assert manifest["file_bytes"] == {"model.pt2": (out / "model.pt2").stat().st_size}
+    assert 0 < manifest["weight_bytes"] < manifest["file_bytes"]["model.pt2"] < manifest["weight_bytes"] + 256_000
     assert manifest["verified"] is True and manifest["trial"] == 1 and manifest["format"] == "pt2"
     verification = manifest["verification"]
     assert abs(verification["accuracy"] - records[1].measurement["accuracy"]) <= 0.005
     assert verification["latency_ratio"] > 0 and verification["batch_size"] == 32
     assert set(manifest["files"]) == {"model.pt2"}
     assert manifest["requires"]["torchao"] and manifest["quantized_layers"]
+    assert 0.5 < manifest["quantized_weight_share"] < 1.0
+    assert "of weights)" in manifest["recipe_description"]
     assert manifest["input"]["batch"] == "dynamic" and manifest["input"]["dtype"] == "float32"
     rows = repository.exports("tiny")
     row = rows[-1]
@@ -156,6 +170,53 @@ def test_a_verification_mismatch_marks_the_files_unverified(tiny_study, tmp_path
     finally:
         repository.record_trial("tiny", 2, status="complete", recipe=record.recipe, measurement=record.measurement,
                                 accuracy_drop=record.accuracy_drop)
+
+
+def test_a_verifier_that_hangs_is_stopped_and_the_files_marked_unverified(tiny_study, tmp_path, capsys):
+    """The real verifier, given less time than it needs to start: killed at the limit, the
+    export fails (exit 1) saying so, and the files stay with "verified": false."""
+    storage, _ = tiny_study
+    out = tmp_path / "slow"
+    started = time.perf_counter()
+    assert main(["export", "tiny", "--storage", storage, "--trial", "2", "--out", str(out),
+                 "--verify-timeout", "0.5"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "export: verification failed: timed out after 0.5 s (while " in error and "marked unverified" in error
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verified"] is False and manifest["verification"]["status"] == "failed"
+    assert manifest["verification"]["error"].startswith("timed out after 0.5 s")
+    assert time.perf_counter() - started < 120
+
+
+CRASH_WHILE_LOADING = """
+import json, os, signal
+print(json.dumps({"stage": "loading the model"}), flush=True)
+os.kill(os.getpid(), signal.SIGSEGV)
+"""
+
+HANG_WHILE_MEASURING = """
+import json, subprocess, sys, time
+print(json.dumps({"stage": "loading the model"}), flush=True)
+print(json.dumps({"stage": "measuring accuracy"}), flush=True)
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a compiler worker, say
+time.sleep(60)
+"""
+
+
+def test_a_loader_that_crashes_or_hangs_is_reported_as_such(tmp_path):
+    """Real processes, killed by a signal or sleeping past the limit: the verdict names the
+    signal or the limit and what the verifier was doing; a hung verifier's children go too."""
+    from slimtune.search.export.build import verify_in_fresh_process
+
+    crashed = verify_in_fresh_process(tmp_path, 60, command=(sys.executable, "-c", CRASH_WHILE_LOADING))
+    assert crashed == {"error": "the loader crashed (signal 11, SIGSEGV)"}
+    started = time.perf_counter()
+    hung = verify_in_fresh_process(tmp_path, 2, command=(sys.executable, "-c", HANG_WHILE_MEASURING))
+    assert hung == {"error": "timed out after 2 s (while measuring accuracy)"}
+    assert time.perf_counter() - started < 30
+    survivors = subprocess.run(["pgrep", "-f", "import time; time.sleep(60)"], capture_output=True, text=True)
+    assert survivors.stdout.strip() == ""
 
 
 # -- a .pt2 of a pruned, unquantized model where only torch is installed -------------------------

@@ -258,6 +258,30 @@ def test_a_missing_section_and_broken_json_are_422(empty: tuple[TestClient, str]
     assert broken.status_code == 422
 
 
+def test_a_model_that_fails_on_the_study_is_422_with_the_message(empty: tuple[TestClient, str]) -> None:
+    """Built-in models only over HTTP, but one can still fail on the study's input: the server
+    runs it once before writing, and answers with the CLI's one line."""
+    client, url = empty
+    body = study_body(workload={"model": "torchvision:vit_b_16"})
+    answer = client.post("/api/studies", json=body, headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"] == ["body", "workload", "model"]
+    assert answer.json()["message"].startswith("body.workload.model: 'torchvision:vit_b_16' cannot run a batch of "
+                                               "input_shape [1, 8, 8]: AssertionError: Wrong image height!")
+    assert not Path(url.removeprefix("sqlite:///")).exists()
+
+
+def test_a_quantization_that_would_touch_no_layer_is_422(empty: tuple[TestClient, str]) -> None:
+    client, url = empty
+    body = study_body(workload={"model": "torchvision:squeezenet1_1", "input_shape": [3, 32, 32]},
+                      space={"quantization": ["none", "int8_dynamic"]})
+    answer = client.post("/api/studies", json=body, headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"] == ["body", "space", "quantization"]
+    assert "'int8_dynamic' would quantize no layer of this model" in answer.json()["message"]
+    assert not Path(url.removeprefix("sqlite:///")).exists()
+
+
 @pytest.mark.parametrize("changes, field", [
     ({"workload": {"model": f"{SENTINEL}:make_model"}}, "model"),
     ({"workload": {"model": "os:system"}}, "model"),
