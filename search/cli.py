@@ -1,4 +1,4 @@
-"""`slimtune run | worker | launch | pareto | trials | plot | export | report | serve | upgrade`: the
+"""`slimtune run | worker | launch | pareto | trials | plot | export | refine | report | serve | upgrade`: the
 parser and the dispatch; each command is one function in search/commands.py.
 Exit codes: 0 done, 2 bad input (study file, workload, database, unknown study), 130 interrupted by
 SIGINT (Ctrl-C), 143 by SIGTERM (the trials finished so far are kept; the same command resumes)."""
@@ -65,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", default="pt2", choices=FORMATS)
     sub.add_argument("--out", required=True, help="a new (or empty) folder")
     sub.add_argument("--seed", type=int, help="the study's seed, only for trials stored without one")
+    sub.add_argument("--refined", action="store_true",
+                     help="the trial's refined model (`slimtune refine`; the newest) instead of its short fine-tune")
+    refine = commands.add_parser("refine", help="fine-tune front points for longer and measure them again")
+    refine.add_argument("study")
+    refine.add_argument("--storage", default=DEFAULT_STORAGE)
+    chosen = refine.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--top", type=int, metavar="K", help="the K fastest pruned points of the feasible front")
+    chosen.add_argument("--trial", type=int, metavar="N", help="one trial")
+    refine.add_argument("--steps", type=int, required=True, help="fine-tuning steps of each refined model")
     plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
     plot.add_argument("study")
     plot.add_argument("--storage", default=DEFAULT_STORAGE)
@@ -96,13 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from slimtune.search.config import StudyFileError
     from slimtune.search.export import ExportError
+    from slimtune.search.refine import RefineError
     from slimtune.search.results import StudyNotFound
 
     from slimtune.search import commands
 
     try:
         return getattr(commands, args.command)(args)
-    except (StudyFileError, WorkloadError, StorageError, StudyNotFound, ExportError) as error:
+    except (StudyFileError, WorkloadError, StorageError, StudyNotFound, ExportError, RefineError) as error:
         # The messages quote what a user typed; this keeps the promise of one line even where
         # some message did not (a control character in a path or a library's text).
         message = str(error).replace("\r", "\\r").replace("\n", "\\n")
