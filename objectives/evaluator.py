@@ -26,7 +26,7 @@ from slimtune.spaces.precision import math_mode
 from slimtune.spaces.pruning import count_params_and_macs
 from slimtune.spaces.registry import KNOBS
 
-from .accuracy import top1_accuracy
+from .accuracy import accuracy_scores, top1_accuracy
 from .batching import training_batches
 from .latency import measure_latency
 from .memory import peak_inference_bytes, weight_bytes
@@ -34,7 +34,7 @@ from .workloads import Workload
 
 MB = 1e6
 #: objective name -> what it measures; directions come from the study file.
-OBJECTIVE_NAMES = ("accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "params", "macs")
+OBJECTIVE_NAMES = ("accuracy", "balanced_accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "params", "macs")
 
 
 class TrialStopped(Exception):
@@ -76,6 +76,8 @@ class Measurement:
     compile_s: float | None = None
     #: facts the knobs reported while building (channel widths, TF32 on/off, ...)
     build: dict[str, Any] = field(default_factory=dict)
+    #: mean per-class recall on the held-out split (objectives/accuracy.py)
+    balanced_accuracy: float = math.nan
 
     def objective(self, name: str) -> float:
         if name not in OBJECTIVE_NAMES:
@@ -87,7 +89,7 @@ class Measurement:
 
     def check_finite(self) -> None:
         """A NaN or infinite figure is a failed measurement, never a point on the front."""
-        for name in ("accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb"):
+        for name in ("accuracy", "balanced_accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb"):
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise FloatingPointError(f"measurement {name} is {value}")
@@ -97,7 +99,8 @@ class Evaluator:
     """Measures recipes for one workload on one target device.
 
     `max_accuracy_drop` (a fraction) lets fine-tuning stop a candidate that can no longer
-    reach `baseline_accuracy - max_accuracy_drop`.
+    reach `baseline_accuracy - max_accuracy_drop`; `max_balanced_accuracy_drop` does the same
+    for balanced accuracy (either or both).
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class Evaluator:
         batch_sizes: tuple[int, ...] = (64,),
         budget: Budget = Budget(),
         max_accuracy_drop: float | None = None,
+        max_balanced_accuracy_drop: float | None = None,
     ):
         self.workload = workload
         self.device = torch.device(device)
@@ -118,16 +122,18 @@ class Evaluator:
         self.batch_sizes = tuple(batch_sizes)
         self.budget = budget
         self.max_accuracy_drop = max_accuracy_drop
+        self.max_balanced_accuracy_drop = max_balanced_accuracy_drop
         self.teacher = copy.deepcopy(baseline).to(self.device).eval()
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         val = workload.data.val
         self._check_split = Subset(val, range(min(len(val), 2048)))
-        self.baseline_accuracy = top1_accuracy(self.teacher, val, self.batch_sizes[0], self.device)
-        self._baseline_check_accuracy = self._quick_accuracy(self.teacher)
+        scores = accuracy_scores(self.teacher, val, self.batch_sizes[0], self.device)
+        self.baseline_accuracy, self.baseline_balanced_accuracy = scores.accuracy, scores.balanced_accuracy
+        self._baseline_check = self._quick_scores(self.teacher)
 
-    def _quick_accuracy(self, model: nn.Module) -> float:
-        return top1_accuracy(model, self._check_split, self.batch_sizes[0], self.device)
+    def _quick_scores(self, model: nn.Module):
+        return accuracy_scores(model, self._check_split, self.batch_sizes[0], self.device)
 
     def _example(self, batch_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         generator = torch.Generator().manual_seed(batch_size)
@@ -189,7 +195,7 @@ class Evaluator:
             with math_mode(recipe.precision):
                 candidate = self.build(recipe, seed, stage)
                 stage("accuracy")
-                accuracy = top1_accuracy(
+                scores = accuracy_scores(
                     candidate, self.workload.data.val, self.batch_sizes[0], self.device, prepare=candidate.inputs
                 )
                 self.check_time("accuracy")
@@ -211,7 +217,8 @@ class Evaluator:
         primary = latencies[self.batch_sizes[0]]
         record = dict(candidate.record)
         measurement = Measurement(
-            accuracy=accuracy,
+            accuracy=scores.accuracy,
+            balanced_accuracy=scores.balanced_accuracy,
             latency_ms=primary.median_ms,
             latency_p95_ms=primary.p95_ms,
             latency_repeats=primary.repeats,
@@ -273,22 +280,27 @@ class Evaluator:
         never takes a gradient on it.
         """
         steps = recipe.finetune_steps
-        floor = None
+        floors = {}  # score name -> the lowest the constraint allows (on the check split)
         if self.max_accuracy_drop is not None:
-            floor = self._baseline_check_accuracy - self.max_accuracy_drop
-        start_accuracy = self._quick_accuracy(model) if floor is not None else 0.0
+            floors["accuracy"] = self._baseline_check.accuracy - self.max_accuracy_drop
+        if self.max_balanced_accuracy_drop is not None:
+            floors["balanced_accuracy"] = self._baseline_check.balanced_accuracy - self.max_balanced_accuracy_drop
+        start = self._quick_scores(model) if floors else None
 
         def check(step: int) -> None:
             check_time(f"fine-tuning (step {step}/{steps})")
-            if floor is None or 2 * step < steps:
+            if not floors or 2 * step < steps:
                 return
-            now = self._quick_accuracy(model)
-            reachable = now + max(0.0, now - start_accuracy) * (steps - step) / step
-            if reachable < floor:
-                raise TrialStopped(
-                    f"hopeless: accuracy {now:.4f} at step {step}/{steps} extrapolates to "
-                    f"{reachable:.4f} < required {floor:.4f}"
-                )
+            scores = self._quick_scores(model)
+            for name, floor in floors.items():
+                now, then = getattr(scores, name), getattr(start, name)
+                reachable = now + max(0.0, now - then) * (steps - step) / step
+                if reachable < floor:
+                    label = "accuracy" if name == "accuracy" else "balanced accuracy"
+                    raise TrialStopped(
+                        f"hopeless: {label} {now:.4f} at step {step}/{steps} extrapolates to "
+                        f"{reachable:.4f} < required {floor:.4f}"
+                    )
 
         batches = training_batches(self.workload.data.train, self.budget.finetune_batch_size, seed, self.device)
         check_every = max(1, steps // self.budget.early_stop_checks)

@@ -44,6 +44,7 @@ class WorkerSpec:
     training: dict[str, Any] = field(default_factory=dict)
     inductor_cache_dir: str | None = None
     factory: str = DEFAULT_FACTORY
+    max_balanced_accuracy_drop: float | None = None
 
 
 def _die_with_parent() -> None:
@@ -62,6 +63,7 @@ def make_evaluator(spec: WorkerSpec, workload, baseline_model):
     return Evaluator(
         workload, baseline_model, spec.device, threads=spec.threads, batch_sizes=tuple(spec.batch_sizes),
         budget=Budget(**spec.budget), max_accuracy_drop=spec.max_accuracy_drop,
+        max_balanced_accuracy_drop=spec.max_balanced_accuracy_drop,
     )
 
 
@@ -179,6 +181,7 @@ def serve(conn, spec: WorkerSpec) -> None:
                 space, removals = probe(space, device, tuple(spec.input_shape))
                 send("ready", {
                     "source": source, "train_seconds": seconds, "baseline_accuracy": evaluator.baseline_accuracy,
+                    "baseline_balanced_accuracy": getattr(evaluator, "baseline_balanced_accuracy", None),
                     "space": space.to_dict(), "removals": [(r.knob, r.value, r.reason) for r in removals],
                 })
             elif kind == "evaluate":

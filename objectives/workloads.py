@@ -3,8 +3,9 @@
 Models: `slimtune:<builtin>`, `torchvision:<name>` (classes and input channels adapted),
 or `package.module:function` called as `function(num_classes=..., input_shape=...)`.
 Data: `sklearn:digits` (ships with scikit-learn), `torchvision:CIFAR10` and friends from a
-local `data_root` (never downloaded), `imagefolder:PATH`, or `package.module:function`
-returning `(train_dataset, val_dataset, num_classes)`. The metric is top-1 accuracy.
+local `data_root` (never downloaded), `imagefolder:PATH`, `elpv` / `elpv:4class` (solar-cell
+defects from the optional `elpv-dataset` package; objectives/elpv.py), or `package.module:function`
+returning `(train_dataset, val_dataset, num_classes)`. The metrics are top-1 and balanced accuracy.
 """
 
 from __future__ import annotations
@@ -207,6 +208,81 @@ def _image_folder(path: str, input_shape: tuple[int, ...]) -> DataSplits:
     return DataSplits(train, val, num_classes, "imagefolder:" + hashlib.sha256(repr(listing).encode()).hexdigest()[:16])
 
 
+#: ELPV's four labelled defect probabilities; `elpv` (binary) calls >= 0.5 defective
+ELPV_LEVELS = (0.0, 1 / 3, 2 / 3, 1.0)
+#: the held-out share of ELPV's 2,624 cells (656 images), never trained on
+ELPV_HELD_OUT = 0.25
+
+
+def _elpv_arrays(data_root: str | None):
+    """ELPV's images (uint8, N x H x W) and defect probabilities: from the `elpv-dataset` package,
+    or from `data_root`, an .npz with the same arrays (`images`, `probs`) for a machine without
+    the package (benchmarks/elpv_array.py writes one, resized)."""
+    import numpy as np
+
+    if data_root is not None:
+        try:
+            with np.load(data_root) as arrays:
+                return arrays["images"], arrays["probs"]
+        except (OSError, KeyError, ValueError) as error:
+            raise WorkloadError("workload.data_root", f"{data_root!r} is not an ELPV array file with 'images' and "
+                                f"'probs' ({type(error).__name__}: {error}); benchmarks/elpv_array.py writes one") from None
+    try:
+        from elpv_dataset.utils import load_dataset
+    except ImportError:
+        raise WorkloadError("workload.data", "'elpv' needs the elpv-dataset package: pip install 'slimtune[elpv]' "
+                            "(its images are licensed CC-BY-NC-SA-4.0)") from None
+    images, probs, _ = load_dataset()
+    return images, probs
+
+
+def _elpv(name: str, input_shape: tuple[int, ...], data_root: str | None) -> DataSplits:
+    """ELPV solar cells (300x300 grey electroluminescence images): `elpv` is functional vs
+    defective (defect probability >= 0.5, about 2.2:1), `elpv:4class` the four probability
+    levels; `:seed=N` picks another split. The split is stratified on the four levels, seeded
+    (seed 0 unless named, so studies are comparable) and holds out 25% (656 images). Images are
+    resized (bilinear, antialiased) to the input shape once, normalised to [-1, 1], and served
+    with the grey channel repeated when the shape asks for 3."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    four, seed = False, 0
+    for part in filter(None, name.split(":")):
+        if part in ("binary", "4class"):
+            four = part == "4class"
+        elif part.startswith("seed=") and part[5:].isdigit():
+            seed = int(part[5:])
+        else:
+            raise WorkloadError("workload.data", f"elpv:{name}: unknown option {part!r}; allowed: 'elpv', "
+                                "'elpv:4class', with ':seed=N' for another split")
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise WorkloadError("workload.input_shape", f"elpv needs [1 or 3, H, W] (e.g. [1, 64, 64], [3, 224, 224]), "
+                            f"not {list(input_shape)}")
+    images, probs = _elpv_arrays(data_root)
+    levels = np.abs(np.asarray(probs, dtype=float)[:, None] - np.array(ELPV_LEVELS)).argmin(axis=1)
+    labels = torch.tensor(levels if four else (levels >= 2).astype(np.int64), dtype=torch.long)
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
+    size = tuple(input_shape[1:])
+    resized = torch.cat([
+        torch.nn.functional.interpolate(chunk.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+        if tuple(chunk.shape[-2:]) != size else chunk.float()
+        for chunk in pixels.split(256)
+    ]) / 255.0
+    resized = (resized.clamp(0.0, 1.0) - 0.5) / 0.5
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=ELPV_HELD_OUT, random_state=seed,
+                                          stratify=levels)
+    train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
+    fingerprint = (f"elpv:{'4class' if four else 'binary'}:seed={seed}:{'x'.join(map(str, input_shape))}:"
+                   + _tensor_fingerprint(resized, labels)[:16])
+    if input_shape[0] == 1:
+        train = TensorDataset(resized[train_idx], labels[train_idx])
+        val = TensorDataset(resized[val_idx], labels[val_idx])
+    else:  # grey stored once, repeated to 3 channels batch by batch on the device
+        train = ResizedTensorDataset(resized[train_idx], labels[train_idx], input_shape)
+        val = ResizedTensorDataset(resized[val_idx], labels[val_idx], input_shape)
+    return DataSplits(train, val, 4 if four else 2, fingerprint)
+
+
 def load_data(spec: str, input_shape: tuple[int, ...], data_root: str | None = None) -> DataSplits:
     namespace, _, name = spec.partition(":")
     if namespace == "sklearn":
@@ -217,6 +293,8 @@ def load_data(spec: str, input_shape: tuple[int, ...], data_root: str | None = N
         return _torchvision_dataset(name, data_root, input_shape)
     if namespace == "imagefolder":
         return _image_folder(name, input_shape)
+    if namespace == "elpv":
+        return _elpv(name, input_shape, data_root)
     function = _import_function(spec, "workload.data")
     try:
         result = function()

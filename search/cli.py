@@ -1,4 +1,4 @@
-"""`slimtune run | worker | launch | pareto | trials | plot | export | report | serve | upgrade`: the
+"""`slimtune run | worker | launch | pareto | trials | plot | export | refine | report | serve | upgrade`: the
 parser and the dispatch; each command is one function in search/commands.py.
 Exit codes: 0 done, 2 bad input (study file, workload, database, unknown study; `--verbose` adds
 the traceback, e.g. of a user's model or data factory that raised), 130 interrupted by
@@ -69,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, help="the study's seed, only for trials stored without one")
     sub.add_argument("--verify-timeout", type=float, metavar="SECONDS",
                      help="stop the verifier after this long (default: 4x trial_timeout_s, at least 300)")
+    sub.add_argument("--refined", action="store_true",
+                     help="the trial's refined model (`slimtune refine`; the newest) instead of its short fine-tune")
+    refine = commands.add_parser("refine", help="fine-tune front points for longer and measure them again")
+    refine.add_argument("study")
+    refine.add_argument("--storage", default=DEFAULT_STORAGE)
+    chosen = refine.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--top", type=int, metavar="K", help="the K fastest pruned points of the feasible front")
+    chosen.add_argument("--trial", type=int, metavar="N", help="one trial")
+    refine.add_argument("--steps", type=int, required=True, help="fine-tuning steps of each refined model")
     plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
     plot.add_argument("study")
     plot.add_argument("--storage", default=DEFAULT_STORAGE)
@@ -103,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from slimtune.search.config import StudyFileError
     from slimtune.search.export import ExportError
+    from slimtune.search.refine import RefineError
     from slimtune.search.results import StudyNotFound
 
     from slimtune.spaces.warnings_once import show_once
@@ -113,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_once(lambda line: print(line, file=sys.stderr))
     try:
         return getattr(commands, args.command)(args)
-    except (StudyFileError, WorkloadError, StorageError, StudyNotFound, ExportError) as error:
+    except (StudyFileError, WorkloadError, StorageError, StudyNotFound, ExportError, RefineError) as error:
         if args.verbose:  # the user's code's own traceback where a factory raised, else ours
             print(getattr(error, "traceback", None) or traceback.format_exc(), file=sys.stderr, end="")
         # The messages quote what a user typed; this keeps the promise of one line even where

@@ -62,10 +62,22 @@ def run(args: argparse.Namespace) -> int:
         with handle_signals():
             run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress,
                       warm_start=warm_start)
+        with handle_signals():
+            refine_after_search(config, args.storage)
     except KeyboardInterrupt as error:
         interrupted = error
         print(INTERRUPTED, file=sys.stderr)
     return print_front(config.study.name, args.storage, interrupted)
+
+
+def refine_after_search(config: StudyConfig, storage: str) -> None:
+    """The study file's `[refine]`, once the search is over: here (after `run`, and after
+    `launch` once every worker ended), not in the runner, which every worker of a study runs."""
+    if config.refine is None:
+        return
+    from slimtune.search.refine import refine as refine_front
+
+    refine_front(config.study.name, storage, top=config.refine.top, steps=config.refine.steps, log=print)
 
 
 def quiet() -> None:
@@ -144,6 +156,13 @@ def launch(args: argparse.Namespace) -> int:
     study, repository = open_study(config.study.name, args.storage)
     usage = SlotBook(repository.engine).usage(config.study.name)
     repository.engine.dispose()
+    if usage.done >= usage.n_trials:
+        try:
+            with handle_signals():
+                refine_after_search(config, args.storage)
+        except KeyboardInterrupt as error:
+            print(INTERRUPTED, file=sys.stderr)
+            return exit_code(error)
     code = print_front(config.study.name, args.storage)
     if usage.done >= usage.n_trials:
         return code
@@ -195,8 +214,27 @@ def export(args: argparse.Namespace) -> int:
 
     try:
         export_trial(args.study, args.storage, trial=args.trial, pick=args.pick, knee=args.knee, fmt=args.format,
-                     out=args.out, seed=args.seed, verify_timeout_s=args.verify_timeout, log=print)
+                     out=args.out, seed=args.seed, verify_timeout_s=args.verify_timeout, log=print,
+                     refined=args.refined)
     except ExportFailed as error:
         print(f"slimtune: error: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def refine(args: argparse.Namespace) -> int:
+    """Fine-tune front points for longer, measure them, store and print short vs long."""
+    from slimtune.search.refine import refine as refine_front
+    from slimtune.search.results import format_table, open_study, pareto_front
+
+    quiet()
+    try:
+        with handle_signals():
+            refine_front(args.study, args.storage, top=args.top, trial=args.trial, steps=args.steps, log=print)
+    except KeyboardInterrupt as error:
+        print(INTERRUPTED, file=sys.stderr)
+        return exit_code(error)
+    study, repository = open_study(args.study, args.storage)
+    print(f"\nPareto front of {args.study!r} with the refined figures:")
+    print(format_table(pareto_front(study, repository)))
     return 0

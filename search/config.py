@@ -91,7 +91,20 @@ class BaselineSection(_Section):
 
 
 class ConstraintsSection(_Section):
+    """Feasible: accuracy within `max_accuracy_drop` of the baseline's, and balanced accuracy
+    (mean per-class recall: the figure that counts on imbalanced data) within
+    `max_balanced_accuracy_drop` of the baseline's; either, both or neither (fractions)."""
+
     max_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_balanced_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class RefineSection(_Section):
+    """After the search, fine-tune the `top` fastest points of the feasible front for `steps`
+    steps each and measure them again (`slimtune refine` does the same on demand)."""
+
+    top: PositiveInt = 3
+    steps: PositiveInt = 2000
 
 
 def _range(low: float, high: float):
@@ -179,6 +192,7 @@ class StudyConfig(_Section):
     space: SpaceSection = SpaceSection()
     budget: BudgetSection = BudgetSection()
     workers: WorkersSection = WorkersSection()
+    refine: RefineSection | None = None
 
     @field_validator("objectives")
     @classmethod
@@ -200,7 +214,11 @@ class StudyConfig(_Section):
 
     def identity(self) -> dict[str, Any]:
         """What must not change when a study is resumed: everything that decides its results."""
-        return self.model_dump(mode="json", exclude={"study": {"n_trials", "sampler", "seed", "stop_when"}, "workers": True})
+        identity = self.model_dump(mode="json", exclude={"study": {"n_trials", "sampler", "seed", "stop_when"},
+                                                        "workers": True, "refine": True})
+        if identity["constraints"].get("max_balanced_accuracy_drop") is None:  # as studies stored before it existed
+            identity["constraints"].pop("max_balanced_accuracy_drop", None)
+        return identity
 
 
 def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

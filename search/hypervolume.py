@@ -43,12 +43,15 @@ HYPERVOLUME_ATTR = "slimtune_hypervolume"
 MARGIN = 0.1
 
 
-def hypervolume_settings(objectives: dict[str, str], max_accuracy_drop: float | None) -> dict[str, Any]:
-    """The per-study normalisation and reference point (JSON, stored at creation)."""
+def hypervolume_settings(objectives: dict[str, str], max_accuracy_drop: float | None,
+                         max_balanced_accuracy_drop: float | None = None) -> dict[str, Any]:
+    """The per-study normalisation and reference point (JSON, stored at creation).
+    `balanced_accuracy` under `max_balanced_accuracy_drop` is scaled as accuracy is under its drop."""
     axes = []
+    drops = {"accuracy": max_accuracy_drop, "balanced_accuracy": max_balanced_accuracy_drop}
     for name, direction in objectives.items():
-        if direction == "maximize" and name == "accuracy" and max_accuracy_drop:
-            axes.append({"name": name, "direction": direction, "scale": float(max_accuracy_drop), "reference": 1.0})
+        if direction == "maximize" and drops.get(name):
+            axes.append({"name": name, "direction": direction, "scale": float(drops[name]), "reference": 1.0})
         else:
             axes.append({"name": name, "direction": direction, "scale": "log2", "reference": math.log2(1.0 + MARGIN)})
     return {
@@ -145,7 +148,7 @@ def _reference_ratio(axis: dict[str, Any]) -> float:
 def describe_reference(settings: dict[str, Any]) -> str:
     return ", ".join(
         f"{axis['name']} {_reference_ratio(axis):g}x baseline" if isinstance(axis["scale"], str)
-        else f"{axis['name']} at the max_accuracy_drop floor"
+        else f"{axis['name']} at the max_{axis['name']}_drop floor"
         for axis in settings["axes"])
 
 

@@ -73,6 +73,7 @@ class IsolatedEvaluator:
         self.timeout_s = float(spec.budget["trial_timeout_s"])
         self.known_bad: dict[tuple, str] = {}
         self.baseline_accuracy: float | None = None
+        self.baseline_balanced_accuracy: float | None = None
         self.space: SearchSpace | None = None
         self.removals: list[Removal] = []
         self.source = ""
@@ -93,6 +94,7 @@ class IsolatedEvaluator:
         """Train or load the baseline and probe the target's capabilities (in the worker)."""
         info = self._request(("baseline",), None, "the baseline")
         self.baseline_accuracy = info["baseline_accuracy"]
+        self.baseline_balanced_accuracy = info.get("baseline_balanced_accuracy")
         self.space = SearchSpace(**info["space"])
         self.removals = [Removal(*r) for r in info["removals"]]
         self.source, self.train_seconds = info["source"], info["train_seconds"]

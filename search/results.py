@@ -62,6 +62,7 @@ def _row(number: int, record: TrialRecord | None, baseline: TrialRecord | None) 
         "peak_memory_mb": measurement.get("peak_memory_mb"),
         "weight_mb": measurement.get("weight_mb"),
         "accuracy": measurement.get("accuracy"),
+        "balanced_accuracy": measurement.get("balanced_accuracy"),
     }
     base = (baseline.measurement if baseline else None) or {}
     ready = measurement and base
@@ -77,7 +78,44 @@ def pareto_front(study: optuna.Study, repository: Repository) -> pd.DataFrame:
     baseline = baseline_record(list(records.values()))
     rows = [_row(t.number, records.get(t.number), baseline) for t in study.best_trials]
     frame = pd.DataFrame(rows, columns=list(_row(0, None, None)))
-    return frame.sort_values(["latency_ms", "trial"]).reset_index(drop=True)
+    frame = frame.sort_values(["latency_ms", "trial"]).reset_index(drop=True)
+    return with_refined(frame, latest_refined(repository, study.study_name), baseline)
+
+
+def latest_refined(repository: Repository, study_name: str) -> dict[int, Any]:
+    """The newest complete refined record of each trial (`slimtune refine`); {} when none."""
+    latest = {}
+    for row in repository.refined(study_name):
+        if row.status == "complete":
+            latest[row.trial_number] = row
+    return latest
+
+
+#: columns the front gains once some of its points were refined (the long fine-tune's figures)
+REFINED_COLUMNS = ["refined_steps", "refined_accuracy", "refined_balanced_accuracy", "refined_latency_ms",
+                   "refined_accuracy_drop_pts"]
+
+
+def with_refined(frame: pd.DataFrame, refined: dict[int, Any], baseline: TrialRecord | None) -> pd.DataFrame:
+    """`frame` (one row per trial) with the refined figures beside the short ones; unchanged for
+    a study without refined records."""
+    if not refined or frame.empty:
+        return frame
+    base = (baseline.measurement if baseline else None) or {}
+    values: dict[str, list[Any]] = {name: [] for name in REFINED_COLUMNS}
+    for number in frame["trial"]:
+        row = refined.get(int(number))
+        m = (row.measurement if row is not None else None) or {}
+        values["refined_steps"].append(row.steps if row is not None else None)
+        values["refined_accuracy"].append(m.get("accuracy"))
+        values["refined_balanced_accuracy"].append(m.get("balanced_accuracy"))
+        values["refined_latency_ms"].append(m.get("latency_ms"))
+        values["refined_accuracy_drop_pts"].append(
+            100 * (base["accuracy"] - m["accuracy"]) if m and "accuracy" in base else None)
+    frame = frame.copy()
+    for name, column in values.items():
+        frame[name] = column
+    return frame
 
 
 def trials_frame(study: optuna.Study, repository: Repository) -> pd.DataFrame:
@@ -108,7 +146,8 @@ def trials_frame(study: optuna.Study, repository: Repository) -> pd.DataFrame:
 
 #: what `slimtune trials` shows in a terminal; json and csv carry every column.
 TRIALS_TABLE_COLUMNS = [
-    "trial", "status", "recipe", "latency_ms", "peak_memory_mb", "weight_mb", "accuracy", "on_front", "reason",
+    "trial", "status", "recipe", "latency_ms", "peak_memory_mb", "weight_mb", "accuracy", "balanced_accuracy", "on_front",
+    "reason",
 ]
 
 
@@ -125,6 +164,9 @@ def format_table(frame: pd.DataFrame) -> str:
         "latency_ms": "{:.3f}".format, "latency_p95_ms": "{:.3f}".format, "peak_memory_mb": "{:.2f}".format,
         "weight_mb": "{:.3f}".format, "accuracy": "{:.4f}".format, "speedup_x": "{:.2f}x".format,
         "memory_x": "{:.2f}x".format, "accuracy_drop_pts": "{:+.2f}".format,
+        "balanced_accuracy": "{:.4f}".format, "refined_accuracy": "{:.4f}".format,
+        "refined_balanced_accuracy": "{:.4f}".format, "refined_latency_ms": "{:.3f}".format,
+        "refined_accuracy_drop_pts": "{:+.2f}".format, "refined_steps": "{:.0f}".format,
     }
     return frame.to_string(index=False, formatters={k: v for k, v in formats.items() if k in frame}, na_rep="-")
 

@@ -81,14 +81,20 @@ class TrialObjective:
             self.log(f"trial {trial.number} {status}: {reason}")
             raise TrialFailed(reason) from error
         accuracy_drop = self.evaluator.baseline_accuracy - measurement.accuracy
-        self.repository.record_trial(
-            **record, status="complete", measurement=measurement.to_dict(), accuracy_drop=accuracy_drop
-        )
+        stored = measurement.to_dict()
+        balanced_drop = None
+        if self.evaluator.baseline_balanced_accuracy is not None:
+            balanced_drop = self.evaluator.baseline_balanced_accuracy - measurement.balanced_accuracy
+            stored["balanced_accuracy_drop"] = balanced_drop
+        self.repository.record_trial(**record, status="complete", measurement=stored, accuracy_drop=accuracy_drop)
         trial.set_user_attr("status", "complete")
         trial.set_user_attr("accuracy_drop", accuracy_drop)
         max_drop = self.config.constraints.max_accuracy_drop
         if max_drop is not None:  # on every trial, the baseline included: no constraint = feasible
             trial.set_constraint("accuracy_drop", accuracy_drop - max_drop)
+        max_balanced_drop = self.config.constraints.max_balanced_accuracy_drop
+        if max_balanced_drop is not None and balanced_drop is not None:
+            trial.set_constraint("balanced_accuracy_drop", balanced_drop - max_balanced_drop)
         return [measurement.objective(name) for name in self.config.objectives]
 
 
@@ -149,6 +155,7 @@ def worker_spec(config: StudyConfig, factory: str = DEFAULT_FACTORY) -> WorkerSp
             latency_warmup=budget.latency_warmup, latency_repeats=budget.latency_repeats,
         ),
         max_accuracy_drop=config.constraints.max_accuracy_drop,
+        max_balanced_accuracy_drop=config.constraints.max_balanced_accuracy_drop,
         space=config.search_space().to_dict(),
         checkpoint=config.baseline.checkpoint,
         training=dict(epochs=config.baseline.epochs, batch_size=config.baseline.batch_size,
@@ -251,7 +258,8 @@ def _run_study(
             study.set_metric_names(list(config.objectives))
             study.set_user_attr(CONFIG_ATTR, config.identity())
             study.set_user_attr("probe_removed", [str(r) for r in removals])
-            study.set_user_attr(HYPERVOLUME_ATTR, hypervolume_settings(config.objectives, config.constraints.max_accuracy_drop))
+            study.set_user_attr(HYPERVOLUME_ATTR, hypervolume_settings(
+                config.objectives, config.constraints.max_accuracy_drop, config.constraints.max_balanced_accuracy_drop))
             study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
             if plan is not None:
                 enqueue_warm_start(study, plan, log)

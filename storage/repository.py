@@ -11,7 +11,9 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .schema import SCHEMA_VERSION, Base, Export, Fingerprint, ParetoSnapshot, SchemaVersion, TrialMeasurement
+from .schema import (
+    SCHEMA_VERSION, Base, Export, Fingerprint, ParetoSnapshot, RefinedTrial, SchemaVersion, TrialMeasurement,
+)
 from .database import StorageError, safe_url
 
 
@@ -268,6 +270,31 @@ class Repository:
             return list(session.scalars(
                 select(Export).where(Export.study_name == study_name).order_by(Export.id)
             ).all())
+
+    def record_refined(self, study_name: str, trial_number: int, *, steps: int, seed: int, status: str,
+                       recipe: dict[str, Any], reason: str | None = None, measurement: dict[str, Any] | None = None,
+                       accuracy_drop: float | None = None) -> int:
+        """One refined model of a trial (`slimtune refine`), complete with its measurement or
+        failed/stopped with its reason."""
+        row = RefinedTrial(
+            study_name=study_name, trial_number=trial_number, steps=steps, seed=seed, status=status, reason=reason,
+            recipe=recipe, measurement=measurement, accuracy_drop=accuracy_drop,
+            accuracy=(measurement or {}).get("accuracy"), seconds=(measurement or {}).get("seconds"),
+        )
+        with self._session.begin() as session:
+            session.add(row)
+        return row.id
+
+    def refined(self, study_name: str) -> list[RefinedTrial]:
+        """Every refined model of a study, oldest first (empty for a study never refined, and for
+        tables made before refined models existed, which the dashboard still reads)."""
+        if not inspect(self.engine).has_table(RefinedTrial.__tablename__):
+            return []
+        with self._session() as session:
+            return list(session.scalars(
+                select(RefinedTrial).where(RefinedTrial.study_name == study_name).order_by(RefinedTrial.id)
+            ).all())
+
 
 def _record(row: TrialMeasurement) -> TrialRecord:
     return TrialRecord(

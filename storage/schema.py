@@ -15,7 +15,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: bump when a table changes, and add the step to storage/migrations.py.
 #: 2: ParetoSnapshot.hypervolume; the tables StudyBudget and TrialSlot (exactly N trials across workers).
-SCHEMA_VERSION = 2
+#: 3: the table RefinedTrial (`slimtune refine`).
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> datetime:
@@ -132,4 +133,26 @@ class Export(Base):
     trial_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     latency_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)  # exported / trial
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RefinedTrial(Base):
+    """A trial of the front fine-tuned for longer (`slimtune refine`) and measured again: the
+    search's short fine-tune is a cheap estimate, this is the model a user ships. Linked to its
+    trial by (study_name, trial_number); a trial may be refined several times (any `steps`)."""
+
+    __tablename__ = "slimtune_refined_trials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(512), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)  # fine-tuning steps of the refined model
+    seed: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # complete | failed | stopped
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    recipe: Mapped[dict[str, Any]] = mapped_column()  # the trial's recipe with finetune_steps = steps
+    measurement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    accuracy_drop: Mapped[float | None] = mapped_column(Float, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -163,13 +163,15 @@ def export(
     seed: int | None = None,
     verify_timeout_s: float | None = None,
     log: Log = lambda line: None,
+    refined: bool = False,
 ) -> ExportResult:
     """Export one trial of a study (by number, by `pick` rule, or the front's `knee`) in
     `fmt` to the folder `out`, and verify it in a fresh process. Raises `ExportError` for
     bad input (nothing written) and `ExportFailed` when the export must not be shipped.
     `seed` is needed only for trials stored before slimtune recorded each trial's seed.
     `verify_timeout_s` bounds the verifier (default: 4x the study's trial_timeout_s, at least
-    300 s)."""
+    300 s). `refined`: the trial's newest refined model (`slimtune refine`), rebuilt with its
+    steps and verified against its refined figures."""
     import torch
 
     from slimtune.objectives.worker import DEFAULT_FACTORY
@@ -177,6 +179,8 @@ def export(
 
     from slimtune.search.fingerprint import fingerprint
     from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
+    from slimtune.search.refine import refine_spec
+    from slimtune.search.results import latest_refined
     from slimtune.search.runner import worker_spec
 
     out = Path(out)
@@ -213,6 +217,15 @@ def export(
                           "pass the study's seed (--seed)")
     config = parse_config({**identity, "study": {**identity["study"], "seed": study_seed}}, f"study {study_name!r}")
     trial_seed = attrs.get("seed", study_seed + number)
+    measured, accuracy_drop, spec = record.measurement, record.accuracy_drop, worker_spec(config, DEFAULT_FACTORY)
+    refined_row = latest_refined(repository, study_name).get(number) if refined else None
+    if refined and refined_row is None:
+        raise ExportError(f"trial = {number}: has no refined model; run `slimtune refine {study_name} "
+                          f"--trial {number} --steps S` first")
+    if refined_row is not None:  # rebuilt exactly as refine built it: recipe, seed, worker settings
+        recipe, trial_seed = Recipe.from_dict(refined_row.recipe), refined_row.seed
+        measured, accuracy_drop = refined_row.measurement, refined_row.accuracy_drop
+        spec = refine_spec(config, refined_row.steps)
     device = config.target.device
     try:
         check_format(fmt, recipe, device)
@@ -227,8 +240,7 @@ def export(
     shutil.rmtree(partial, ignore_errors=True)
     stages = StageClock(log)
     try:
-        with IsolatedEvaluator(worker_spec(config, DEFAULT_FACTORY), log=log,
-                               memory_limit_mb=config.budget.memory_limit_mb) as evaluator:
+        with IsolatedEvaluator(spec, log=log, memory_limit_mb=config.budget.memory_limit_mb) as evaluator:
             stages("worker start (workload, baseline)")
             evaluator.load()
             evaluator.prepare()
@@ -246,7 +258,6 @@ def export(
             raise ExportFailed(f"export: rebuilding trial {number} failed: {one_line(error)}") from error
         raise
 
-    measured = record.measurement
     manifest: dict[str, Any] = {
         "slimtune_export": 1,
         "study": study_name,
@@ -258,7 +269,7 @@ def export(
         "seed": trial_seed,
         "measured": {k: measured.get(k) for k in (
             "accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "params", "macs", "batch_size")}
-        | {"accuracy_drop": record.accuracy_drop},
+        | {"accuracy_drop": accuracy_drop},
         "workload": {"model": config.workload.model, "data": config.workload.data,
                      "data_root": config.workload.data_root, "input_shape": list(config.workload.input_shape),
                      "num_classes": info["num_classes"]},
@@ -279,6 +290,8 @@ def export(
         "file_bytes": file_sizes(partial),
         "weight_bytes": info.get("weight_bytes"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"refined": {"steps": refined_row.steps, "refined_id": refined_row.id,
+                        "trial_accuracy": record.measurement["accuracy"]}} if refined_row is not None else {}),
         "verified": False,
         "verification": {"status": "pending"},
     }

@@ -40,6 +40,7 @@ MEASURED = {
     "peak_memory_mb": "peak memory (MB)",
     "weight_mb": "weights (MB)",
     "accuracy": "accuracy (%)",
+    "balanced_accuracy": "balanced accuracy (%)",
     "params": "params",
     "macs": "MACs",
     "seconds": "trial time (s)",
@@ -51,6 +52,7 @@ AXIS_TITLES = {
     "peak_memory_mb": "peak memory (MB)",
     "weight_mb": "weights (MB)",
     "accuracy": "top-1 accuracy (%)",
+    "balanced_accuracy": "balanced accuracy (%)",
     "params": "parameters",
     "macs": "MACs per image",
 }
@@ -238,10 +240,47 @@ class StudyView:
     def max_accuracy_drop(self) -> float | None:
         return self.study.user_attrs.get(CONFIG_ATTR, {}).get("constraints", {}).get("max_accuracy_drop")
 
+    @property
+    def max_balanced_accuracy_drop(self) -> float | None:
+        return self.study.user_attrs.get(CONFIG_ATTR, {}).get("constraints", {}).get("max_balanced_accuracy_drop")
+
+    def within_constraints(self, record: TrialRecord) -> bool:
+        """The study's constraints on a complete trial: accuracy and balanced accuracy drops."""
+        if self.max_accuracy_drop is not None and (record.accuracy_drop or 0.0) - self.max_accuracy_drop > 0:
+            return False
+        balanced_drop = (record.measurement or {}).get("balanced_accuracy_drop")
+        limit = self.max_balanced_accuracy_drop
+        return limit is None or balanced_drop is None or balanced_drop - limit <= 0
+
     def records(self) -> list[TrialRecord]:
         if self._records is None:
             self._records = self.repository.trials(self.name) if self.repository.has_tables() else []
         return self._records
+
+    def refined_rows(self) -> list[dict[str, Any]]:
+        """Each refined model (`slimtune refine`), newest first, beside its trial's short figures."""
+        return self.cached("refined", self._refined_rows)
+
+    def _refined_rows(self) -> list[dict[str, Any]]:
+        if not self.repository.has_tables():
+            return []
+        refined = self.repository.refined(self.name)
+        records = {r.trial_number: r for r in self.records()} if refined else {}
+        baseline = self.baseline()
+        base = (baseline.measurement if baseline else None) or {}
+        rows = []
+        for row in reversed(refined):
+            record = records.get(row.trial_number)
+            short = (record.measurement if record else None) or {}
+            long = row.measurement or {}
+            rows.append({
+                "trial": row.trial_number, "recipe": describe(record.recipe) if record else "", "status": row.status,
+                "reason": row.reason, "short_steps": short.get("finetune_steps_run"), "steps": row.steps,
+                **{f"short_{k}": short.get(k) for k in ("accuracy", "balanced_accuracy", "latency_ms")},
+                **{f"refined_{k}": long.get(k) for k in ("accuracy", "balanced_accuracy", "latency_ms")},
+                "refined_accuracy_drop": (base["accuracy"] - long["accuracy"]) if "accuracy" in long and "accuracy" in base else None,
+            })
+        return rows
 
     def baseline(self) -> TrialRecord | None:
         """The measured baseline: trial 0 (it is enqueued first), else the first baseline recipe."""
@@ -297,9 +336,7 @@ class StudyView:
             row.update({k: v for k, v in (record.measurement or {}).items() if not isinstance(v, (dict, list))})
             row["accuracy_drop"] = record.accuracy_drop
             complete = record.status == "complete"
-            row["feasible"] = complete and (
-                self.max_accuracy_drop is None or (record.accuracy_drop or 0.0) - self.max_accuracy_drop <= 0
-            )
+            row["feasible"] = complete and self.within_constraints(record)
             row["on_front"] = record.trial_number in front
             row["is_baseline"] = baseline is not None and record.trial_number == baseline.trial_number
             rows.append(row)
@@ -348,7 +385,7 @@ class StudyView:
             recipe=record.recipe if record else trial.user_attrs.get("recipe", {}),
             measurement=(record.measurement or {}) if record else {},
             accuracy_drop=drop,
-            feasible=(self.max_accuracy_drop is None or (drop or 0.0) - self.max_accuracy_drop <= 0) if complete else None,
+            feasible=self.within_constraints(record) if complete else None,
             on_front=number in set(self.front_numbers()),
             is_baseline=baseline is not None and baseline.trial_number == number,
             params=dict(trial.params), values=list(trial.values) if trial.values else None,

@@ -51,7 +51,7 @@ def number(name: str, value: Any) -> str:
     accuracy drop in points)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if name == "accuracy":
+    if name in ("accuracy", "balanced_accuracy"):
         return f"{100 * value:.2f}"
     if name == "accuracy_drop":
         return f"{100 * value:+.2f}"
@@ -126,4 +126,5 @@ def study_context(view: StudyView, chosen: tuple[str, str, str | None], plots: d
         view=view, summary=view.summary, plots=plots, axes=chosen, axis_choices=list(view.objectives),
         baseline=view.baseline(), floor=view.accuracy_floor(), describe=describe,
         front_size=int(points["on_front"].sum()) if not points.empty else 0,
+        refined=view.refined_rows(),
     )

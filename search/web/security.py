@@ -71,7 +71,7 @@ def check_builtin_workload(config: StudyConfig, data_dir: Path | None) -> StudyC
     """The config with its paths confined to `data_dir`, or `Refused` naming the field.
 
     Models: `slimtune:<name>` or `torchvision:<name>`; data: `sklearn:digits`,
-    `torchvision:<Dataset>`, `imagefolder:<path>`; paths (data_root, imagefolder, checkpoint)
+    `torchvision:<Dataset>`, `elpv[:4class]`, `imagefolder:<path>`; paths (data_root, imagefolder, checkpoint)
     only relative to the server's `--data-dir`.
     """
     workload, baseline = config.workload, config.baseline
@@ -85,9 +85,11 @@ def check_builtin_workload(config: StudyConfig, data_dir: Path | None) -> StudyC
 
         if name not in getattr(torchvision.datasets, "__all__", ()):
             raise Refused("workload.data", f"torchvision has no dataset {name!r}")
+    elif namespace == "elpv":  # the installed elpv-dataset package (objectives/elpv.py checks the rest)
+        pass
     elif namespace not in (*BUILTIN_DATA_NAMESPACES, "imagefolder") or not name:
         raise Refused("workload.data", f"{workload.data!r}: over HTTP only built-in data sets are allowed: "
-                                       "'sklearn:digits', 'torchvision:<Dataset>' or 'imagefolder:<path>'")
+                                       "'sklearn:digits', 'torchvision:<Dataset>', 'elpv' or 'imagefolder:<path>'")
 
     def inside(value: str, field: str) -> str:
         if data_dir is None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from slimtune.objectives.accuracy import top1_accuracy
+from slimtune.objectives.accuracy import accuracy_scores, top1_accuracy
 from slimtune.objectives.latency import measure_latency
 from slimtune.objectives.memory import peak_inference_bytes, weight_bytes
 from slimtune.spaces.precision import cast
@@ -202,3 +204,30 @@ def test_non_finite_logits_raise():
 
     with pytest.raises(FloatingPointError):
         top1_accuracy(run, _dataset([0, 1], [0, 1]), batch_size=2, device=CPU)
+
+
+# --- balanced accuracy -------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=1, max_size=40), st.integers(1, 9))
+def test_balanced_accuracy_matches_scikit_learn(pairs, batch_size):
+    """Any predictions (a class predicted but never true, a true class never predicted, one
+    class only) and any batch size: the same number as scikit-learn's balanced_accuracy_score."""
+    import warnings
+
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    predictions, labels = [p for p, _ in pairs], [t for _, t in pairs]
+    scores = accuracy_scores(_OneHot(), _dataset(predictions, labels), batch_size=batch_size, device=CPU)
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true"
+        warnings.simplefilter("ignore")
+        expected = balanced_accuracy_score(labels, predictions)
+    assert scores.balanced_accuracy == pytest.approx(expected, abs=1e-12)
+    assert scores.accuracy == pytest.approx(accuracy_score(labels, predictions), abs=1e-12)
+
+
+def test_balanced_accuracy_does_not_reward_the_majority_class():
+    labels = [0] * 8 + [1] * 2  # 4:1
+    scores = accuracy_scores(_OneHot(), _dataset([0] * 10, labels), batch_size=4, device=CPU)
+    assert scores.accuracy == 0.8 and scores.balanced_accuracy == 0.5

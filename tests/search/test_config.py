@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,7 +55,7 @@ def test_the_defaults_of_the_test_study_validate(write_study: Callable[..., Path
         pytest.param({"space": {"precision": ["fp32", "fp32"]}},
                      ["space.precision", "without repeats"], id="repeated choice"),
         pytest.param({"objectives": {"speed": "maximize"}},
-                     ["objectives", "unknown objective 'speed'", "allowed: accuracy, latency_ms"],
+                     ["objectives", "unknown objective 'speed'", "allowed: accuracy, balanced_accuracy, latency_ms"],
                      id="unknown objective"),
         pytest.param({"objectives": {"latency_ms": "fastest"}},
                      ["objectives.latency_ms", "'minimize'", "'maximize'"], id="unknown direction"),
@@ -161,6 +162,26 @@ def test_identity_ignores_only_what_may_change_on_resume(write_study: Callable[.
     assert load_config(write_study(), {"study.n_trials": 9, "study.seed": 3, "study.sampler": "tpe"}).identity() == base
     assert load_config(write_study({"space": {"prune_ratio": [0.0, 0.5]}})).identity() != base
     assert load_config(write_study({"budget": {"finetune_steps": 10}})).identity() != base
+
+
+def test_balanced_accuracy_constraint_and_refine_section(write_study: Callable[..., Path]) -> None:
+    base = load_config(write_study()).identity()
+    assert "max_balanced_accuracy_drop" not in base["constraints"]  # as studies stored before it: they resume
+    path = write_study({"constraints": {"max_balanced_accuracy_drop": 0.02},
+                        "objectives": {"latency_ms": "minimize", "balanced_accuracy": "maximize"}})
+    config = load_config(path)
+    assert config.constraints.max_balanced_accuracy_drop == 0.02 and config.refine is None
+    assert config.identity() != base
+    refined = load_config(write_study({"refine": {"top": 2, "steps": 500}}))
+    assert (refined.refine.top, refined.refine.steps) == (2, 500)
+    assert refined.identity() == base  # refining after the search changes no trial: resume is fine
+    for changes, message in [
+        ({"constraints": {"max_balanced_accuracy_drop": 1.5}}, "constraints.max_balanced_accuracy_drop = 1.5"),
+        ({"refine": {"top": 0}}, "refine.top = 0"),
+        ({"refine": {"steps": 10, "epochs": 3}}, "refine.epochs: unknown field; allowed: top, steps"),
+    ]:
+        with pytest.raises(StudyFileError, match=re.escape(message)):
+            load_config(write_study(changes))
 
 
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled 
 NAME = TINY_STUDY["study"]["name"]
 MAX_DROP = TINY_STUDY["constraints"]["max_accuracy_drop"]
 PARETO_COLUMNS = ["trial", "recipe", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "accuracy",
-                  "speedup_x", "memory_x", "accuracy_drop_pts"]
+                  "balanced_accuracy", "speedup_x", "memory_x", "accuracy_drop_pts"]
 TRIALS_COLUMNS = {"trial", "state", "status", "reason", "recipe.prune_ratio", "recipe.quantization",
                   "recipe.precision", "accuracy", "latency_ms", "peak_memory_mb", "accuracy_drop", "on_front"}
 

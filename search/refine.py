@@ -1,0 +1,161 @@
+"""`slimtune refine`: the chosen points of the front fine-tuned for longer and measured again.
+
+The search fine-tunes every pruned candidate for `budget.finetune_steps` (a cheap estimate of
+what the architecture can recover); the model a user ships deserves a longer fine-tune. Refine
+takes the front's fastest pruned points (`top`) or one trial, rebuilds each in the trial worker
+process (the same code path as a trial: prune -> KD fine-tune -> precision -> quantize ->
+runtime) with the trial's seed and `finetune_steps = steps`, measures it as a trial is measured,
+and stores a refined record linked to the trial (`slimtune_refined_trials`). The trial and the
+front are left as they were: the short figures stay what the search compared.
+
+- No hopeless stop: a refined point is already feasible, and the long run is what is asked for.
+- Time limit: the study's `trial_timeout_s` scaled by `steps / finetune_steps` (never less).
+- Export rebuilds the same model from the stored record (`slimtune export --refined`): the same
+  recipe, seed and worker settings give the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from slimtune.objectives import TrialStopped
+from slimtune.objectives.worker import DEFAULT_FACTORY, WorkerSpec
+from slimtune.spaces import Recipe
+from slimtune.storage import DEFAULT_STORAGE, Repository, StorageError
+
+from slimtune.search.config import CONFIG_ATTR, StudyConfig, parse_config
+from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
+from slimtune.search.results import StudyNotFound, baseline_record, open_study, pareto_front
+from slimtune.search.runner import worker_spec
+
+Log = Callable[[str], None]
+
+
+class RefineError(ValueError):
+    """Bad input (study, trial, top, steps): nothing was refined; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Refined:
+    trial: int
+    steps: int
+    status: str  # complete | failed | stopped
+    reason: str | None
+    short: dict[str, Any]  # the trial's own measurement
+    long: dict[str, Any] | None  # the refined measurement
+
+
+def refine_timeout_s(config: StudyConfig, steps: int) -> float:
+    """The trial's time limit, scaled with the fine-tuning steps (never below a trial's)."""
+    return config.budget.trial_timeout_s * max(1.0, steps / max(1, config.budget.finetune_steps))
+
+
+def refine_spec(config: StudyConfig, steps: int, factory: str = DEFAULT_FACTORY) -> WorkerSpec:
+    """The worker settings of a refined build: the study's, with the scaled time limit and no
+    hopeless stop. `refine` and `export --refined` both use it, so both build the same model."""
+    spec = worker_spec(config, factory)
+    return dataclasses.replace(spec, budget={**spec.budget, "trial_timeout_s": refine_timeout_s(config, steps)},
+                               max_accuracy_drop=None, max_balanced_accuracy_drop=None)
+
+
+def refined_recipe(recipe: dict[str, Any], steps: int) -> Recipe:
+    return Recipe.from_dict({**recipe, "finetune_steps": steps})
+
+
+def study_config(study, seed: int | None = None) -> StudyConfig:
+    """The study's stored configuration (what decides its results), with its seed."""
+    identity = study.user_attrs.get(CONFIG_ATTR)
+    if identity is None:
+        raise RefineError(f"study {study.study_name!r} has no stored configuration; it was not created by slimtune run")
+    study_seed = seed if seed is not None else identity.get("study", {}).get("seed", 0)
+    return parse_config({**identity, "study": {**identity["study"], "seed": study_seed}}, f"study {study.study_name!r}")
+
+
+def choose(study, repository: Repository, top: int | None, trial: int | None) -> list[int]:
+    """The trials to refine: `trial`, or the `top` fastest pruned points of the feasible front."""
+    if (top is None) == (trial is None):
+        raise RefineError("refine: give exactly one of --top K or --trial N")
+    records = {r.trial_number: r for r in repository.trials(study.study_name)}
+    if trial is not None:
+        record = records.get(trial)
+        if record is None or record.status != "complete":
+            state = record.status if record else "not measured"
+            raise RefineError(f"trial = {trial}: {state}, nothing to refine")
+        if not Recipe.from_dict(record.recipe).finetune_steps:
+            raise RefineError(f"trial = {trial}: not pruned, so never fine-tuned; nothing to refine")
+        return [trial]
+    if top < 1:
+        raise RefineError(f"top = {top}: must be at least 1")
+    front = pareto_front(study, repository)
+    pruned = [int(n) for n in front["trial"] if Recipe.from_dict(records[int(n)].recipe).finetune_steps]
+    if not pruned:
+        raise RefineError(f"study {study.study_name!r}: no pruned point on the feasible front; nothing to refine")
+    return pruned[:top]
+
+
+def refine(
+    study_name: str,
+    storage_url: str = DEFAULT_STORAGE,
+    *,
+    steps: int,
+    top: int | None = None,
+    trial: int | None = None,
+    log: Log = print,
+    evaluator_factory: str = DEFAULT_FACTORY,
+) -> list[Refined]:
+    """Refine `trial` or the `top` fastest pruned front points of a study with `steps` fine-tuning
+    steps each; every result (complete, failed or stopped) is stored before the next starts.
+    Raises `RefineError` for bad input (nothing refined)."""
+    if steps < 1:
+        raise RefineError(f"steps = {steps}: must be at least 1")
+    try:
+        study, repository = open_study(study_name, storage_url)
+    except (StudyNotFound, StorageError) as error:
+        raise RefineError(str(error)) from None
+    numbers = choose(study, repository, top, trial)
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+    # the study's seed decides the baseline's training (and so which cached baseline is used)
+    config = study_config(study, frozen[numbers[0]].user_attrs.get("study_seed"))
+    records = {r.trial_number: r for r in repository.trials(study_name)}
+    baseline = baseline_record(list(records.values()))
+    repository.create_schema()  # the refined table, in a database made before it existed
+    limit = refine_timeout_s(config, steps)
+    log(f"refine: trials {', '.join(map(str, numbers))} of {study_name!r} with {steps} fine-tuning steps each "
+        f"(limit {limit:.0f} s per point)")
+    results: list[Refined] = []
+    with IsolatedEvaluator(refine_spec(config, steps, evaluator_factory), log=log,
+                           memory_limit_mb=config.budget.memory_limit_mb) as evaluator:
+        try:
+            evaluator.load()
+            evaluator.prepare()
+        except WorkerFailed as error:  # e.g. the data set is not on this machine any more
+            raise RefineError(f"refine: {error}") from None
+        for number in numbers:
+            record = records[number]
+            recipe = refined_recipe(record.recipe, steps)
+            seed = frozen[number].user_attrs.get("seed", config.study.seed + number)
+            try:
+                measurement = evaluator.evaluate(recipe, seed=seed).to_dict()
+            except (TrialStopped, WorkerFailed) as error:
+                status = "stopped" if isinstance(error, TrialStopped) else "failed"
+                repository.record_refined(study_name, number, steps=steps, seed=seed, status=status,
+                                          recipe=recipe.to_dict(), reason=str(error))
+                results.append(Refined(number, steps, status, str(error), record.measurement or {}, None))
+                log(f"refine: trial {number} {status}: {error}")
+                continue
+            base = (baseline.measurement if baseline else None) or {}
+            drop = base["accuracy"] - measurement["accuracy"] if "accuracy" in base else None
+            if "balanced_accuracy" in base:
+                measurement["balanced_accuracy_drop"] = base["balanced_accuracy"] - measurement["balanced_accuracy"]
+            repository.record_refined(study_name, number, steps=steps, seed=seed, status="complete",
+                                      recipe=recipe.to_dict(), measurement=measurement, accuracy_drop=drop)
+            short = record.measurement or {}
+            results.append(Refined(number, steps, "complete", None, short, measurement))
+            log(f"refine: trial {number} ({recipe.describe()}): accuracy {short.get('accuracy', float('nan')):.4f} "
+                f"after {short.get('finetune_steps_run', 0)} steps -> {measurement['accuracy']:.4f} after "
+                f"{measurement['finetune_steps_run']}; balanced {short.get('balanced_accuracy', float('nan')):.4f} -> "
+                f"{measurement['balanced_accuracy']:.4f}; latency {measurement['latency_ms']:.3f} ms "
+                f"({measurement['seconds']:.0f} s)")
+    return results

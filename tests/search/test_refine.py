@@ -1,0 +1,145 @@
+"""Balanced accuracy as a constrained objective, and `slimtune refine` end to end on the tiny
+digits study: refined records stored and linked to their trials, shown beside the short figures
+in `pareto`, the report and the dashboard's read model, exported with `--refined`; the study
+file's `[refine]` runs after the search; a study without refined records reads as before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slimtune.search.cli import main
+from slimtune.search.report.overview import Catalog
+from slimtune.search.results import open_study, pareto_front
+from slimtune.spaces import Recipe
+
+MAX_BALANCED_DROP = 0.05
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[str, Path, Path]:
+    """Three trials under a balanced-accuracy constraint, not yet refined."""
+    from tests.conftest import TINY_STUDY, toml_value
+
+    folder = tmp_path_factory.mktemp("refine-study")
+    sections = {k: dict(v) for k, v in TINY_STUDY.items()}
+    sections["study"].update(n_trials=3)
+    sections["objectives"] = {"latency_ms": "minimize", "balanced_accuracy": "maximize"}
+    sections["constraints"] = {"max_balanced_accuracy_drop": MAX_BALANCED_DROP}
+    sections["space"] = {"prune_ratio": [0.2, 0.5], "kd_temperature": [1.0, 4.0]}
+    sections["budget"] = dict(sections["budget"], trial_timeout_s=600)  # a loaded machine must not stop them
+    lines = []
+    for section, fields in sections.items():
+        lines += [f"[{section}]", *(f"{k} = {toml_value(v)}" for k, v in fields.items()), ""]
+    path = folder / "tiny.toml"
+    path.write_text("\n".join(lines))
+    storage = f"sqlite:///{folder / 'study.db'}"
+    assert main(["run", str(path), "--storage", storage, "--no-progress"]) == 0
+    return storage, path, folder
+
+
+def test_balanced_accuracy_is_measured_constrained_and_reported(study, capsys):
+    storage, _, _ = study
+    optuna_study, repository = open_study("tiny", storage)
+    baseline = repository.trial("tiny", 0).measurement
+    complete = [t for t in optuna_study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) >= 2
+    for trial in complete:
+        measurement = repository.trial("tiny", trial.number).measurement
+        drop = baseline["balanced_accuracy"] - measurement["balanced_accuracy"]
+        assert measurement["balanced_accuracy_drop"] == pytest.approx(drop)
+        assert trial.constraints["balanced_accuracy_drop"] == pytest.approx(drop - MAX_BALANCED_DROP)
+        assert trial.values[1] == measurement["balanced_accuracy"]  # the objective
+    assert main(["trials", "tiny", "--storage", storage]) == 0
+    assert "balanced_accuracy" in capsys.readouterr().out
+
+
+def test_a_study_without_refined_records_reads_as_before(study):
+    storage, _, folder = study
+    optuna_study, repository = open_study("tiny", storage)
+    assert repository.refined("tiny") == []
+    assert not any(column.startswith("refined_") for column in pareto_front(optuna_study, repository))
+    assert Catalog(storage).study("tiny").refined_rows() == []
+    assert main(["report", "tiny", "--storage", storage, "-o", str(folder / "before.html")]) == 0
+    assert "Refined points" not in (folder / "before.html").read_text()
+
+
+def _pruned_front(storage: str) -> list[int]:
+    optuna_study, repository = open_study("tiny", storage)
+    records = {r.trial_number: r for r in repository.trials("tiny")}
+    return [int(n) for n in pareto_front(optuna_study, repository)["trial"]
+            if Recipe.from_dict(records[int(n)].recipe).prune_ratio > 0]
+
+
+def test_refine_stores_shows_and_exports_the_refined_model(study, tmp_path, capsys):
+    storage, _, folder = study
+    test_a_study_without_refined_records_reads_as_before(study)  # whatever order the tests run in
+    pruned = _pruned_front(storage)
+    assert pruned, "the tiny study's front has no pruned point"
+    number = pruned[0]
+    assert main(["refine", "tiny", "--storage", storage, "--trial", str(number), "--steps", str(STEPS)]) == 0
+    assert f"refine: trial {number}" in capsys.readouterr().out
+
+    optuna_study, repository = open_study("tiny", storage)
+    [row] = repository.refined("tiny")
+    short = repository.trial("tiny", number).measurement
+    assert (row.trial_number, row.steps, row.status) == (number, STEPS, "complete")
+    assert row.measurement["finetune_steps_run"] == STEPS and short["finetune_steps_run"] == 20
+    assert row.recipe == {**repository.trial("tiny", number).recipe, "finetune_steps": STEPS}
+    assert row.seed == optuna_study.trials[number].user_attrs["seed"]
+    assert 0.0 <= row.measurement["balanced_accuracy"] <= 1.0
+
+    assert main(["pareto", "tiny", "--storage", storage, "--format", "json"]) == 0
+    front = {p["trial"]: p for p in json.loads(capsys.readouterr().out)}
+    assert front[number]["refined_accuracy"] == pytest.approx(row.measurement["accuracy"])  # JSON keeps 10 digits
+    assert front[number]["refined_steps"] == STEPS and front[number]["accuracy"] == pytest.approx(short["accuracy"])
+
+    [shown] = Catalog(storage).study("tiny").refined_rows()
+    assert (shown["trial"], shown["short_steps"], shown["steps"]) == (number, 20, STEPS)
+    assert shown["refined_balanced_accuracy"] == row.measurement["balanced_accuracy"]
+    assert main(["report", "tiny", "--storage", storage, "-o", str(folder / "after.html")]) == 0
+    html = (folder / "after.html").read_text()
+    assert "Refined points" in html and f"20 → <b>{STEPS}</b>" in html
+
+    out = tmp_path / "refined"
+    assert main(["export", "tiny", "--storage", storage, "--trial", str(number), "--refined",
+                 "--format", "state_dict", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verified"] is True and manifest["refined"]["steps"] == STEPS
+    assert manifest["recipe"]["finetune_steps"] == STEPS and manifest["measured"]["accuracy"] == row.measurement["accuracy"]
+    assert manifest["rebuilt_accuracy"] == pytest.approx(row.measurement["accuracy"], abs=1e-9)  # the same model
+
+    capsys.readouterr()
+    assert main(["export", "tiny", "--storage", storage, "--trial", "0", "--refined", "--out", str(tmp_path / "x")]) == 2
+    assert "has no refined model" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_the_study_files_refine_section_runs_after_the_search(study, capsys):
+    storage, path, _ = study
+    path.write_text(path.read_text() + f"\n[refine]\ntop = 5\nsteps = {STEPS // 2}\n")
+    before = len(open_study("tiny", storage)[1].refined("tiny"))
+    assert main(["run", str(path), "--storage", storage, "--no-progress"]) == 0  # nothing left to search
+    printed = capsys.readouterr().out
+    assert "already has 3 finished trials" in printed and "refine: trials" in printed
+    _, repository = open_study("tiny", storage)
+    added = repository.refined("tiny")[before:]
+    assert sorted(r.trial_number for r in added) == sorted(_pruned_front(storage))  # top 5 of fewer: all
+    assert {r.steps for r in added} == {STEPS // 2} and {r.status for r in added} == {"complete"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trial", "0", "--steps", "10"], "not pruned"),
+    (["--top", "0", "--steps", "10"], "top = 0"),
+    (["--top", "1", "--steps", "0"], "steps = 0"),
+    (["--trial", "99", "--steps", "10"], "trial = 99"),
+])
+def test_bad_refine_input_is_one_line_and_refines_nothing(study, capsys, argv, message):
+    storage, _, _ = study
+    before = len(open_study("tiny", storage)[1].refined("tiny"))
+    assert main(["refine", "tiny", "--storage", storage, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert len(open_study("tiny", storage)[1].refined("tiny")) == before
