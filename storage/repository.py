@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.exc import IntegrityError, ProgrammingError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from .schema import (
     SCHEMA_VERSION, Base, Export, Fingerprint, ParetoSnapshot, RefinedTrial, SchemaVersion, TrialMeasurement,
@@ -145,17 +145,6 @@ class Repository:
                 row = TrialMeasurement(study_name=study_name, trial_number=trial_number, recipe=recipe or {})
                 session.add(row)
             row.status, row.reason = status, reason
-
-    def trial(self, study_name: str, trial_number: int) -> TrialRecord | None:
-        with self._session() as session:
-            r = session.scalar(
-                select(TrialMeasurement).where(
-                    TrialMeasurement.study_name == study_name, TrialMeasurement.trial_number == trial_number
-                )
-            )
-        if r is None:
-            return None
-        return TrialRecord(r.trial_number, r.status, r.reason, r.recipe, r.measurement, r.accuracy_drop)
 
     def trials(self, study_name: str) -> list[TrialRecord]:
         with self._session() as session:
