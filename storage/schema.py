@@ -15,7 +15,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: bump when a table changes, and add the step to storage/migrations.py.
 #: 2: ParetoSnapshot.hypervolume; the tables StudyBudget and TrialSlot (exactly N trials across workers).
-SCHEMA_VERSION = 2
+#: 3: new tables only (TargetScreen).
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> datetime:
@@ -132,4 +133,17 @@ class Export(Base):
     trial_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     latency_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)  # exported / trial
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TargetScreen(Base):
+    """What a study's target screen measured and decided (search/screen.py), once per study:
+    a resumed study and every worker read it instead of screening again. `result` holds every
+    setting's figures, its verdict and reason, and the choices the search kept."""
+
+    __tablename__ = "slimtune_target_screens"
+
+    study_name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    result: Mapped[dict[str, Any]] = mapped_column()
+    seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
