@@ -101,7 +101,7 @@ class SlowSetting:
     """A real evaluator whose candidates in one memory format really run slower (a sleep in
     every forward), so the target screen measures the difference and must act on it."""
 
-    def __init__(self, evaluator, memory_format: str, seconds: float = 0.25):
+    def __init__(self, evaluator, memory_format: str, seconds: float = 1.0):
         self.evaluator, self.memory_format, self.seconds = evaluator, memory_format, seconds
 
     def __getattr__(self, name):
