@@ -239,7 +239,8 @@ def _run_study(
     stored = repository.screen(config.study.name) if existing is not None else None
     with signals.delivered():  # the target screen: measured once per study, read back after
         screened = screen.for_study(config, space, evaluator, stored.result if stored else None,
-                                    existing=existing is not None, log=log, run_timeout_s=timeout)
+                                    existing=existing is not None and bool(result_numbers(existing)),
+                                    log=log, run_timeout_s=timeout)
     if screened is not None:
         space = screen.narrow(space, screened)
         for line in screen.summary(screened):
@@ -262,11 +263,11 @@ def _run_study(
             study.set_user_attr(CONFIG_ATTR, config.identity())
             study.set_user_attr("probe_removed", [str(r) for r in removals])
             study.set_user_attr(HYPERVOLUME_ATTR, hypervolume_settings(config.objectives, config.constraints.max_accuracy_drop))
-            if screened is not None:
-                repository.record_screen(config.study.name, screened, screened["seconds"])
             study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
             if plan is not None:
                 enqueue_warm_start(study, plan, log)
+        if screened is not None and stored is None:  # a study created over HTTP screens on its first run
+            repository.record_screen(config.study.name, screened, screened["seconds"])
         if not join:  # what `slimtune worker` reads: the study file as last run
             study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
         study.set_user_attr(N_TRIALS_ATTR, config.study.n_trials)  # what "finished" means to the dashboard

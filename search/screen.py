@@ -473,8 +473,9 @@ def screen_target(evaluator: Any, space: SearchSpace, config: Any, log: Log = pr
 def for_study(config: Any, space: SearchSpace, evaluator: Any, stored: dict[str, Any] | None, *,
               existing: bool, log: Log = print, run_timeout_s: float | None = None) -> dict[str, Any] | None:
     """The study's screen: the stored one when there is one (a resumed study, a second
-    worker), else a new one for a new study that wants it; None: search `space` as it is (a
-    study created without a screen keeps the space it was searched in)."""
+    worker), else a new one for a study without results yet (new, or created over HTTP) that
+    wants it; None: search `space` as it is (a study that already has results without a screen
+    keeps the space it was searched in)."""
     if stored is not None:
         log(f"screen: read from storage (measured once for this study, {stored['seconds']:.0f} s)")
         return stored
