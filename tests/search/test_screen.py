@@ -26,7 +26,7 @@ TWO_FORMATS = {
     "objectives": {"latency_ms": "minimize", "accuracy": "maximize"},
     "space": {"prune_ratio": [], "kd_temperature": [], "quantization": ["none"],
               "memory_format": ["contiguous", "channels_last"]},
-    "screen": {"enabled": True, "budget_s": 60, "setting_timeout_s": 20},
+    "screen": {"enabled": True, "budget_s": 120, "setting_timeout_s": 60},
 }
 
 
@@ -40,14 +40,14 @@ def _run(path: Path, url: str, factory: str | None = None, **kwargs) -> tuple[op
 @pytest.mark.parametrize("slow, fast", [("channels_last", "contiguous"), ("contiguous", "channels_last")])
 def test_the_screen_keeps_and_drops_by_what_it_measures(write_study: Callable[..., Path], tmp_path: Path,
                                                         slow: str, fast: str) -> None:
-    """Whichever memory format really runs slower on this target (a second more per forward) is
+    """Whichever memory format really runs slower on this target (each forward runs the model 5 times) is
     dropped with the measured ratio; the search then samples only the other."""
     url = f"sqlite:///{tmp_path / 'screen.db'}"
     study, lines = _run(write_study(TWO_FORMATS), url, f"tests.search.faults:slow_{slow}")
     result = Repository(connect(url)).screen(study.study_name).result
     rows = {row["setting"]["memory_format"]: row for row in result["settings"]}
     assert rows[fast]["kept"] and not rows[slow]["kept"]
-    assert rows[slow]["unpruned"]["latency_ms"] >= 1000
+    assert rows[slow]["unpruned"]["latency_ms"] > 1.5 * rows[fast]["unpruned"]["latency_ms"]
     assert f"x slower than fp32 {fast} eager" in rows[slow]["reason"]
     assert result["kept"]["memory_format"] == [fast]
     assert any(line.startswith(f"screen: dropped fp32 {slow} eager: ") for line in lines)
