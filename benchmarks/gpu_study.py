@@ -16,6 +16,16 @@ Balanced accuracy is reported beside accuracy where the workload measures it, an
 are then judged on it (`balanced_accuracy_drop`). `--data-root` overrides the study's
 `workload.data_root` (ELPV on a machine without the package: benchmarks/elpv_array.py).
 
+With `--arms curated,every-choice,no-space --arm-budget-s S` it instead runs, after the baseline,
+one study per arm with the same wall budget each (issue 22: does the target screen make
+expertise in the study file unnecessary?):
+- curated: the study file as it is, with the screen off (what the file's author chose);
+- every-choice: the same file with `[space]` listing every value of every deployment knob and
+  pruning shape, and all four runtimes;
+- no-space: the same file without `[space]` (every field absent: every value), all runtimes.
+The broad arms run the target screen first (`--screen-budget-s` of their budget); the
+results give each arm's trials, best feasible speed-up at <= 1 point and the screen's time.
+
 Every figure is a measurement of this run; nothing is copied from earlier runs.
 """
 
@@ -28,6 +38,7 @@ import re
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -85,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-trials", type=int, help="cap on the search's trials (default: the study file's)")
     parser.add_argument("--data-root", help="workload.data_root for this machine (an absolute path)")
     parser.add_argument("--baseline-seeds", type=int, default=1, help="train the baseline with this many seeds (spread)")
+    parser.add_argument("--arms", help="comma-separated: curated, every-choice, no-space (see above)")
+    parser.add_argument("--arm-budget-s", type=float, default=120.0, help="wall budget of each arm's study")
+    parser.add_argument("--screen-budget-s", type=float, help="the broad arms' [screen] budget_s")
+    parser.add_argument("--setting-timeout-s", type=float, help="the broad arms' [screen] setting_timeout_s")
     args = parser.parse_args(argv)
+    if args.arms:
+        return run_arms(args)
     started = time.perf_counter()
     config = load_config(args.study_file, {"study.n_trials": args.n_trials, "workload.data_root": args.data_root})
     batch = config.workload.batch_sizes[0]
@@ -231,6 +248,158 @@ def baseline_seeds(config, seeds: int, log) -> dict:
     balanced = [r["balanced_accuracy"] for r in runs]
     return {"runs": runs, "balanced_accuracy_min": min(balanced), "balanced_accuracy_max": max(balanced),
             "balanced_accuracy_spread_pts": 100 * (max(balanced) - min(balanced))}
+
+
+ALL_RUNTIMES = ["eager", "cudagraphs", "compile", "compile+cudagraphs"]
+
+
+def arm_study(raw: dict, arm: str, screen_budget_s: float | None, setting_timeout_s: float | None = None) -> dict:
+    """The study file of one arm, as a TOML dict (see the module's docstring)."""
+    from slimtune.spaces.registry import study_fields
+
+    raw = json.loads(json.dumps(raw))
+    raw["study"]["name"] = f"{raw['study']['name']}-{arm}"
+    if arm == "curated":
+        raw["screen"] = {"enabled": False}
+        return raw
+    on_cpu = raw.get("target", {}).get("device", "cpu") == "cpu"  # a dry run of this script
+    raw.setdefault("target", {})["runtimes"] = ["eager"] if on_cpu else list(ALL_RUNTIMES)
+    if arm == "every-choice":
+        space = raw.setdefault("space", {})
+        for field in study_fields():
+            if field.kind == "choices" and field.name != "runtime" and field.name != "prune_importance":
+                space[field.name] = list(field.allowed)
+    elif arm == "no-space":
+        raw.pop("space", None)
+    else:
+        raise SystemExit(f"unknown arm {arm!r}; allowed: curated, every-choice, no-space")
+    raw["screen"] = {"enabled": True, **({"budget_s": screen_budget_s} if screen_budget_s else {}),
+                     **({"setting_timeout_s": setting_timeout_s} if setting_timeout_s else {})}
+    return raw
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def write_toml(raw: dict, path: Path) -> Path:
+    path.write_text("".join(f"[{section}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in fields.items()) + "\n"
+                            for section, fields in raw.items()))
+    return path
+
+
+def best_at_one_point(front: list[dict]) -> dict | None:
+    ok = [p for p in front if p["accuracy_drop"] <= 0.01]
+    return max(ok, key=lambda p: p["speedup_vs_fp32_eager"]) if ok else None
+
+
+def run_arms(args: argparse.Namespace) -> int:
+    """The baseline once, then one study per arm with the same wall budget each."""
+    from slimtune.storage import Repository, connect
+
+    started = time.perf_counter()
+    log = lambda line: print(f"[{time.perf_counter() - started:6.1f} s] {line}", flush=True)  # noqa: E731
+    raw = tomllib.loads(Path(args.study_file).read_text())
+    config = load_config(args.study_file, {"study.n_trials": args.n_trials})
+    batch = config.workload.batch_sizes[0]
+    results: dict = {
+        "workload": f"{config.workload.model} on {config.workload.data} at {config.workload.input_shape}",
+        "study": config.study.name, "batch": batch, "arm_budget_s": args.arm_budget_s,
+        "screen_budget_s": args.screen_budget_s,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
+        "date": datetime.date.today().isoformat(), "arms": {},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{results['date']}-{gpu_slug()}-{config.study.name}-arms"
+
+    def save() -> None:
+        results["seconds"] = time.perf_counter() - started
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        stem.with_suffix(".md").write_text(arms_markdown(results))
+
+    folder = Path(tempfile.mkdtemp())
+    for arm in args.arms.split(","):
+        arm_raw = arm_study(raw, arm, args.screen_budget_s, args.setting_timeout_s)
+        if args.n_trials:
+            arm_raw["study"]["n_trials"] = args.n_trials
+        arm_config = load_config(write_toml(arm_raw, folder / f"{arm}.toml"))
+        storage = f"sqlite:///{folder / (arm + '.db')}"
+        log(f"arm {arm}: {args.arm_budget_s:.0f} s")
+        arm_started = time.perf_counter()
+        try:
+            study = run_study(arm_config, storage, timeout=args.arm_budget_s, log=log, progress=False)
+        except Exception as error:  # an arm that breaks is reported, and the next one runs
+            results["arms"][arm] = {"error": f"{type(error).__name__}: {error}"}
+            log(f"arm {arm} failed: {error}")
+            save()
+            continue
+        study_obj, repository = open_study(arm_config.study.name, storage)
+        front = pareto_front(study_obj, repository)
+        rows = {row.trial_number: row for row in repository.trials(arm_config.study.name)}
+        # each arm's trial 0 is the unmodified model in fp32 (TF32 off) eager: its own baseline
+        baseline = {"latency_ms_median": rows[0].measurement["latency_ms"], "weight_mb": rows[0].measurement["weight_mb"],
+                    "accuracy": rows[0].measurement["accuracy"]}
+        points = []
+        for record in front.to_dict(orient="records"):
+            row = rows[int(record["trial"])]
+            m = row.measurement
+            point = {"latency_ms_median": m["latency_ms"], "latency_ms_p95": m["latency_p95_ms"],
+                     "peak_memory_mb": m["peak_memory_mb"], "weight_mb": m["weight_mb"], "accuracy": m["accuracy"],
+                     "compile_s": m.get("compile_s"), "params": m["params"]}
+            points.append({"trial": row.trial_number, "recipe": row.recipe,
+                           "describe": Recipe.from_dict(row.recipe).describe(), **point, **compared(point, baseline, batch)})
+        points.sort(key=lambda p: p["latency_ms_median"])
+        screened = Repository(connect(storage)).screen(arm_config.study.name)
+        results["arms"][arm] = {
+            "seconds": time.perf_counter() - arm_started,
+            "trials": len(study.trials),
+            "complete": sum(t.state.name == "COMPLETE" for t in study.trials),
+            "failed": {t.number: t.user_attrs.get("reason") for t in study.trials if t.state.name == "FAIL"},
+            "baseline": baseline, "front": points, "best_at_1pt": best_at_one_point(points),
+            "screen": screened.result if screened is not None else None,
+        }
+        save()
+    curated = (results["arms"].get("curated") or {}).get("best_at_1pt")
+    for arm, row in results["arms"].items():
+        best = row.get("best_at_1pt")
+        if curated and best:
+            row["share_of_curated_speedup"] = best["speedup_vs_fp32_eager"] / curated["speedup_vs_fp32_eager"]
+    save()
+    print(arms_markdown(results))
+    return 0
+
+
+def arms_markdown(results: dict) -> str:
+    lines = [f"# {results['study']}: curated vs broad study files, {results['device']}", "",
+             f"{results['workload']}, batch {results['batch']}; torch {results['versions'].get('torch')}; "
+             f"{results['date']}; {results['arm_budget_s']:.0f} s per arm, the screen included. Speed-ups against "
+             "each arm's trial 0 (the unmodified model, fp32 with TF32 off, eager).", "",
+             "| arm | baseline ms | trials (failed) | screen s | kept by the screen | best feasible at <= 1 pt | speed-up | share of curated |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm, row in results["arms"].items():
+        if "error" in row:
+            lines.append(f"| {arm} | failed: {row['error']} | | | | | | |")
+            continue
+        screen = row.get("screen")
+        kept = "; ".join(f"{k} {v}" for k, v in screen["kept"].items()) if screen else "(off)"
+        screen_s = f"{screen['seconds']:.0f}" if screen else "-"
+        best = row.get("best_at_1pt")
+        point = f"{best['describe']}, {best['latency_ms_median']:.3f} ms" if best else "-"
+        speedup = f"{best['speedup_vs_fp32_eager']:.2f}x" if best else "-"
+        share = row.get("share_of_curated_speedup")
+        share_text = f"{share:.0%}" if share is not None else "-"
+        lines.append(f"| {arm} | {row['baseline']['latency_ms_median']:.3f} | {row['trials']} ({len(row['failed'])}) | {screen_s} | {kept} | {point} | {speedup} | {share_text} |")
+    return "\n".join(lines) + "\n"
 
 
 def targets(results: dict) -> dict:

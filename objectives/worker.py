@@ -7,7 +7,8 @@ the worker then, and the study goes on. The worker never touches storage: it ans
 plain messages on a pipe.
 
 Messages from the driver: ("load",) ("baseline",) ("evaluate", recipe_dict, seed)
-("check", recipe_dict) ("export", recipe_dict, seed, format, folder) ("stop",). Messages to the driver: ("log", text) ("stage", name)
+("check", recipe_dict) ("export", recipe_dict, seed, format, folder) ("screen", recipe_dict, accuracy, timeout_s)
+("stop",). Messages to the driver: ("log", text) ("stage", name)
 ("warning", line) (each third-party warning once, see spaces/warnings_once.py)
 ("loaded", info) ("ready", info) ("result", measurement_dict) ("stopped", reason)
 ("failed", reason, restart) ("error", field, message, traceback or None) for bad input.
@@ -197,6 +198,12 @@ def serve(conn, spec: WorkerSpec) -> None:
             elif kind == "check":
                 evaluator.check_combination(Recipe.from_dict(message[1]))
                 send("result", None)
+            elif kind == "screen":  # one setting of the target screen (objectives/screen.py)
+                from .screen import measure_setting
+
+                _, recipe, accuracy, timeout_s = message
+                send("result", measure_setting(evaluator, Recipe.from_dict(recipe), accuracy=accuracy,
+                                               timeout_s=timeout_s, on_stage=lambda name: send("stage", name)))
         except WorkloadError as error:
             send("error", error.field, str(error), error.traceback)
         except TrialStopped as error:

@@ -1,4 +1,4 @@
-"""`slimtune run | worker | launch | pareto | trials | plot | export | refine | report | serve | upgrade`: the
+"""`slimtune run | worker | launch | pareto | trials | screen | plot | export | refine | report | serve | upgrade`: the
 parser and the dispatch; each command is one function in search/commands.py.
 Exit codes: 0 done, 2 bad input (study file, workload, database, unknown study; `--verbose` adds
 the traceback, e.g. of a user's model or data factory that raised), 130 interrupted by
@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("study")
         sub.add_argument("--storage", default=DEFAULT_STORAGE)
         sub.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    sub = commands.add_parser("screen", help="the study's target screen: each deployment setting measured, kept or dropped and why")
+    sub.add_argument("study")
+    sub.add_argument("--storage", default=DEFAULT_STORAGE)
+    sub.add_argument("--format", choices=["table", "json"], default="table")
     sub = commands.add_parser("export", help="export a trial as a deployable model, verified in a fresh process")
     sub.add_argument("study")
     sub.add_argument("--storage", default=DEFAULT_STORAGE)

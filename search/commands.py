@@ -195,6 +195,21 @@ def trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def screen(args: argparse.Namespace) -> int:
+    import json
+
+    from slimtune.search.results import open_study
+    from slimtune.search.screen import table
+
+    study, repository = open_study(args.study, args.storage)
+    stored = repository.screen(study.study_name)
+    if stored is None:
+        print(f"study {study.study_name!r} has no target screen (it was off, or the study predates screens)")
+        return 0
+    print(json.dumps(stored.result, indent=2) if args.format == "json" else "\n".join(table(stored.result)))
+    return 0
+
+
 def report(args: argparse.Namespace) -> int:
     from slimtune.search.report.html_report import write_report
 

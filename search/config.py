@@ -109,7 +109,7 @@ class RefineSection(_Section):
 
 def _range(low: float, high: float):
     def check(value: list[float] | None) -> list[float] | None:
-        if value is None:
+        if value is None or value == []:  # absent: the whole range; []: not searched
             return value
         if len(value) != 2 or value[0] > value[1]:
             raise ValueError("must be [low, high] with low <= high")
@@ -120,7 +120,9 @@ def _range(low: float, high: float):
     return check
 
 
-def _distinct(value: list[Any]) -> list[Any]:
+def _distinct(value: list[Any] | None) -> list[Any] | None:
+    if value is None:
+        return value
     if not value or len(set(value)) != len(value):
         raise ValueError("must be a non-empty list without repeats")
     return value
@@ -128,7 +130,9 @@ def _distinct(value: list[Any]) -> list[Any]:
 
 def _space_section() -> type[_Section]:
     """`[space]`: one entry per study field of every registered knob (the runtime's choices
-    are `[target] runtimes`); an absent range is not searched, a single choice is fixed."""
+    are `[target] runtimes`). An absent field means every value (a range: its whole bounds;
+    choices: all the knob allows, of which the capability probe keeps what the target runs and
+    the target screen what pays there); `[]` turns a range off; a single choice is fixed."""
     fields: dict[str, Any] = {}
     validators: dict[str, Any] = {}
     for knob_field in study_fields():
@@ -136,10 +140,10 @@ def _space_section() -> type[_Section]:
         if name == "runtime":
             continue
         if knob_field.kind == "range":
-            fields[name] = (list[float] | None, knob_field.default)
+            fields[name] = (list[float] | None, None)
             validators[f"_check_{name}"] = field_validator(name)(_range(*knob_field.bounds))
         else:
-            fields[name] = (list[Literal[knob_field.allowed]], list(knob_field.default))  # type: ignore[valid-type]
+            fields[name] = (list[Literal[knob_field.allowed]] | None, None)  # type: ignore[valid-type]
             validators[f"_check_{name}"] = field_validator(name)(_distinct)
     return create_model("SpaceSection", __base__=_Section, __validators__=validators, **fields)
 
@@ -155,6 +159,22 @@ class BudgetSection(_Section):
     memory_limit_mb: PositiveFloat | None = None
     latency_warmup: int = Field(default=10, ge=0)
     latency_repeats: PositiveInt = 50
+
+
+class ScreenSection(_Section):
+    """The target screen (search/screen.py): before the first trial, measure every deployment
+    setting the space allows without fine-tuning, and search only the ones that pay.
+
+    `enabled` absent: on when the space holds more than one deployment setting. `budget_s`: the
+    screen's wall time (settings it could not measure in time are judged on an estimate, said
+    so); absent: a quarter of the run's `--timeout`, or 180 s. `setting_timeout_s`: the hard
+    limit on one setting (default: the trial timeout, at most 120 s). `margin`: how much better another setting must be to drop one (0.05 = 5%).
+    """
+
+    enabled: bool | None = None
+    budget_s: PositiveFloat | None = None
+    setting_timeout_s: PositiveFloat | None = None
+    margin: float = Field(default=0.05, ge=0.0, lt=1.0)
 
 
 class WorkersSection(_Section):
@@ -191,6 +211,7 @@ class StudyConfig(_Section):
     constraints: ConstraintsSection = ConstraintsSection()
     space: SpaceSection = SpaceSection()
     budget: BudgetSection = BudgetSection()
+    screen: ScreenSection = ScreenSection()
     workers: WorkersSection = WorkersSection()
     refine: RefineSection | None = None
 
@@ -206,16 +227,20 @@ class StudyConfig(_Section):
 
 
     def search_space(self) -> SearchSpace:
+        """The space as the file states it: an absent field is every value, `[]` a range off."""
         values: dict[str, Any] = {}
         for knob_field in study_fields():
             value = self.target.runtimes if knob_field.name == "runtime" else getattr(self.space, knob_field.name)
-            values[knob_field.name] = tuple(value) if value is not None else None
+            if value is None:
+                value = knob_field.bounds if knob_field.kind == "range" else knob_field.allowed
+            values[knob_field.name] = tuple(value) if value else None
         return SearchSpace(**values, finetune_steps=self.budget.finetune_steps)
 
     def identity(self) -> dict[str, Any]:
-        """What must not change when a study is resumed: everything that decides its results."""
+        """What must not change when a study is resumed: everything that decides its results
+        (the screen's settings do not: a study screens once and keeps what it stored)."""
         identity = self.model_dump(mode="json", exclude={"study": {"n_trials", "sampler", "seed", "stop_when"},
-                                                        "workers": True, "refine": True})
+                                                        "workers": True, "refine": True, "screen": True})
         if identity["constraints"].get("max_balanced_accuracy_drop") is None:  # as studies stored before it existed
             identity["constraints"].pop("max_balanced_accuracy_drop", None)
         return identity

@@ -234,6 +234,13 @@ class IsolatedEvaluator:
         limit = 2 * self.timeout_s + grace_s(self.timeout_s)
         return self._request(("export", recipe.to_dict(), seed, fmt, folder), limit, "export", on_stage)
 
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict[str, Any]:
+        """Measure one setting of the target screen in the worker (objectives/screen.py), with
+        `timeout_s` as its hard limit: a setting that hangs or crashes kills and replaces the
+        worker, and raises WorkerFailed with the reason, as a failed trial does."""
+        return self._request(("screen", recipe.to_dict(), accuracy, timeout_s), timeout_s + grace_s(timeout_s),
+                             "screen")
+
     def _learn(self, recipe: Recipe, combination: tuple, reason: str) -> None:
         """Remember a combination that also fails on the unpruned model."""
         if recipe.prune_ratio > 0:

@@ -23,7 +23,7 @@ from slimtune.spaces import SearchSpace
 from slimtune.spaces.errors import one_line
 from slimtune.storage import DEFAULT_STORAGE, Repository, SlotBook, connect, is_sqlite, optuna_storage, safe_url, single_process
 
-from slimtune.search import signals
+from slimtune.search import screen, signals
 from slimtune.search.config import CONFIG_ATTR, STUDY_FILE_ATTR, StudyConfig, StudyFileError
 from slimtune.search.fingerprint import fingerprint
 from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
@@ -243,6 +243,17 @@ def _run_study(
     space, removals = evaluator.space, evaluator.removals
     for removal in removals:
         log(f"probe: {removal}")
+    stored = repository.screen(config.study.name) if existing is not None else None
+    with signals.delivered():  # the target screen: measured once per study, read back after
+        screened = screen.for_study(config, space, evaluator, stored.result if stored else None,
+                                    existing=existing is not None and bool(result_numbers(existing)),
+                                    log=log, run_timeout_s=timeout)
+    if screened is not None:
+        space = screen.narrow(space, screened)
+        for line in screen.summary(screened):
+            log(line)
+        if timeout is not None and stored is None:  # the screen's time is the study's time
+            timeout = max(1.0, timeout - screened["seconds"])
     plan = plan_warm_start(*source, space, removals) if source is not None else None
 
     with signals.deferred():  # a study is created whole or not at all
@@ -263,6 +274,8 @@ def _run_study(
             study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
             if plan is not None:
                 enqueue_warm_start(study, plan, log)
+        if screened is not None and stored is None:  # a study created over HTTP screens on its first run
+            repository.record_screen(config.study.name, screened, screened["seconds"])
         if not join:  # what `slimtune worker` reads: the study file as last run
             study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
         study.set_user_attr(N_TRIALS_ATTR, config.study.n_trials)  # what "finished" means to the dashboard

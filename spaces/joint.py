@@ -28,7 +28,9 @@ class _SpaceMethods:
 
     def contains_baseline(self) -> bool:
         """Whether the unmodified model is a point of this space: every knob can take its
-        baseline value (prune 0, no quantization, fp32, contiguous...)."""
+        baseline value (prune 0, no quantization, fp32, contiguous...), in its runtime."""
+        if self.baseline_runtime is not None and self.baseline_runtime not in self.runtime:
+            return False
         return all(knob.contains_baseline(self) for knob in KNOBS)
 
     def baseline_params(self) -> dict[str, Any]:
@@ -38,7 +40,7 @@ class _SpaceMethods:
         return {name: value for knob in KNOBS for name, value in knob.baseline_params(self).items()}
 
     def baseline_recipe(self) -> Recipe:
-        return Recipe(runtime=self.runtime[0])
+        return Recipe(runtime=self.baseline_runtime or self.runtime[0])
 
     def without(self, knob: str, value: Any) -> "SearchSpace":
         """This space with one categorical choice removed (the capability probe uses it)."""
@@ -69,7 +71,11 @@ def _space_field(field) -> tuple[str, Any, Any]:
 
 SearchSpace = dataclasses.make_dataclass(
     "SearchSpace",
-    [_space_field(field) for field in study_fields()] + [("finetune_steps", int, dataclasses.field(default=0))],
+    [_space_field(field) for field in study_fields()] + [
+        ("finetune_steps", int, dataclasses.field(default=0)),
+        # the runtime the baseline is measured in, when the target screen dropped it from the search
+        ("baseline_runtime", Any, dataclasses.field(default=None)),
+    ],
     bases=(_SpaceMethods,),
     frozen=True,
 )

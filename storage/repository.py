@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import sessionmaker
 
 from .schema import (
-    SCHEMA_VERSION, Base, Export, Fingerprint, ParetoSnapshot, RefinedTrial, SchemaVersion, TrialMeasurement,
+    SCHEMA_VERSION, Base, Export, Fingerprint, ParetoSnapshot, RefinedTrial, SchemaVersion, TargetScreen, TrialMeasurement,
 )
 from .database import StorageError, safe_url
 
@@ -283,6 +283,24 @@ class Repository:
             return list(session.scalars(
                 select(RefinedTrial).where(RefinedTrial.study_name == study_name).order_by(RefinedTrial.id)
             ).all())
+
+    def record_screen(self, study_name: str, result: dict[str, Any], seconds: float) -> None:
+        """Store the study's target screen; a study keeps the first one written (a second
+        worker that screened at the same moment loses quietly and reads the stored one)."""
+        try:
+            with self._session.begin() as session:
+                if session.get(TargetScreen, study_name) is None:
+                    session.add(TargetScreen(study_name=study_name, result=result, seconds=seconds))
+        except IntegrityError:
+            pass
+
+    def screen(self, study_name: str) -> TargetScreen | None:
+        """The study's stored target screen; None for a study screened never (or before
+        slimtune had screens: an older database lacks the table, and reads stay read-only)."""
+        if not inspect(self.engine).has_table(TargetScreen.__tablename__):
+            return None
+        with self._session() as session:
+            return session.get(TargetScreen, study_name)
 
 
 def _record(row: TrialMeasurement) -> TrialRecord:

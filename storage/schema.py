@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: bump when a table changes, and add the step to storage/migrations.py.
 #: 2: ParetoSnapshot.hypervolume; the tables StudyBudget and TrialSlot (exactly N trials across workers).
-#: 3: the table RefinedTrial (`slimtune refine`).
+#: 3: new tables only (RefinedTrial for `slimtune refine`, TargetScreen).
 SCHEMA_VERSION = 3
 
 
@@ -155,4 +155,16 @@ class RefinedTrial(Base):
     accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     accuracy_drop: Mapped[float | None] = mapped_column(Float, nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class TargetScreen(Base):
+    """What a study's target screen measured and decided (search/screen.py), once per study:
+    a resumed study and every worker read it instead of screening again. `result` holds every
+    setting's figures, its verdict and reason, and the choices the search kept."""
+
+    __tablename__ = "slimtune_target_screens"
+
+    study_name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    result: Mapped[dict[str, Any]] = mapped_column()
+    seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -79,8 +79,13 @@ TINY_STUDY: dict[str, dict[str, Any]] = {
     "baseline": {"epochs": 3},
     "objectives": {"latency_ms": "minimize", "peak_memory_mb": "minimize", "accuracy": "maximize"},
     "constraints": {"max_accuracy_drop": 0.05},
-    "space": {"prune_ratio": [0.0, 0.6], "kd_temperature": [1.0, 8.0], "quantization": ["none", "int8_weight_only"]},
+    # every [space] field stated (an absent one means every value); the screen off, as the
+    # tests of other behaviour expect (tests/search/test_screen.py turns it on)
+    "space": {"prune_ratio": [0.0, 0.6], "prune_importance": ["l2"], "prune_round_to": [1], "prune_scope": ["uniform"],
+              "kd_temperature": [1.0, 8.0], "kd_alpha": [], "quantization": ["none", "int8_weight_only"],
+              "precision": ["fp32"], "memory_format": ["contiguous"]},
     "budget": {"finetune_steps": 20, "trial_timeout_s": 60, "latency_warmup": 2, "latency_repeats": 5},
+    "screen": {"enabled": False},
 }
 
 

@@ -290,6 +290,14 @@ class StudyView:
                 return first
         return baseline_record(self.records())
 
+    def screen(self) -> dict[str, Any] | None:
+        """The target screen stored with the study (search/screen.py), its settings kept ones
+        first and fastest first; None for a study that was not screened."""
+        from slimtune.search.screen import ordered
+
+        stored = self.repository.screen(self.name) if self.repository.has_tables() else None
+        return None if stored is None else {**stored.result, "settings": ordered(stored.result["settings"])}
+
     def accuracy_floor(self) -> float | None:
         baseline = self.baseline()
         if self.max_accuracy_drop is None or baseline is None:

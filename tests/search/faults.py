@@ -95,3 +95,59 @@ class CaptureFails:
 
 def int8_dynamic_always_fails(spec, workload, baseline):
     return CaptureFails(make_evaluator(spec, workload, baseline))
+
+
+class SlowSetting:
+    """A real evaluator whose candidates in one memory format really run slower (each forward
+    runs the model `times` times: slower by that factor however loaded the machine is), so the
+    target screen measures the difference and must act on it."""
+
+    def __init__(self, evaluator, memory_format: str, times: int = 5):
+        self.evaluator, self.memory_format, self.times = evaluator, memory_format, times
+
+    def __getattr__(self, name):
+        return getattr(self.evaluator, name)
+
+    def __setattr__(self, name, value):
+        if name == "_deadline":  # the screen's deadline is the real evaluator's
+            setattr(self.evaluator, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        delattr(self.evaluator, name)
+
+    def build(self, recipe, seed=0, on_stage=None):
+        candidate = self.evaluator.build(recipe, seed, on_stage)
+        if recipe.memory_format == self.memory_format:
+            model, times = candidate.deployed, self.times
+
+            def slow(inputs):
+                for _ in range(times - 1):
+                    model(inputs)
+                return model(inputs)
+
+            candidate.run = slow
+        return candidate
+
+
+def slow_channels_last(spec, workload, baseline):
+    return SlowSetting(make_evaluator(spec, workload, baseline), "channels_last")
+
+
+def slow_contiguous(spec, workload, baseline):
+    return SlowSetting(make_evaluator(spec, workload, baseline), "contiguous")
+
+
+class HangsOnBf16(SlowSetting):
+    """Building any bf16 candidate hangs (a compiler that never returns)."""
+
+    def build(self, recipe, seed=0, on_stage=None):
+        if recipe.precision == "bf16":
+            on_stage("injected hang")
+            time.sleep(600)
+        return self.evaluator.build(recipe, seed, on_stage)
+
+
+def hangs_on_bf16(spec, workload, baseline):
+    return HangsOnBf16(make_evaluator(spec, workload, baseline), "none")

@@ -351,7 +351,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(
         "study": {"name": "no-bf16"},
         "workload": {"model": "slimtune_test_no_bf16_model:build"},
         "baseline": {"epochs": 1},
-        "space": {"prune_ratio": None, "kd_temperature": None, "quantization": None, "precision": ["fp32", "bf16"]},
+        "space": {"prune_ratio": [], "kd_temperature": [], "quantization": ["none"], "precision": ["fp32", "bf16"]},
     })
     url = f"sqlite:///{tmp_path / 'bf16.db'}"
     code, out, err = run_cli("run", str(path), "--storage", url, "--no-progress")

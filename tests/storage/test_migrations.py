@@ -12,12 +12,14 @@ from sqlalchemy import inspect, select, text, update
 from slimtune.search.cli import main
 from slimtune.storage import Repository, StorageError, connect
 from slimtune.storage.migrations import upgrade
-from slimtune.storage.schema import SCHEMA_VERSION, ParetoSnapshot, RefinedTrial, SchemaVersion, StudyBudget, TrialSlot
+from slimtune.storage.schema import (
+    SCHEMA_VERSION, ParetoSnapshot, RefinedTrial, SchemaVersion, StudyBudget, TargetScreen, TrialSlot,
+)
 
 from .postgres import temporary_database
 
 NEW_IN_2 = {StudyBudget.__tablename__, TrialSlot.__tablename__}
-NEW_IN_3 = {RefinedTrial.__tablename__}
+NEW_IN_3 = {RefinedTrial.__tablename__, TargetScreen.__tablename__}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -51,6 +53,7 @@ def test_version_1_is_refused_with_the_upgrade_command_and_upgrade_keeps_every_r
     with pytest.raises(StorageError) as caught:
         Repository(engine).check_compatible()
     assert "version 1, this slimtune needs 3" in str(caught.value)
+    assert Repository(engine).screen("old") is None  # reads stay read-only on an old database
     assert "slimtune upgrade --storage URL" in str(caught.value)
 
     assert main(["upgrade", "--storage", url]) == 0
@@ -59,6 +62,8 @@ def test_version_1_is_refused_with_the_upgrade_command_and_upgrade_keeps_every_r
     tables = set(inspect(engine).get_table_names())
     assert NEW_IN_2 | NEW_IN_3 <= tables
     assert Repository(engine).refined("old") == []
+    Repository(engine).record_screen("old", {"settings": []}, 1.0)
+    assert Repository(engine).screen("old").result == {"settings": []}
     assert "hypervolume" in {c["name"] for c in inspect(engine).get_columns("slimtune_pareto_snapshots")}
     [snapshot] = Repository(engine).snapshots("old")
     assert snapshot.front == [{"trial_number": 0, "values": [1.0, 2.0]}] and snapshot.hypervolume is None

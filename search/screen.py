@@ -1,0 +1,557 @@
+"""The target screen: before the first trial, measure what the deployment knobs do on this
+target, and search only the settings that pay.
+
+A deployment setting is one precision x memory format x quantization x runtime. Latency, peak
+memory and weight bytes do not depend on fine-tuning, so each setting is built from the
+baseline's weights and measured in the worker process (objectives/screen.py) in seconds, with
+a hard per-setting timeout: a setting that hangs, crashes or times out is dropped with its
+reason, as a failed trial is, and the screen goes on.
+
+1. Unpruned: every setting's latency, peak memory and weights; held-out accuracy once per
+   precision x quantization (memory format and runtime do not change the arithmetic), through
+   the callable as deployed. The first settings are one-factor-at-a-time moves around the
+   fastest setting so far, until a pass changes nothing; the rest follow in the order their
+   factors predict (a log-linear main-effects model fitted to what was measured; fastest
+   first), while the budget lasts. A setting the budget left unmeasured is judged on that
+   prediction, and its line says so; one with no prediction is kept.
+2. Pruned at the top of the study's range, not fine-tuned: the settings again, fastest first,
+   while the budget lasts (a setting that loses unpruned may win where the model is
+   launch-bound).
+3. The pruning shape (`prune_round_to` x `prune_scope`) at the top and the middle of the range,
+   in the fastest setting, latency only.
+
+A setting survives if its accuracy is acceptable and no other setting beats it by more than the
+margin on one of the study's cost axes (latency, peak memory, weights) while being no worse
+than the margin on the others, at any screened ratio; a quantized setting within the margin of an
+unquantized one on every axis is dropped too (its quantization buys nothing). A shape survives if it is within the
+margin of the fastest shape at any ratio. The survivors' values become the search's choices;
+explicit `[space]` choices are the ceiling (the screen only narrows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from typing import Any, Callable
+
+from slimtune.spaces import Recipe, SearchSpace
+
+Log = Callable[[str], None]
+
+#: the recipe fields that make a deployment setting, and the pruning shape
+DEPLOYMENT = ("precision", "memory_format", "quantization", "runtime")
+SHAPE = ("prune_round_to", "prune_scope")
+#: the study's objectives the screen can speak for (deployment changes them without training)
+COST_AXES = ("latency_ms", "peak_memory_mb", "weight_mb")
+#: shares of the budget after which the pruned phase and the shape phase start at the latest
+PHASE_SHARES = (0.6, 0.85)
+MAX_PASSES = 3
+#: the one screen format this module writes and reads
+VERSION = 1
+
+
+def label(setting: dict[str, Any]) -> str:
+    """`fp16 channels_last compile`, `bf16 contiguous int8_weight_only eager`."""
+    words = [setting["precision"], setting["memory_format"]]
+    if setting["quantization"] != "none":
+        words.append(setting["quantization"])
+    words.append(setting["runtime"])
+    return " ".join(words)
+
+
+def shape_label(shape: dict[str, Any]) -> str:
+    return f"/{shape['prune_round_to']} {shape['prune_scope']}"
+
+
+def cost_axes(objectives: dict[str, str]) -> list[str]:
+    """The cost axes the study cares about (latency when it names none of them)."""
+    axes = [axis for axis in COST_AXES if axis in objectives]
+    if "latency_p95_ms" in objectives and "latency_ms" not in axes:
+        axes.insert(0, "latency_ms")
+    return axes or ["latency_ms"]
+
+
+def settings_of(space: SearchSpace) -> list[dict[str, Any]]:
+    return [dict(zip(DEPLOYMENT, values)) for values in itertools.product(*(getattr(space, f) for f in DEPLOYMENT))]
+
+
+def shapes_of(space: SearchSpace) -> list[dict[str, Any]]:
+    """Every pruning shape, multiples of 8 first (the budget may not reach the rest)."""
+    shapes = [dict(zip(SHAPE, values)) for values in itertools.product(space.prune_round_to, space.prune_scope)]
+    return sorted(shapes, key=lambda s: (s["prune_round_to"] % 8 != 0, -s["prune_round_to"] if s["prune_round_to"] <= 64 else 0))
+
+
+def prunes(space: SearchSpace) -> bool:
+    return space.prune_ratio is not None and space.prune_ratio[1] > 0
+
+
+def wanted(space: SearchSpace, enabled: bool | None) -> bool:
+    """`[screen] enabled`, or, when absent: whether there is anything to choose between."""
+    if enabled is not None:
+        return enabled
+    return len(settings_of(space)) > 1
+
+
+def dominates(better: dict[str, float], worse: dict[str, float], axes: list[str], margin: float) -> bool:
+    """`better` is no worse than `worse` beyond the margin on every axis, and better by more
+    than the margin on one. With a margin, this is not transitive; `verdicts` uses it only
+    against settings on the exact front."""
+    if any(better[a] > worse[a] * (1 + margin) for a in axes):
+        return False
+    return any(better[a] * (1 + margin) < worse[a] for a in axes)
+
+
+def exact_front(points: dict[int, dict[str, float]], axes: list[str]) -> set[int]:
+    def weakly(a: dict, b: dict) -> bool:
+        return all(a[x] <= b[x] for x in axes) and any(a[x] < b[x] for x in axes)
+
+    return {i for i, p in points.items() if not any(weakly(q, p) for j, q in points.items() if j != i)}
+
+
+def why_dominated(worse: dict, better: dict, axes: list[str], better_label: str) -> str:
+    """`6.1x slower than fp16 channels_last compile`, or what else it loses on."""
+    worst = max(axes, key=lambda a: worse[a] / better[a] if better[a] > 0 else math.inf)
+    ratio = worse[worst] / better[worst] if better[worst] > 0 else math.inf
+    what = {"latency_ms": "slower than", "peak_memory_mb": "the peak memory of", "weight_mb": "the weights of"}[worst]
+    return f"{ratio:.1f}x {what} {better_label}"
+
+
+class Screen:
+    """Runs the screen against an evaluator with `screen(recipe, accuracy=, timeout_s=)` (the
+    worker process's, search/isolated.py) and returns its result as plain data."""
+
+    def __init__(self, evaluator: Any, space: SearchSpace, *, objectives: dict[str, str],
+                 max_accuracy_drop: float | None, budget_s: float, setting_timeout_s: float, margin: float,
+                 log: Log = print):
+        self.evaluator, self.space, self.log = evaluator, space, log
+        self.axes = cost_axes(objectives)
+        self.budget_s, self.timeout_s, self.margin = budget_s, setting_timeout_s, margin
+        self.baseline_accuracy = evaluator.baseline_accuracy
+        self.floor = None if max_accuracy_drop is None else self.baseline_accuracy - max_accuracy_drop
+        self.settings = settings_of(space)
+        self.index = {tuple(s[f] for f in DEPLOYMENT): i for i, s in enumerate(self.settings)}
+        low, high = space.prune_ratio if prunes(space) else (0.0, 0.0)
+        self.high = round(high, 4)
+        self.mid = round((low + high) / 2, 4)
+        shapes = shapes_of(space) if prunes(space) else []
+        self.prune_shape = next((s for s in shapes if s["prune_round_to"] == 8), shapes[0] if shapes else None)
+        self.shapes = shapes if len(shapes) > 1 else []
+        #: (setting index, ratio) -> figures or {"error": reason}
+        self.measured: dict[tuple[int, float], dict[str, Any]] = {}
+        #: (precision, quantization) -> (accuracy, label of the setting it was measured on)
+        self.accuracy: dict[tuple[str, str], tuple[float, str]] = {}
+        self.shape_latency: dict[tuple[int, float], dict[str, Any]] = {}
+
+    # -- measuring -----------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _recipe(self, setting: dict[str, Any], ratio: float, shape: dict[str, Any] | None = None) -> Recipe:
+        fields = dict(setting)
+        if ratio > 0:
+            fields.update(prune_ratio=ratio, **(shape or self.prune_shape))
+        return Recipe(**fields)
+
+    def _measure(self, index: int, ratio: float) -> dict[str, Any]:
+        key = (index, ratio)
+        if key in self.measured:
+            return self.measured[key]
+        setting = self.settings[index]
+        pair = (setting["precision"], setting["quantization"])
+        need_accuracy = ratio == 0 and pair not in self.accuracy and pair != ("fp32", "none")
+        try:
+            figures = self.evaluator.screen(self._recipe(setting, ratio), accuracy=need_accuracy,
+                                            timeout_s=self.timeout_s)
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # a setting that fails is a result: dropped with its reason
+            figures = {"error": str(error)}
+        if need_accuracy and "error" not in figures:
+            self.accuracy[pair] = (figures["accuracy"], label(setting))
+        self.measured[key] = figures
+        where = "" if ratio == 0 else f" at prune {ratio:g}"
+        if "error" in figures:
+            self.log(f"screen: {label(setting)}{where}: failed: {figures['error']}")
+        else:
+            self.log(f"screen: {label(setting)}{where}: {figures['latency_ms']:.3f} ms, "
+                     f"{figures['peak_memory_mb']:.1f} MB peak, {figures['weight_mb']:.2f} MB weights")
+        return figures
+
+    def _accuracy_of(self, setting: dict[str, Any]) -> float | None:
+        pair = (setting["precision"], setting["quantization"])
+        if pair == ("fp32", "none"):
+            return self.baseline_accuracy
+        return self.accuracy[pair][0] if pair in self.accuracy else None
+
+    def _acceptable(self, setting: dict[str, Any]) -> bool | None:
+        accuracy = self._accuracy_of(setting)
+        if accuracy is None:
+            return None
+        return self.floor is None or accuracy >= self.floor
+
+    def _ok(self, index: int, ratio: float) -> dict[str, Any] | None:
+        figures = self.measured.get((index, ratio))
+        return figures if figures is not None and "error" not in figures else None
+
+    def _incumbent_passes(self, budget_s: float) -> int:
+        """One-factor-at-a-time moves from the first setting to the fastest acceptable one,
+        until a whole pass leaves it where it was; returns the incumbent's index."""
+        incumbent = 0
+        for _ in range(MAX_PASSES):
+            before = incumbent
+            for factor in DEPLOYMENT:
+                for value in getattr(self.space, factor):
+                    if self._elapsed() > budget_s:
+                        return incumbent
+                    neighbour = dict(self.settings[incumbent], **{factor: value})
+                    index = self.index[tuple(neighbour[f] for f in DEPLOYMENT)]
+                    self._measure(index, 0.0)
+                incumbent = self._fastest(0.0, default=incumbent)
+            if incumbent == before:
+                break
+        return incumbent
+
+    def _fastest(self, ratio: float, default: int | None = None) -> int | None:
+        candidates = [(f["latency_ms"], i) for (i, r), f in self.measured.items()
+                      if r == ratio and "error" not in f and self._acceptable(self.settings[i]) is not False]
+        return min(candidates)[1] if candidates else default
+
+    def _fit(self) -> dict[str, dict[tuple[str, Any], float] | float] | None:
+        """Main effects of each factor's values on each cost axis, in logs, fitted by least
+        squares to every unpruned setting measured so far (the one-factor moves determine it;
+        later settings refine it). None before anything was measured."""
+        import numpy as np
+
+        rows = [(self.settings[i], f) for (i, r), f in self.measured.items() if r == 0.0 and "error" not in f]
+        if not rows:
+            return None
+        columns = sorted({(factor, s[factor]) for s, _ in rows for factor in DEPLOYMENT}, key=str)
+        design = np.array([[1.0] + [1.0 if s[factor] == value else 0.0 for factor, value in columns] for s, _ in rows])
+        fits: dict[str, Any] = {"columns": columns}
+        for axis in COST_AXES:
+            target = np.log(np.array([max(f[axis], 1e-9) for _, f in rows]))
+            coefficients, *_ = np.linalg.lstsq(design, target, rcond=None)
+            fits[axis] = coefficients
+        return fits
+
+    def _estimate(self, index: int, fits: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A setting's unpruned figures predicted from the factors' main effects (a log-linear
+        model of what was measured); None when one of its values was never measured working."""
+        if fits is None:
+            return None
+        setting = self.settings[index]
+        columns = fits["columns"]
+        if any((factor, setting[factor]) not in columns for factor in DEPLOYMENT):
+            return None
+        row = [1.0] + [1.0 if setting[factor] == value else 0.0 for factor, value in columns]
+        return {axis: math.exp(sum(a * b for a, b in zip(row, fits[axis]))) for axis in COST_AXES}
+
+    def run(self) -> dict[str, Any]:
+        self.started = time.perf_counter()
+        shares = [share * self.budget_s for share in PHASE_SHARES]
+        self._incumbent_passes(shares[0])
+        fits = self._fit()
+        self.estimates = {i: self._estimate(i, fits) for i in range(len(self.settings))}
+        order = sorted((i for i in range(len(self.settings)) if (i, 0.0) not in self.measured),
+                       key=lambda i: (self.estimates[i] is None, (self.estimates[i] or {}).get("latency_ms", 0.0)))
+        for index in order:
+            if self._elapsed() > shares[0]:
+                break
+            self._measure(index, 0.0)
+        fits = self._fit()  # refined by every setting measured since
+        self.estimates = {i: self._estimate(i, fits) for i in range(len(self.settings))}
+        if self.high > 0:
+            unpruned = {i: self._ok(i, 0.0) or self.estimates.get(i) for i in range(len(self.settings))}
+            order = sorted((i for i, f in unpruned.items() if f is not None and self._acceptable(self.settings[i]) is not False),
+                           key=lambda i: unpruned[i]["latency_ms"])
+            for index in order:
+                if self._elapsed() > shares[1]:
+                    break
+                self._measure(index, self.high)
+        if self.shapes:
+            self._screen_shapes()
+        return self.result()
+
+    def _screen_shapes(self) -> None:
+        best = self._fastest(self.high)
+        best = self._fastest(0.0) if best is None else best
+        if best is None:
+            return
+        setting = self.settings[best]
+        self.shape_setting = label(setting)
+        for ratio in (self.high, self.mid):
+            for index, shape in enumerate(self.shapes):
+                if self._elapsed() > self.budget_s:
+                    return
+                try:
+                    figures = self.evaluator.screen(self._recipe(setting, ratio, shape), accuracy=False,
+                                                    timeout_s=self.timeout_s)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as error:
+                    figures = {"error": str(error)}
+                self.shape_latency[(index, ratio)] = figures
+                shown = f"failed: {figures['error']}" if "error" in figures else f"{figures['latency_ms']:.3f} ms"
+                self.log(f"screen: shape {shape_label(shape)} at prune {ratio:g} in {self.shape_setting}: {shown}")
+
+    # -- deciding --------------------------------------------------------------------------
+    def _verdict_at(self, ratio: float, with_estimates: bool) -> dict[int, tuple[bool, str | None]]:
+        """Per setting that has figures at `ratio`: (on the margin front, why not)."""
+        points: dict[int, dict[str, float]] = {}
+        estimated: set[int] = set()
+        for index, setting in enumerate(self.settings):
+            if self._acceptable(setting) is False:
+                continue
+            figures = self._ok(index, ratio)
+            if figures is None and with_estimates and (index, ratio) not in self.measured:
+                figures = self.estimates.get(index)
+                if figures is not None:
+                    estimated.add(index)
+            if figures is not None:
+                points[index] = figures
+        front = exact_front(points, self.axes)
+        verdicts: dict[int, tuple[bool, str | None]] = {}
+        for index, figures in points.items():
+            rivals = [j for j in front if j != index and j not in estimated and dominates(points[j], figures, self.axes, self.margin)]
+            if rivals:
+                rival = min(rivals, key=lambda j: points[j]["latency_ms"])
+                verdicts[index] = (False, why_dominated(figures, points[rival], self.axes, label(self.settings[rival])))
+                continue
+            twin = self._unquantized_twin(index, points, estimated)
+            if twin is not None:
+                verdicts[index] = (False, f"within {100 * self.margin:g}% of {label(self.settings[twin])} on every axis "
+                                          "without quantizing")
+                continue
+            verdicts[index] = (True, None)
+        return verdicts
+
+    def _unquantized_twin(self, index: int, points: dict[int, dict[str, float]], estimated: set[int]) -> int | None:
+        """A measured setting without quantization that is within the margin of this quantized
+        one on every axis: quantization that buys nothing here is not worth searching (and its
+        accuracy risk), as with fp8 on a ResNet, where it reaches the classifier alone."""
+        if self.settings[index]["quantization"] == "none":
+            return None
+        mine = points[index]
+        for j, theirs in points.items():
+            if j in estimated or self.settings[j]["quantization"] != "none":
+                continue
+            if all(theirs[a] <= mine[a] * (1 + self.margin) for a in self.axes):
+                return j
+        return None
+
+    def result(self) -> dict[str, Any]:
+        at_zero = self._verdict_at(0.0, with_estimates=True)
+        at_high = self._verdict_at(self.high, with_estimates=False) if self.high > 0 else {}
+        rows = []
+        for index, setting in enumerate(self.settings):
+            rows.append(self._row(index, setting, at_zero, at_high))
+        if not any(row["kept"] for row in rows):  # nothing measured: the screen cannot narrow anything
+            unfailed = [row for row in rows if not row["reason"].startswith("failed")] or rows
+            for row in unfailed:
+                row["kept"], row["reason"] = True, f"kept: no setting could be measured ({row['reason']})"
+        shapes = self._shape_rows()
+        kept = {f: [v for v in getattr(self.space, f) if any(r["kept"] and r["setting"][f] == v for r in rows)]
+                for f in DEPLOYMENT}
+        if shapes:
+            for f in SHAPE:
+                kept[f] = [v for v in getattr(self.space, f) if any(r["kept"] and r["shape"][f] == v for r in shapes)]
+        return {
+            "version": VERSION, "seconds": self._elapsed(), "budget_s": self.budget_s, "margin": self.margin,
+            "setting_timeout_s": self.timeout_s, "axes": self.axes, "ratios": [0.0] + ([self.high] if self.high > 0 else []),
+            "shape_ratios": [self.high, self.mid] if shapes else [], "shape_setting": getattr(self, "shape_setting", None),
+            "baseline_accuracy": self.baseline_accuracy, "accuracy_floor": self.floor,
+            "settings": rows, "shapes": shapes, "kept": kept,
+        }
+
+    def _row(self, index: int, setting: dict, at_zero: dict, at_high: dict) -> dict[str, Any]:
+        unpruned, pruned = self.measured.get((index, 0.0)), self.measured.get((index, self.high))
+        accuracy = self._accuracy_of(setting)
+        pair = (setting["precision"], setting["quantization"])
+        source = "baseline" if pair == ("fp32", "none") else (self.accuracy[pair][1] if pair in self.accuracy else None)
+        row: dict[str, Any] = {
+            "setting": setting, "label": label(setting), "unpruned": unpruned, "pruned": pruned,
+            "estimate": self.estimates.get(index) if unpruned is None else None,
+            "accuracy": accuracy, "accuracy_from": source,
+        }
+        coverage = ""
+        figures = unpruned if unpruned and "error" not in unpruned else (pruned if pruned and "error" not in pruned else None)
+        if setting["quantization"] != "none" and figures is not None:
+            coverage = f" (quantizes {figures['quantized_layers']} of {figures['weight_layers']} weight layers)"
+            row["coverage"] = [figures["quantized_layers"], figures["weight_layers"]]
+        if unpruned is not None and "error" in unpruned:
+            row["kept"], row["reason"] = False, f"failed: {unpruned['error']}"
+            return row
+        acceptable = self._acceptable(setting)
+        if acceptable is False:
+            drop = 100 * (self.baseline_accuracy - accuracy)
+            row["kept"], row["reason"] = False, f"accuracy {accuracy:.4f} (drop {drop:.2f} pts) below the floor {self.floor:.4f}{coverage}"
+            return row
+        zero, high = at_zero.get(index), at_high.get(index)
+        if zero is None and high is None:  # no evidence either way: the screen only drops on evidence
+            row["kept"], row["reason"] = True, "not measured within the screen's budget (no estimate either): kept"
+            return row
+        estimated = unpruned is None
+        where = " on an estimate (not measured: budget)" if estimated else ""
+        if (zero and zero[0]) or (high and high[0]):
+            at = [] if not (zero and zero[0]) else ["unpruned" + where]
+            if high and high[0]:
+                at.append(f"at prune {self.high:g}")
+            row["kept"], row["reason"] = True, f"on the front {' and '.join(at)}{coverage}"
+            if acceptable is None:
+                row["reason"] += "; accuracy not measured"
+            return row
+        reason = zero[1] if zero else "not measured unpruned"
+        if estimated:
+            reason = f"estimated {reason} (not measured: budget)"
+        if high is not None:
+            reason += f"; at prune {self.high:g}: {high[1]}"
+        row["kept"], row["reason"] = False, reason + coverage
+        return row
+
+    def _shape_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        best = {ratio: min((f["latency_ms"] for (i, r), f in self.shape_latency.items() if r == ratio and "error" not in f),
+                           default=None) for ratio in (self.high, self.mid)}
+        for index, shape in enumerate(self.shapes):
+            latency = {str(r): self.shape_latency.get((index, r)) for r in (self.high, self.mid)}
+            measured = {r: f for r, f in ((r, self.shape_latency.get((index, r))) for r in (self.high, self.mid)) if f}
+            row: dict[str, Any] = {"shape": shape, "label": shape_label(shape), "latency": latency}
+            ok = {r: f["latency_ms"] for r, f in measured.items() if "error" not in f}
+            if not measured:
+                row["kept"], row["reason"] = True, "not measured within the screen's budget: kept"
+            elif not ok:
+                row["kept"], row["reason"] = False, f"failed: {next(iter(measured.values()))['error']}"
+            elif any(v <= best[r] * (1 + self.margin) for r, v in ok.items()):
+                row["kept"], row["reason"] = True, "within the margin of the fastest shape at " + " and ".join(
+                    f"prune {r:g}" for r, v in ok.items() if v <= best[r] * (1 + self.margin))
+            else:
+                row["kept"], row["reason"] = False, "; ".join(f"{v / best[r]:.2f}x the fastest shape's latency at prune {r:g}"
+                                                             for r, v in ok.items())
+            rows.append(row)
+        return rows
+
+
+def narrow(space: SearchSpace, result: dict[str, Any]) -> SearchSpace:
+    """The space with only the screen's survivors: never wider than `space` (explicit choices
+    are the ceiling). The baseline keeps the runtime it is measured in even when the screen
+    dropped it from the search."""
+    kept = result["kept"]
+    changes: dict[str, Any] = {}
+    for name, values in kept.items():
+        remaining = tuple(v for v in getattr(space, name) if v in values)
+        if remaining:
+            changes[name] = remaining
+    if "runtime" in changes and changes["runtime"][0] != space.runtime[0]:
+        changes["baseline_runtime"] = space.runtime[0]
+    return dataclasses.replace(space, **changes)
+
+
+#: the screen's budget when neither `[screen] budget_s` nor the run's timeout says otherwise
+DEFAULT_BUDGET_S = 180.0
+#: its share of the run's `--timeout` when that is given
+BUDGET_SHARE = 0.25
+
+
+def budget_of(config: Any, run_timeout_s: float | None) -> tuple[float, float]:
+    """(the screen's budget, one setting's hard limit) for `config` and the run's timeout."""
+    budget = config.screen.budget_s or (BUDGET_SHARE * run_timeout_s if run_timeout_s else DEFAULT_BUDGET_S)
+    # a setting needs what a trial's compile needs (a cold ResNet-18 compile ran past 40 s on an H200)
+    limit = config.screen.setting_timeout_s or min(config.budget.trial_timeout_s, 120.0)
+    return budget, limit
+
+
+def screen_target(evaluator: Any, space: SearchSpace, config: Any, log: Log = print,
+                  run_timeout_s: float | None = None) -> dict[str, Any]:
+    """Run the screen for `config`'s study over `space` (the probed space) and return its result."""
+    budget, limit = budget_of(config, run_timeout_s)
+    return Screen(evaluator, space, objectives=config.objectives, max_accuracy_drop=config.constraints.max_accuracy_drop,
+                  budget_s=budget, setting_timeout_s=limit, margin=config.screen.margin, log=log).run()
+
+
+def for_study(config: Any, space: SearchSpace, evaluator: Any, stored: dict[str, Any] | None, *,
+              existing: bool, log: Log = print, run_timeout_s: float | None = None) -> dict[str, Any] | None:
+    """The study's screen: the stored one when there is one (a resumed study, a second
+    worker), else a new one for a study without results yet (new, or created over HTTP) that
+    wants it; None: search `space` as it is (a study that already has results without a screen
+    keeps the space it was searched in)."""
+    if stored is not None:
+        log(f"screen: read from storage (measured once for this study, {stored['seconds']:.0f} s)")
+        return stored
+    if existing or not wanted(space, config.screen.enabled):
+        return None
+    log(f"screen: measuring {len(settings_of(space))} deployment settings "
+        f"(budget {budget_of(config, run_timeout_s)[0]:.0f} s)")
+    return screen_target(evaluator, space, config, log, run_timeout_s)
+
+
+def summary(result: dict[str, Any]) -> list[str]:
+    """A few lines for `slimtune run`: what was kept, and the drops' reasons, briefest first."""
+    rows = result["settings"]
+    kept = [r for r in rows if r["kept"]]
+    lines = [f"screen: {len(rows)} deployment settings in {result['seconds']:.0f} s: kept {len(kept)} "
+             f"({', '.join(r['label'] for r in kept[:6])}{', ...' if len(kept) > 6 else ''}), dropped {len(rows) - len(kept)}"]
+    dropped = [r for r in rows if not r["kept"]]
+    for row in dropped[:5]:
+        lines.append(f"screen: dropped {row['label']}: {row['reason']}")
+    if len(dropped) > 5:
+        lines.append(f"screen: ... {len(dropped) - 5} more dropped (`slimtune screen STUDY` lists them)")
+    choices = "; ".join(f"{name} {values}" for name, values in result["kept"].items())
+    lines.append(f"screen: the search's choices: {choices}")
+    return lines
+
+
+def _figures(figures: dict[str, Any] | None, estimated: bool = False) -> tuple[str, str, str]:
+    if figures is None:
+        return "-", "-", "-"
+    if "error" in figures:
+        return "failed", "", ""
+    mark = "~" if estimated else ""
+    return (f"{mark}{figures['latency_ms']:.3f}", f"{mark}{figures['peak_memory_mb']:.1f}", f"{mark}{figures['weight_mb']:.2f}")
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """Every setting and shape with its figures and verdict (`slimtune screen STUDY`)."""
+    high = result["ratios"][1] if len(result["ratios"]) > 1 else None
+    header = ["setting", "latency_ms", "peak_mb", "weight_mb", "accuracy"]
+    if high is not None:
+        header.append(f"latency_ms@{high:g}")
+    header += ["verdict", "why"]
+    body = []
+    for row in ordered(result["settings"]):
+        latency, peak, weights = _figures(row["unpruned"] or row.get("estimate"), estimated=row["unpruned"] is None)
+        accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        cells = [row["label"], latency, peak, weights, accuracy]
+        if high is not None:
+            cells.append(_figures(row["pruned"])[0])
+        cells += ["kept" if row["kept"] else "dropped", row["reason"]]
+        body.append(cells)
+    lines = _aligned([header] + body)
+    lines.insert(0, f"Target screen: {len(result['settings'])} deployment settings in {result['seconds']:.1f} s "
+                    f"(budget {result['budget_s']:g} s, margin {100 * result['margin']:g}%, axes {', '.join(result['axes'])}; "
+                    f"~ = estimated from its factors, not measured)")
+    if result["shapes"]:
+        ratios = result["shape_ratios"]
+        shape_rows = [["shape"] + [f"latency_ms@{r:g}" for r in ratios] + ["verdict", "why"]]
+        for row in result["shapes"]:
+            cells = [row["label"]] + [_figures(row["latency"].get(str(r)))[0] for r in ratios]
+            shape_rows.append(cells + ["kept" if row["kept"] else "dropped", row["reason"]])
+        lines += ["", f"Pruning shapes, pruned and not fine-tuned, in {result['shape_setting']}:"] + _aligned(shape_rows)
+    lines += ["", "Search choices: " + "; ".join(f"{name} {values}" for name, values in result["kept"].items())]
+    return lines
+
+
+def ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Kept settings first, each group fastest first (measured, else estimated)."""
+    return sorted(rows, key=lambda r: (not r["kept"], _sort_key(r)))
+
+
+def _sort_key(row: dict[str, Any]) -> float:
+    figures = row["unpruned"] if row["unpruned"] and "error" not in row["unpruned"] else row.get("estimate")
+    return figures["latency_ms"] if figures else math.inf
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) + "  " + str(row[-1]) for row in rows]
