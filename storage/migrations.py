@@ -30,8 +30,12 @@ def _v1_to_v2(operations: Operations) -> None:
         operations.add_column("slimtune_pareto_snapshots", Column("hypervolume", Float, nullable=True))
 
 
+def _v2_to_v3(operations: Operations) -> None:
+    """Version 3 only adds tables; `create_all` below creates them."""
+
+
 #: from version -> the step to the next version
-STEPS: dict[int, Callable[[Operations], None]] = {1: _v1_to_v2}
+STEPS: dict[int, Callable[[Operations], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def stored_version(engine: Engine) -> int | None:

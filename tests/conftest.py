@@ -65,7 +65,8 @@ TINY_STUDY: dict[str, dict[str, Any]] = {
     "objectives": {"latency_ms": "minimize", "peak_memory_mb": "minimize", "accuracy": "maximize"},
     "constraints": {"max_accuracy_drop": 0.05},
     "space": {"prune_ratio": [0.0, 0.6], "kd_temperature": [1.0, 8.0], "quantization": ["none", "int8_weight_only"]},
-    "budget": {"finetune_steps": 20, "trial_timeout_s": 60, "latency_warmup": 2, "latency_repeats": 5},
+    "budget": {"finetune_steps": 20, "trial_timeout_s": 60, "latency_warmup": 2, "latency_repeats": 5, "latency_max_s": 0.5,
+               "confirm_rounds": 0},  # confirmation has its own tests (tests/search/test_confirm.py)
 }
 
 

@@ -1,5 +1,5 @@
 """Schema versions: tables at version 1 are refused with the command that upgrades them, the
-upgrade adds what version 2 needs and keeps every row, and a newer schema is refused."""
+upgrade adds what versions 2 and 3 need and keeps every row, and a newer schema is refused."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from sqlalchemy import inspect, select, text, update
 from slimtune.search.cli import main
 from slimtune.storage import Repository, StorageError, connect
 from slimtune.storage.migrations import upgrade
-from slimtune.storage.schema import SCHEMA_VERSION, ParetoSnapshot, SchemaVersion, StudyBudget, TrialSlot
+from slimtune.storage.schema import (
+    SCHEMA_VERSION, ConfirmedMeasurement, ParetoSnapshot, SchemaVersion, StudyBudget, TrialSlot,
+)
 
 from .postgres import temporary_database
 
 NEW_IN_2 = {StudyBudget.__tablename__, TrialSlot.__tablename__}
+NEW_IN_3 = {ConfirmedMeasurement.__tablename__}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -34,7 +37,7 @@ def make_version_1(url: str) -> None:
     Repository(engine).create_schema()
     Repository(engine).record_snapshot("old", 0, [{"trial_number": 0, "values": [1.0, 2.0]}])
     with engine.begin() as connection:
-        for table in NEW_IN_2:
+        for table in NEW_IN_2 | NEW_IN_3:
             connection.execute(text(f"DROP TABLE {table}"))
         connection.execute(text("ALTER TABLE slimtune_pareto_snapshots DROP COLUMN hypervolume"))
         connection.execute(update(SchemaVersion).values(version=1))
@@ -44,19 +47,19 @@ def make_version_1(url: str) -> None:
 def test_version_1_is_refused_with_the_upgrade_command_and_upgrade_keeps_every_row(
     url: str, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     make_version_1(url)
     engine = connect(url)
     with pytest.raises(StorageError) as caught:
         Repository(engine).check_compatible()
-    assert "version 1, this slimtune needs 2" in str(caught.value)
+    assert "version 1, this slimtune needs 3" in str(caught.value)
     assert "slimtune upgrade --storage URL" in str(caught.value)
 
     assert main(["upgrade", "--storage", url]) == 0
-    assert capsys.readouterr().out.strip() == "slimtune tables: version 1 -> 2"
+    assert capsys.readouterr().out.strip() == "slimtune tables: version 1 -> 3"
     Repository(engine).check_schema()
     tables = set(inspect(engine).get_table_names())
-    assert NEW_IN_2 <= tables
+    assert NEW_IN_2 | NEW_IN_3 <= tables
     assert "hypervolume" in {c["name"] for c in inspect(engine).get_columns("slimtune_pareto_snapshots")}
     [snapshot] = Repository(engine).snapshots("old")
     assert snapshot.front == [{"trial_number": 0, "values": [1.0, 2.0]}] and snapshot.hypervolume is None
@@ -73,7 +76,7 @@ def test_a_newer_schema_is_refused_by_every_command_and_by_upgrade(
     Repository(engine).create_schema()
     with engine.begin() as connection:
         connection.execute(update(SchemaVersion).values(version=SCHEMA_VERSION + 1))
-    with pytest.raises(StorageError, match=r"version 3, newer than this slimtune \(2\): upgrade slimtune"):
+    with pytest.raises(StorageError, match=r"version 4, newer than this slimtune \(3\): upgrade slimtune"):
         upgrade(engine)
     with engine.connect() as connection:
         assert connection.scalars(select(SchemaVersion.version)).all() == [SCHEMA_VERSION + 1]
@@ -86,7 +89,7 @@ def test_a_newer_schema_is_refused_by_every_command_and_by_upgrade(
 def test_upgrade_on_an_empty_database_creates_the_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     assert main(["upgrade", "--storage", url]) == 0
-    assert "slimtune tables: created at version 2" in capsys.readouterr().out
+    assert "slimtune tables: created at version 3" in capsys.readouterr().out
     engine = connect(url)
     Repository(engine).check_schema()
     assert ParetoSnapshot.__tablename__ in inspect(engine).get_table_names()
