@@ -31,6 +31,8 @@ import torch
 BLOCK_MS = 1.0
 #: the most calls in one block (a forward of under 1 us would otherwise take thousands)
 MAX_BLOCK = 1000
+#: single calls timed at the end of the warm-up to choose k (part of the warm-up when it has as many)
+CALIBRATION_CALLS = 5
 #: samples at most, whatever the stopping rule says: this many times the minimum, up to MAX_REPEATS
 REPEATS_CAP_FACTOR = 20
 MAX_REPEATS = 2000
@@ -268,15 +270,17 @@ def measure_latency(
         max_repeats = min(MAX_REPEATS, max(repeats, REPEATS_CAP_FACTOR * repeats))
     started = clock()
     timed = _block_timer(run, example, clock)
+    calibrate = blocks and block is None
     with torch.inference_mode():
-        for _ in range(warmup):
+        # the last 5 warm-up calls are timed one by one and their median sets k (no extra calls)
+        for _ in range(warmup - CALIBRATION_CALLS if calibrate else warmup):
             run(example)
         if example.device.type == "cuda":
             torch.cuda.synchronize(example.device)
         if block is None:
             block = 1
-            if blocks:  # a median of a few single calls, after warm-up, sets k
-                block = choose_block(statistics.median(timed(1) for _ in range(5)), block_ms)
+            if calibrate:
+                block = choose_block(statistics.median(timed(1) for _ in range(CALIBRATION_CALLS)), block_ms)
         rule = StoppingRule(min_repeats=repeats, rel_tol=rel_tol)
         samples, converged, stopped_by = collect(
             lambda: timed(block), rule, max_repeats=max_repeats, max_seconds=max_seconds,
