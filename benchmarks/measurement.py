@@ -2,7 +2,7 @@
 
     python benchmarks/measurement.py cpu [--runs 5] [--out benchmarks/results/measurement]
     python benchmarks/measurement.py gpu [--runs 5] [--out DIR]
-    MEASUREMENT_DRY=1 python benchmarks/measurement.py gpu --runs 1 --out /tmp/x   # the GPU part on a CPU, tiny
+    MEASUREMENT_DRY=1 python benchmarks/measurement.py gpu --runs 1 --out OUT   # the GPU part on a CPU, tiny
 
 Each of `--runs` independent measurements runs in a fresh Python process (its own CUDA
 context, allocator, clocks and core placement: what differs between two `slimtune run`s), and
