@@ -50,6 +50,8 @@ class Budget:
     latency_warmup: int = 10
     latency_repeats: int = 50
     latency_max_s: float = 3.0
+    #: measure until the median's 95% interval is within +-this; 0 = exactly latency_repeats
+    latency_rel_tol: float = 0.01
     early_stop_checks: int = 4
 
 
@@ -78,6 +80,12 @@ class Measurement:
     build: dict[str, Any] = field(default_factory=dict)
     #: mean per-class recall on the held-out split (objectives/accuracy.py)
     balanced_accuracy: float = math.nan
+    #: 95% confidence interval of the latency median, calls per timed block, and whether the
+    #: stopping rule was met (objectives/latency.py); None in measurements of older slimtunes
+    latency_ci_low_ms: float | None = None
+    latency_ci_high_ms: float | None = None
+    latency_block: int | None = None
+    latency_converged: bool | None = None
 
     def objective(self, name: str) -> float:
         if name not in OBJECTIVE_NAMES:
@@ -206,7 +214,7 @@ class Evaluator:
                     latencies[batch_size] = measure_latency(
                         candidate, candidate.inputs(self._example(batch_size)),
                         warmup=self.budget.latency_warmup, repeats=self.budget.latency_repeats,
-                        max_seconds=min(self.budget.latency_max_s, remaining),
+                        max_seconds=min(self.budget.latency_max_s, remaining), rel_tol=self.budget.latency_rel_tol,
                     )
                     self.check_time(f"latency at batch {batch_size}")
                 stage("memory")
@@ -233,9 +241,15 @@ class Evaluator:
             weight_layers=record.pop("weight_layers", None),
             finetune_steps_run=record.pop("finetune_steps_run", 0),
             seconds=time.perf_counter() - started,
-            latency_by_batch_size={str(bs): {"median_ms": s.median_ms, "p95_ms": s.p95_ms} for bs, s in latencies.items()},
+            latency_by_batch_size={str(bs): {"median_ms": s.median_ms, "p95_ms": s.p95_ms, "ci_low_ms": s.ci_low_ms,
+                                             "ci_high_ms": s.ci_high_ms, "repeats": s.repeats, "block": s.block}
+                                   for bs, s in latencies.items()},
             compile_s=record.pop("compile_s", None),
             build=record,
+            latency_ci_low_ms=primary.ci_low_ms,
+            latency_ci_high_ms=primary.ci_high_ms,
+            latency_block=primary.block,
+            latency_converged=primary.converged,
         )
         measurement.check_finite()
         return measurement

@@ -8,7 +8,7 @@ plain messages on a pipe.
 
 Messages from the driver: ("load",) ("baseline",) ("evaluate", recipe_dict, seed)
 ("check", recipe_dict) ("export", recipe_dict, seed, format, folder) ("screen", recipe_dict, accuracy, timeout_s)
-("stop",). Messages to the driver: ("log", text) ("stage", name)
+("confirm", [recipe_dict, ...], [seed, ...], rounds) ("stop",). Messages to the driver: ("log", text) ("stage", name)
 ("warning", line) (each third-party warning once, see spaces/warnings_once.py)
 ("loaded", info) ("ready", info) ("result", measurement_dict) ("stopped", reason)
 ("failed", reason, restart) ("error", field, message, traceback or None) for bad input.
@@ -56,6 +56,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def pin_to_cores(threads: int) -> list[int]:
+    """Pin this process to `threads` of the cores it may run on (the lowest-numbered), so the
+    scheduler does not move its threads between cores mid-measurement (cold caches and a
+    stolen core show up as outliers). Returns the cores; where the OS has no affinity call,
+    nothing changes and the list is empty."""
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    allowed = sorted(os.sched_getaffinity(0))
+    cores = allowed[:max(1, threads)]
+    os.sched_setaffinity(0, cores)
+    return cores
 
 
 def make_evaluator(spec: WorkerSpec, workload, baseline_model):
@@ -152,6 +165,7 @@ def serve(conn, spec: WorkerSpec) -> None:
 
     device = torch.device(spec.device)
     if spec.threads and device.type == "cpu":
+        pin_to_cores(spec.threads)  # before torch starts its thread pool, so the pool inherits it
         torch.set_num_threads(spec.threads)
     workload = checkpoint_model = evaluator = None
     space = SearchSpace(**spec.space)
@@ -195,6 +209,12 @@ def serve(conn, spec: WorkerSpec) -> None:
                 _, recipe, seed, fmt, folder = message
                 send("result", export_candidate(evaluator, workload, Recipe.from_dict(recipe), seed, fmt, folder,
                                                 on_stage=lambda name: send("stage", name)))
+            elif kind == "confirm":
+                from .confirm import confirm_candidates
+
+                _, recipes, seeds, rounds = message
+                send("result", confirm_candidates(evaluator, recipes, seeds, rounds,
+                                                  on_stage=lambda name: send("stage", name)))
             elif kind == "check":
                 evaluator.check_combination(Recipe.from_dict(message[1]))
                 send("result", None)

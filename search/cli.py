@@ -1,4 +1,4 @@
-"""`slimtune run | worker | launch | pareto | trials | screen | plot | export | refine | report | serve | upgrade`: the
+"""`slimtune run | worker | launch | confirm | pareto | trials | screen | plot | export | refine | report | serve | upgrade`: the
 parser and the dispatch; each command is one function in search/commands.py.
 Exit codes: 0 done, 2 bad input (study file, workload, database, unknown study; `--verbose` adds
 the traceback, e.g. of a user's model or data factory that raised), 130 interrupted by
@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("--workers", type=int, required=True)
     launch.add_argument("--gpus", type=lambda text: text.split(","), help="GPU indices, one per worker: 0,1,2")
     launch.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+
+    confirm = commands.add_parser("confirm", help="re-measure the baseline and the front interleaved; store confirmed figures")
+    confirm.add_argument("study", help="the study's name")
+    confirm.add_argument("--storage", default=DEFAULT_STORAGE)
+    confirm.add_argument("--rounds", type=int, help="interleaved rounds (default: the study's confirm_rounds, else 6)")
 
     upgrade = commands.add_parser("upgrade", help="upgrade Optuna's and slimtune's tables to this version")
     upgrade.add_argument("--storage", default=DEFAULT_STORAGE)

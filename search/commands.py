@@ -156,6 +156,8 @@ def launch(args: argparse.Namespace) -> int:
     study, repository = open_study(config.study.name, args.storage)
     usage = SlotBook(repository.engine).usage(config.study.name)
     repository.engine.dispose()
+    if config.budget.confirm_rounds:  # the workers joined, so none confirmed: confirm once here
+        _confirm(config.study.name, args.storage, None)
     if usage.done >= usage.n_trials:
         try:
             with handle_signals():
@@ -169,6 +171,41 @@ def launch(args: argparse.Namespace) -> int:
     print(f"slimtune: study {config.study.name!r} has {usage.done} of {usage.n_trials} trials; "
           "run the same command to go on", file=sys.stderr)
     return max((c for c in codes if c > 0), default=1)
+
+
+def confirm(args: argparse.Namespace) -> int:
+    """Re-measure the baseline and the front interleaved in one worker process and store the
+    confirmed figures (search/confirm.py). 0 confirmed, 1 a point could not be rebuilt."""
+    quiet()
+    if args.rounds is not None and not 1 <= args.rounds <= 100:
+        raise StudyFileError(f"--rounds = {args.rounds}: allowed 1 to 100 (6 or more give a 95% interval)")
+    code = _confirm(args.study, args.storage, args.rounds)
+    return code if code else print_front(args.study, args.storage)
+
+
+def _confirm(study_name: str, storage: str, rounds: int | None) -> int:
+    from slimtune.objectives import TrialStopped
+    from slimtune.search.confirm import DEFAULT_ROUNDS, NothingToConfirm, confirm_study, study_config
+    from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
+    from slimtune.search.results import open_study
+    from slimtune.search.runner import worker_spec
+
+    study, repository = open_study(study_name, storage)
+    config = study_config(study)
+    rounds = rounds or config.budget.confirm_rounds or DEFAULT_ROUNDS
+    try:
+        with handle_signals(), IsolatedEvaluator(worker_spec(config), log=print,
+                                                 memory_limit_mb=config.budget.memory_limit_mb) as evaluator:
+            evaluator.load()
+            evaluator.prepare()
+            confirm_study(study, repository, config, evaluator, rounds=rounds, log=print)
+    except KeyboardInterrupt as error:
+        print("interrupted: nothing was stored", file=sys.stderr)
+        return exit_code(error)
+    except (NothingToConfirm, WorkerFailed, TrialStopped) as error:
+        print(f"slimtune: error: confirm: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def upgrade(args: argparse.Namespace) -> int:

@@ -158,7 +158,13 @@ class BudgetSection(_Section):
     #: the worker process is killed (and its trial failed) past this resident memory
     memory_limit_mb: PositiveFloat | None = None
     latency_warmup: int = Field(default=10, ge=0)
+    #: the least number of timed samples; more are taken until the median's 95% interval is
+    #: within +-latency_rel_tol (0 = exactly latency_repeats) or latency_max_s passes
     latency_repeats: PositiveInt = 50
+    latency_rel_tol: float = Field(default=0.01, ge=0.0, le=0.5)
+    latency_max_s: PositiveFloat = 3.0
+    #: interleaved rounds re-measuring the baseline and the front when the study ends (0 = none)
+    confirm_rounds: int = Field(default=6, ge=0, le=100)
 
 
 class ScreenSection(_Section):
@@ -238,9 +244,12 @@ class StudyConfig(_Section):
 
     def identity(self) -> dict[str, Any]:
         """What must not change when a study is resumed: everything that decides its results
-        (the screen's settings do not: a study screens once and keeps what it stored)."""
-        identity = self.model_dump(mode="json", exclude={"study": {"n_trials", "sampler", "seed", "stop_when"},
-                                                        "workers": True, "refine": True, "screen": True})
+        (the screen's settings do not: a study screens once and keeps what it stored; how firmly
+        latency is measured may change on resume, and studies made before those fields resume)."""
+        identity = self.model_dump(mode="json", exclude={
+            "study": {"n_trials", "sampler", "seed", "stop_when"}, "workers": True, "refine": True, "screen": True,
+            "budget": {"latency_rel_tol", "latency_max_s", "confirm_rounds"},
+        })
         if identity["constraints"].get("max_balanced_accuracy_drop") is None:  # as studies stored before it existed
             identity["constraints"].pop("max_balanced_accuracy_drop", None)
         return identity

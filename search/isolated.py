@@ -241,6 +241,14 @@ class IsolatedEvaluator:
         return self._request(("screen", recipe.to_dict(), accuracy, timeout_s), timeout_s + grace_s(timeout_s),
                              "screen")
 
+    def confirm(self, recipes: list[Recipe], seeds: list[int], rounds: int) -> dict[str, Any]:
+        """Rebuild `recipes` in the worker and time them in interleaved rounds
+        (objectives/confirm.py); the limit is a rebuild per point plus the rounds' time cap."""
+        budget = self.spec.budget
+        per_round = len(recipes) * (float(budget.get("latency_max_s", 3.0)) + 1.0)
+        limit = len(recipes) * 2 * self.timeout_s + rounds * per_round + grace_s(self.timeout_s)
+        return self._request(("confirm", [r.to_dict() for r in recipes], list(seeds), rounds), limit, "confirmation")
+
     def _learn(self, recipe: Recipe, combination: tuple, reason: str) -> None:
         """Remember a combination that also fails on the unpruned model."""
         if recipe.prune_ratio > 0:

@@ -52,7 +52,8 @@ def accuracy_floor(study: optuna.Study, repository: Repository) -> float | None:
     return baseline.measurement["accuracy"] - max_drop
 
 
-def _row(number: int, record: TrialRecord | None, baseline: TrialRecord | None) -> dict[str, Any]:
+def _row(number: int, record: TrialRecord | None, baseline: TrialRecord | None,
+         confirmed: dict[str, Any] | None = None) -> dict[str, Any]:
     measurement = (record.measurement if record else None) or {}
     row: dict[str, Any] = {
         "trial": number,
@@ -69,14 +70,36 @@ def _row(number: int, record: TrialRecord | None, baseline: TrialRecord | None) 
     row["speedup_x"] = base["latency_ms"] / measurement["latency_ms"] if ready else None
     row["memory_x"] = base["peak_memory_mb"] / measurement["peak_memory_mb"] if ready else None
     row["accuracy_drop_pts"] = 100 * (base["accuracy"] - measurement["accuracy"]) if ready else None
+    row.update(interval_columns(measurement, confirmed))
+    if confirmed:  # the interleaved re-measurement replaces the trial's own latency and speed-up
+        row["latency_ms"], row["speedup_x"] = confirmed["latency_ms"], confirmed["speedup_x"]
     return row
+
+
+#: the columns `interval_columns` adds (json/csv carry them; the table folds them into ranges)
+INTERVAL_COLUMNS = ("latency_ci_low_ms", "latency_ci_high_ms", "latency_repeats", "speedup_ci_low_x",
+                    "speedup_ci_high_x", "confirmed", "flagged")
+
+
+def interval_columns(measurement: dict[str, Any], confirmed: dict[str, Any] | None) -> dict[str, Any]:
+    """The latency median's 95% interval and sample count (None for trials measured before
+    slimtune stored them), or the confirmed figures' intervals where the point was confirmed,
+    and whether its trial's latency disagrees with the confirmation (`flagged`)."""
+    if confirmed:
+        return {"latency_ci_low_ms": confirmed["latency_ci_low_ms"], "latency_ci_high_ms": confirmed["latency_ci_high_ms"],
+                "latency_repeats": measurement.get("latency_repeats"), "speedup_ci_low_x": confirmed["speedup_ci_low_x"],
+                "speedup_ci_high_x": confirmed["speedup_ci_high_x"], "confirmed": True, "flagged": confirmed["flagged"]}
+    return {"latency_ci_low_ms": measurement.get("latency_ci_low_ms"), "latency_ci_high_ms": measurement.get("latency_ci_high_ms"),
+            "latency_repeats": measurement.get("latency_repeats"), "speedup_ci_low_x": None, "speedup_ci_high_x": None,
+            "confirmed": False, "flagged": False}
 
 
 def pareto_front(study: optuna.Study, repository: Repository) -> pd.DataFrame:
     """The feasible front (Optuna's `best_trials` honours constraints), fastest first."""
     records = {r.trial_number: r for r in repository.trials(study.study_name)}
     baseline = baseline_record(list(records.values()))
-    rows = [_row(t.number, records.get(t.number), baseline) for t in study.best_trials]
+    confirmed = repository.confirmations(study.study_name)
+    rows = [_row(t.number, records.get(t.number), baseline, confirmed.get(t.number)) for t in study.best_trials]
     frame = pd.DataFrame(rows, columns=list(_row(0, None, None)))
     frame = frame.sort_values(["latency_ms", "trial"]).reset_index(drop=True)
     return with_refined(frame, latest_refined(repository, study.study_name), baseline)
@@ -146,7 +169,7 @@ def trials_frame(study: optuna.Study, repository: Repository) -> pd.DataFrame:
 
 #: what `slimtune trials` shows in a terminal; json and csv carry every column.
 TRIALS_TABLE_COLUMNS = [
-    "trial", "status", "recipe", "latency_ms", "peak_memory_mb", "weight_mb", "accuracy", "balanced_accuracy", "on_front",
+    "trial", "status", "recipe", "latency_ms", "latency_ci_ms", "peak_memory_mb", "weight_mb", "accuracy", "balanced_accuracy", "on_front",
     "reason",
 ]
 
@@ -154,12 +177,42 @@ TRIALS_TABLE_COLUMNS = [
 def trials_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(no trials)"
+    if "latency_ci_low_ms" in frame:
+        frame = frame.assign(latency_ci_ms=[_range(lo, hi, 3) for lo, hi in zip(frame["latency_ci_low_ms"],
+                                                                                frame["latency_ci_high_ms"])])
     return format_table(frame[[c for c in TRIALS_TABLE_COLUMNS if c in frame]])
+
+
+def _range(low: Any, high: Any, digits: int) -> str:
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return "-"
+    return f"{low:.{digits}f}-{high:.{digits}f}"
+
+
+def _fold_intervals(frame: pd.DataFrame) -> pd.DataFrame:
+    """The terminal's view: each interval as one 'low-high' column beside its figure, and on the
+    front, whether each point was confirmed ('yes', 'FLAGGED' when its trial disagrees, 'no')."""
+    frame = frame.copy()
+    if "latency_ci_low_ms" in frame:
+        at = frame.columns.get_loc("latency_ms") + 1
+        frame.insert(at, "latency_ci_ms", [_range(lo, hi, 3) for lo, hi in zip(frame["latency_ci_low_ms"],
+                                                                               frame["latency_ci_high_ms"])])
+    if "speedup_ci_low_x" in frame and "speedup_x" in frame:
+        at = frame.columns.get_loc("speedup_x") + 1
+        frame.insert(at, "speedup_ci_x", [_range(lo, hi, 2) for lo, hi in zip(frame["speedup_ci_low_x"],
+                                                                              frame["speedup_ci_high_x"])])
+    if "confirmed" in frame and "speedup_x" in frame:
+        frame["confirmed"] = ["FLAGGED" if flag else "yes" if done else "no"
+                              for done, flag in zip(frame["confirmed"], frame["flagged"])]
+    hidden = {"latency_ci_low_ms", "latency_ci_high_ms", "speedup_ci_low_x", "speedup_ci_high_x", "flagged",
+              "latency_repeats"}
+    return frame[[c for c in frame.columns if c not in hidden]]
 
 
 def format_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(no feasible trials)"
+    frame = _fold_intervals(frame)
     formats = {
         "latency_ms": "{:.3f}".format, "latency_p95_ms": "{:.3f}".format, "peak_memory_mb": "{:.2f}".format,
         "weight_mb": "{:.3f}".format, "accuracy": "{:.4f}".format, "speedup_x": "{:.2f}x".format,

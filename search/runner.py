@@ -25,6 +25,7 @@ from slimtune.storage import DEFAULT_STORAGE, Repository, SlotBook, connect, is_
 
 from slimtune.search import screen, signals
 from slimtune.search.config import CONFIG_ATTR, STUDY_FILE_ATTR, StudyConfig, StudyFileError
+from slimtune.search.confirm import confirm_at_end
 from slimtune.search.fingerprint import fingerprint
 from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
 from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
@@ -153,6 +154,7 @@ def worker_spec(config: StudyConfig, factory: str = DEFAULT_FACTORY) -> WorkerSp
             finetune_steps=budget.finetune_steps, finetune_lr=budget.finetune_lr,
             finetune_batch_size=config.baseline.batch_size, trial_timeout_s=budget.trial_timeout_s,
             latency_warmup=budget.latency_warmup, latency_repeats=budget.latency_repeats,
+            latency_rel_tol=budget.latency_rel_tol, latency_max_s=budget.latency_max_s,
         ),
         max_accuracy_drop=config.constraints.max_accuracy_drop,
         max_balanced_accuracy_drop=config.constraints.max_balanced_accuracy_drop,
@@ -321,4 +323,6 @@ def _run_study(
     finally:
         if bar is not None:
             bar.close()
+    if not join:  # the study's run ended: re-measure its front against the baseline (search/confirm.py)
+        confirm_at_end(study, repository, config, evaluator, log)
     return study

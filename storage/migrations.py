@@ -31,7 +31,7 @@ def _v1_to_v2(operations: Operations) -> None:
 
 
 def _v2_to_v3(operations: Operations) -> None:
-    """Version 3 only adds tables (refined trials, the target screen): `create_all` creates them afterwards."""
+    """Version 3 only adds tables (refined trials, the target screen, confirmations): `create_all` creates them afterwards."""
 
 
 #: from version -> the step to the next version

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine, delete, func, inspect, select
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import sessionmaker
 
 from .schema import (
-    SCHEMA_VERSION, Base, Export, Fingerprint, ParetoSnapshot, RefinedTrial, SchemaVersion, TargetScreen, TrialMeasurement,
+    SCHEMA_VERSION, Base, ConfirmedMeasurement, Export, Fingerprint, ParetoSnapshot, RefinedTrial, SchemaVersion,
+    TargetScreen, TrialMeasurement,
 )
 from .database import StorageError, safe_url
 
@@ -301,6 +302,28 @@ class Repository:
             return None
         with self._session() as session:
             return session.get(TargetScreen, study_name)
+
+    def record_confirmations(self, study_name: str, rows: list[dict[str, Any]]) -> None:
+        """Replace the study's confirmed figures with `rows` (one confirmation run), in one
+        transaction: a reader sees the old run or the new one, never a mix."""
+        with self._session.begin() as session:
+            session.execute(delete(ConfirmedMeasurement).where(ConfirmedMeasurement.study_name == study_name))
+            session.add_all(ConfirmedMeasurement(study_name=study_name, **row) for row in rows)
+
+    def confirmation_stamp(self, study_name: str) -> int | None:
+        """Changes whenever the study is confirmed again (the newest row's id): a cache key."""
+        with self._session() as session:
+            return session.scalar(select(func.max(ConfirmedMeasurement.id))
+                                  .where(ConfirmedMeasurement.study_name == study_name))
+
+    def confirmations(self, study_name: str) -> dict[int, dict[str, Any]]:
+        """trial number -> its confirmed figures; empty for a study never confirmed."""
+        with self._session() as session:
+            rows = session.scalars(
+                select(ConfirmedMeasurement).where(ConfirmedMeasurement.study_name == study_name)
+            ).all()
+        columns = [c.name for c in ConfirmedMeasurement.__table__.columns if c.name not in ("id", "study_name")]
+        return {row.trial_number: {name: getattr(row, name) for name in columns} for row in rows}
 
 
 def _record(row: TrialMeasurement) -> TrialRecord:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: bump when a table changes, and add the step to storage/migrations.py.
 #: 2: ParetoSnapshot.hypervolume; the tables StudyBudget and TrialSlot (exactly N trials across workers).
-#: 3: new tables only (RefinedTrial for `slimtune refine`, TargetScreen).
+#: 3: new tables only (RefinedTrial for `slimtune refine`, TargetScreen, ConfirmedMeasurement).
 SCHEMA_VERSION = 3
 
 
@@ -167,4 +167,31 @@ class TargetScreen(Base):
     study_name: Mapped[str] = mapped_column(String(512), primary_key=True)
     result: Mapped[dict[str, Any]] = mapped_column()
     seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ConfirmedMeasurement(Base):
+    """The latest confirmation of one point of a study's front (or of its baseline): its latency
+    re-measured in interleaved rounds with the baseline in one worker process
+    (search/confirm.py), its speed-up over the baseline from the same rounds, each with its 95%
+    interval, and whether the trial's own figure lies outside what the intervals allow."""
+
+    __tablename__ = "slimtune_confirmations"
+    __table_args__ = (UniqueConstraint("study_name", "trial_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(512), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    is_baseline: Mapped[bool] = mapped_column(Boolean)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    latency_ci_low_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ci_high_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    speedup_x: Mapped[float] = mapped_column(Float)
+    speedup_ci_low_x: Mapped[float | None] = mapped_column(Float, nullable=True)
+    speedup_ci_high_x: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: the trial's own median, for reference, and whether it disagrees with the confirmation
+    trial_latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    rounds: Mapped[int] = mapped_column(Integer)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)  # per-round medians, block, batch size
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -84,7 +84,8 @@ TINY_STUDY: dict[str, dict[str, Any]] = {
     "space": {"prune_ratio": [0.0, 0.6], "prune_importance": ["l2"], "prune_round_to": [1], "prune_scope": ["uniform"],
               "kd_temperature": [1.0, 8.0], "kd_alpha": [], "quantization": ["none", "int8_weight_only"],
               "precision": ["fp32"], "memory_format": ["contiguous"]},
-    "budget": {"finetune_steps": 20, "trial_timeout_s": 60, "latency_warmup": 2, "latency_repeats": 5},
+    "budget": {"finetune_steps": 20, "trial_timeout_s": 60, "latency_warmup": 2, "latency_repeats": 5, "latency_max_s": 0.5,
+               "confirm_rounds": 0},  # confirmation has its own tests (tests/search/test_confirm.py)
     "screen": {"enabled": False},
 }
 

@@ -98,6 +98,8 @@ class TrialDetail:
     datetime_start: datetime | None
     datetime_complete: datetime | None
     fingerprint: dict[str, Any] | None
+    #: its row of the study's latest confirmation (search/confirm.py), None when not confirmed
+    confirmed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -311,7 +313,9 @@ class StudyView:
         """Changes whenever a trial is recorded or the front moves: the key of derived caches."""
         snapshot = self._snapshot
         summary = self.summary
-        return (self.name, summary.complete, summary.failed, summary.last_update, snapshot.id if snapshot else None)
+        confirmed = self.repository.confirmation_stamp(self.name) if self.repository.has_tables() else None
+        return (self.name, summary.complete, summary.failed, summary.last_update, snapshot.id if snapshot else None,
+                confirmed)
 
     def cached(self, what: str, make: Any) -> Any:
         """`make()`, computed once per `version()` and kept by the catalog (the newest 32)."""
@@ -337,11 +341,13 @@ class StudyView:
         baseline = baseline_record(records)
         front = set(self.front_numbers())
         rows = []
+        confirmed = self.confirmations()
         for record in records:
-            row = _row(record.trial_number, record, baseline)
+            row = _row(record.trial_number, record, baseline, confirmed.get(record.trial_number))
             row["status"], row["reason"] = record.status, record.reason
             row.update({f"recipe.{k}": v for k, v in record.recipe.items()})
-            row.update({k: v for k, v in (record.measurement or {}).items() if not isinstance(v, (dict, list))})
+            row.update({k: v for k, v in (record.measurement or {}).items()
+                        if not isinstance(v, (dict, list)) and k not in row})  # confirmed figures stay
             row["accuracy_drop"] = record.accuracy_drop
             complete = record.status == "complete"
             row["feasible"] = complete and self.within_constraints(record)
@@ -361,14 +367,21 @@ class StudyView:
         baseline = self.baseline()
         front = set(self.front_numbers())
         rows = []
+        confirmed = self.confirmations()
         for record in records:
-            row = _row(record.trial_number, record, baseline)
-            row.update({k: (record.measurement or {}).get(k) for k in MEASURED})
+            row = _row(record.trial_number, record, baseline, confirmed.get(record.trial_number))
+            row.update({k: (record.measurement or {}).get(k) for k in MEASURED if k not in row})
             row.update(status=record.status, reason=record.reason, accuracy_drop=record.accuracy_drop,
                        on_front=record.trial_number in front,
                        is_baseline=baseline is not None and record.trial_number == baseline.trial_number)
             rows.append(row)
         return pd.DataFrame(rows), total
+
+    def confirmations(self) -> dict[int, dict[str, Any]]:
+        """The latest confirmation's rows by trial number (search/confirm.py); empty when none."""
+        if not self.repository.has_tables():
+            return {}
+        return self.cached("confirmations", lambda: self.repository.confirmations(self.name))
 
     def running_trials(self) -> list[FrozenTrial]:
         return self.storage.get_all_trials(self.study.study_id, deepcopy=False, states=(TrialState.RUNNING,))
@@ -399,6 +412,7 @@ class StudyView:
             params=dict(trial.params), values=list(trial.values) if trial.values else None,
             datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
             fingerprint=_fingerprint_dict(fingerprint) if fingerprint else None,
+            confirmed=self.confirmations().get(number),
         )
 
     def hypervolume(self) -> HypervolumeHistory:

@@ -37,7 +37,12 @@ pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled 
 NAME = TINY_STUDY["study"]["name"]
 MAX_DROP = TINY_STUDY["constraints"]["max_accuracy_drop"]
 PARETO_COLUMNS = ["trial", "recipe", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "accuracy",
-                  "balanced_accuracy", "speedup_x", "memory_x", "accuracy_drop_pts"]
+                  "balanced_accuracy", "speedup_x", "memory_x", "accuracy_drop_pts", "latency_ci_low_ms", "latency_ci_high_ms",
+                  "latency_repeats", "speedup_ci_low_x", "speedup_ci_high_x", "confirmed", "flagged"]
+#: the terminal table folds each interval into one 'low-high' column beside its figure
+PARETO_TABLE_COLUMNS = ["trial", "recipe", "latency_ms", "latency_ci_ms", "latency_p95_ms", "peak_memory_mb",
+                        "weight_mb", "accuracy", "balanced_accuracy", "speedup_x", "speedup_ci_x", "memory_x",
+                        "accuracy_drop_pts", "confirmed"]
 TRIALS_COLUMNS = {"trial", "state", "status", "reason", "recipe.prune_ratio", "recipe.quantization",
                   "recipe.precision", "accuracy", "latency_ms", "peak_memory_mb", "accuracy_drop", "on_front"}
 
@@ -108,7 +113,7 @@ def test_run_exits_0_and_prints_the_pareto_table(finished: Run) -> None:
     assert "4 trials" in finished.out
     table = finished.out.split(f"Pareto front of {NAME!r}: ")[1].splitlines()
     header = table[1].split()
-    assert header == PARETO_COLUMNS
+    assert header == PARETO_TABLE_COLUMNS
     assert len(table) - 3 == len(finished.study().best_trials) >= 1  # title, header, rows, hypervolume
     assert table[-1].startswith("hypervolume ")
 
@@ -216,7 +221,7 @@ def test_pareto_as_json_and_csv(finished: Run) -> None:
 
     code, out, err = run_cli("pareto", NAME, "--storage", finished.url)
     assert code == 0, err
-    assert out.splitlines()[0].split() == PARETO_COLUMNS
+    assert out.splitlines()[0].split() == PARETO_TABLE_COLUMNS
     assert out.splitlines()[-1] == hypervolume_line(finished.study())
     assert out.splitlines()[-1].startswith(f"hypervolume {study_hypervolume(finished.study()):.4f} ")
     assert finished.out.splitlines()[-1] == out.splitlines()[-1]  # `run` ends with it too

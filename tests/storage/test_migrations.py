@@ -13,13 +13,14 @@ from slimtune.search.cli import main
 from slimtune.storage import Repository, StorageError, connect
 from slimtune.storage.migrations import upgrade
 from slimtune.storage.schema import (
-    SCHEMA_VERSION, ParetoSnapshot, RefinedTrial, SchemaVersion, StudyBudget, TargetScreen, TrialSlot,
+    SCHEMA_VERSION, ConfirmedMeasurement, ParetoSnapshot, RefinedTrial, SchemaVersion, StudyBudget, TargetScreen,
+    TrialSlot,
 )
 
 from .postgres import temporary_database
 
 NEW_IN_2 = {StudyBudget.__tablename__, TrialSlot.__tablename__}
-NEW_IN_3 = {RefinedTrial.__tablename__, TargetScreen.__tablename__}
+NEW_IN_3 = {RefinedTrial.__tablename__, TargetScreen.__tablename__, ConfirmedMeasurement.__tablename__}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,0 +1,156 @@
+"""Confirmation: the figures from interleaved rounds, the flag on a planted outlier, the study's
+end and `slimtune confirm`, and studies measured before intervals existed still reading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimtune.search.cli import main
+from slimtune.search.config import load_config
+from slimtune.search.confirm import summarise
+from slimtune.search.results import format_table, open_study, pareto_front, trials_frame, trials_table
+from slimtune.search.runner import run_study
+from slimtune.storage import TrialRecord
+
+from tests.conftest import TINY_STUDY
+from tests.search.conftest import study_toml
+
+
+def _record(number: int, latency: float, low: float | None = None, high: float | None = None) -> TrialRecord:
+    measurement = {"latency_ms": latency}
+    if low is not None:
+        measurement |= {"latency_ci_low_ms": low, "latency_ci_high_ms": high}
+    return TrialRecord(number, "complete", None, {}, measurement, 0.0)
+
+
+def test_summarise_pairs_rounds_and_flags_a_planted_outlier():
+    base = [10.0, 10.2, 9.8, 10.1, 9.9, 10.0]
+    agrees = [5.0, 5.1, 4.9, 5.05, 4.95, 5.0]
+    outlier = [2.5, 2.55, 2.45, 2.5, 2.52, 2.48]  # its trial said 3.0 ms: 20% off
+    old = [4.0, 4.1, 3.9, 4.0, 4.0, 4.0]  # measured before intervals: the trial's median alone
+    rows = summarise([base, agrees, outlier, old],
+                     [_record(0, 10.0, 9.9, 10.1), _record(3, 5.02, 4.97, 5.06), _record(5, 3.0, 2.97, 3.03),
+                      _record(7, 4.0)], blocks=[1, 1, 2, 2], batch_size=32)
+    by_trial = {row["trial_number"]: row for row in rows}
+    assert by_trial[0]["is_baseline"] and by_trial[0]["speedup_x"] == 1.0 and not by_trial[0]["flagged"]
+    assert by_trial[3]["latency_ms"] == pytest.approx(5.0)
+    assert (by_trial[3]["latency_ci_low_ms"], by_trial[3]["latency_ci_high_ms"]) == (4.9, 5.1)  # 6 rounds: min..max
+    assert by_trial[3]["speedup_x"] == pytest.approx(2.0, rel=0.01)
+    assert by_trial[3]["speedup_ci_low_x"] <= by_trial[3]["speedup_x"] <= by_trial[3]["speedup_ci_high_x"]
+    assert not by_trial[3]["flagged"]
+    assert by_trial[5]["flagged"] and by_trial[5]["trial_latency_ms"] == 3.0
+    assert not by_trial[7]["flagged"]  # 4.0 lies inside the confirmed 3.9-4.1
+    assert by_trial[7]["details"] == {"round_medians_ms": old, "block": 2, "batch_size": 32}
+
+
+def test_fewer_than_six_rounds_give_no_interval_but_still_a_flag():
+    [base, point] = summarise([[10.0, 10.0], [5.0, 5.2]], [_record(0, 10.0), _record(1, 6.0, 5.9, 6.1)])
+    assert point["latency_ci_low_ms"] is None and point["speedup_ci_low_x"] is None
+    assert point["flagged"]  # 5.0-5.2 (the rounds' range) against 5.9-6.1
+
+
+@pytest.fixture(scope="module")
+def confirmed_study(tmp_path_factory):
+    """A tiny study whose run ends with a confirmation of 6 rounds."""
+    folder = tmp_path_factory.mktemp("confirm")
+    sections = {k: dict(v) for k, v in TINY_STUDY.items()}
+    sections["study"] |= {"name": "confirm", "n_trials": 4}
+    sections["budget"] |= {"confirm_rounds": 6, "finetune_steps": 10}
+    path = folder / "study.toml"
+    path.write_text(study_toml(sections))
+    storage = f"sqlite:///{folder / 'study.db'}"
+    lines: list[str] = []
+    run_study(load_config(str(path)), storage, log=lines.append, progress=False)
+    return storage, lines
+
+
+def test_a_study_is_confirmed_when_its_run_ends(confirmed_study):
+    storage, lines = confirmed_study
+    assert any(line.startswith("confirming the baseline and") for line in lines)
+    study, repository = open_study("confirm", storage)
+    confirmed = repository.confirmations("confirm")
+    front = pareto_front(study, repository)
+    assert set(confirmed) >= set(front["trial"]) - {0} and 0 in confirmed  # the baseline and every front point
+    assert confirmed[0]["is_baseline"] and confirmed[0]["speedup_x"] == 1.0
+    for number in front["trial"]:
+        row = confirmed[number]
+        assert row["rounds"] == 6 and row["latency_ci_low_ms"] <= row["latency_ms"] <= row["latency_ci_high_ms"]
+    assert front["confirmed"].all()
+    assert front.set_index("trial").loc[front["trial"].iloc[0], "latency_ms"] == confirmed[front["trial"].iloc[0]]["latency_ms"]
+    table = format_table(front)
+    assert "latency_ci_ms" in table and "speedup_ci_x" in table and "confirmed" in table
+
+
+def test_dashboard_and_report_show_intervals_and_confirmation(confirmed_study, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from slimtune.search.web.service import Settings, create_app
+
+    storage, _ = confirmed_study
+    study, repository = open_study("confirm", storage)
+    number = next(n for n, row in repository.confirmations("confirm").items() if not row["is_baseline"])
+    with TestClient(create_app(Settings(storage, export_root=tmp_path))) as client:
+        study_page = client.get("/studies/confirm").text
+        trial_page = client.get(f"/studies/confirm/trials/{number}").text
+    assert "95% interval (ms)" in study_page and ">confirmed</span>" in study_page
+    assert "Confirmed against the baseline" in trial_page and "95% interval" in trial_page
+    assert "each the per-call time of a block of" in trial_page
+    assert main(["report", "confirm", "--storage", storage, "-o", str(tmp_path / "report.html")]) == 0
+    assert ">confirmed</span>" in (tmp_path / "report.html").read_text()
+
+
+def test_export_verifies_its_latency_against_the_confirmed_figure(confirmed_study, tmp_path, capsys):
+    storage, _ = confirmed_study
+    study, repository = open_study("confirm", storage)
+    confirmed = repository.confirmations("confirm")
+    number = next(n for n, row in confirmed.items() if not row["is_baseline"])
+    out = tmp_path / "export"
+    assert main(["export", "confirm", "--storage", storage, "--trial", str(number), "--out", str(out)]) == 0
+    assert " ms confirmed (ratio " in capsys.readouterr().out
+    verification = json.loads((out / "manifest.json").read_text())["verification"]
+    assert verification["latency_against"] == "confirmed"
+    assert verification["latency_ratio"] == pytest.approx(verification["latency_ms"] / confirmed[number]["latency_ms"])
+
+
+def test_confirm_command_flags_a_planted_outlier(confirmed_study, capsys):
+    storage, _ = confirmed_study
+    study, repository = open_study("confirm", storage)
+    number = int(pareto_front(study, repository)["trial"].iloc[0])
+    record = repository.trial("confirm", number)
+    # 1000x: far outside any interval even on a loaded shared machine (rounds there vary 10x)
+    planted = {**record.measurement, "latency_ms": record.measurement["latency_ms"] * 1000,
+               "latency_ci_low_ms": record.measurement["latency_ms"] * 990,
+               "latency_ci_high_ms": record.measurement["latency_ms"] * 1010}
+    repository.record_trial("confirm", number, status="complete", recipe=record.recipe, measurement=planted,
+                            accuracy_drop=record.accuracy_drop)
+    assert main(["confirm", "confirm", "--storage", storage, "--rounds", "6"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "trial latency outside the confirmed interval: " in line)
+    assert str(number) in line.rsplit(": ", 1)[1].split(", ")  # (on a loaded machine others may be flagged too)
+    assert "FLAGGED" in out
+    confirmed = repository.confirmations("confirm")
+    assert confirmed[number]["flagged"] and confirmed[number]["trial_latency_ms"] == planted["latency_ms"]
+    assert main(["confirm", "confirm", "--storage", storage, "--rounds", "0"]) == 2  # bad input: one line, exit 2
+    assert capsys.readouterr().err.startswith("slimtune: error: --rounds = 0")
+
+
+def test_trials_measured_before_intervals_still_read(confirmed_study, capsys):
+    storage, _ = confirmed_study
+    study, repository = open_study("confirm", storage)
+    for record in repository.trials("confirm"):
+        if record.measurement:
+            old = {k: v for k, v in record.measurement.items()
+                   if not k.startswith(("latency_ci", "latency_block", "latency_converged"))}
+            repository.record_trial("confirm", record.trial_number, status=record.status, recipe=record.recipe,
+                                    measurement=old, accuracy_drop=record.accuracy_drop)
+    repository.record_confirmations("confirm", [])  # and never confirmed
+    front = pareto_front(study, repository)
+    assert not front["confirmed"].any() and front["latency_ci_low_ms"].isna().all()
+    assert "latency_ci_ms" in format_table(front)
+    assert trials_table(trials_frame(study, repository))
+    assert main(["pareto", "confirm", "--storage", storage, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out.split("\nhypervolume")[0])
+    assert all(row["confirmed"] is False and row["latency_ci_low_ms"] is None for row in rows)
