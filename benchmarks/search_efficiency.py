@@ -365,7 +365,7 @@ def tpe_variants(args: argparse.Namespace) -> None:
         f"comparison in `results.md`: {len(seeds)} seeds (0 to {len(seeds) - 1}), the same for every row. Intervals: 95%, "
         "2,000 bootstrap resamples of the seeds.",
         "",
-        f"| TPE | changed argument | median [25th-75th percentile] | / random's [interval] | / the default's [interval] |",
+        "| TPE | changed argument | median [25th-75th percentile] | / random's [interval] | / the default's [interval] |",
         "|---|---|---|---|---|",
     ]
     for label, values in runs.items():

@@ -3,7 +3,6 @@ module-path injection, export path escapes, paging, and read routes that create 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator

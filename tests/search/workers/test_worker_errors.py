@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import inspect, update
 from sqlalchemy.engine import make_url
 
-from slimtune.search.cli import main
 from slimtune.storage import Repository, connect, normalize_url
 from slimtune.storage.schema import SCHEMA_VERSION, SchemaVersion
 
