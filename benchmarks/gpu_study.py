@@ -259,6 +259,9 @@ def arm_study(raw: dict, arm: str, screen_budget_s: float | None, setting_timeou
 
     raw = json.loads(json.dumps(raw))
     raw["study"]["name"] = f"{raw['study']['name']}-{arm}"
+    # the arms compare what each search found in the same wall time; a confirmation at the end
+    # would rebuild and recompile every front point outside that time
+    raw.setdefault("budget", {})["confirm_rounds"] = 0
     if arm == "curated":
         raw["screen"] = {"enabled": False}
         return raw
