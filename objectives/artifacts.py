@@ -264,9 +264,21 @@ def _state_dict_model(folder: Path, manifest: dict[str, Any]) -> nn.Module:
             module._parameters[leaf] = nn.Parameter(torch.empty(shape), requires_grad=False)
         elif leaf in module._buffers and module._buffers[leaf] is not None:
             module._buffers[leaf] = torch.empty(shape, dtype=module._buffers[leaf].dtype)
-    state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(_quantized_tensor_types()):
+        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state, assign=True)
     return model.eval()
+
+
+def _quantized_tensor_types() -> list[type]:
+    """torchao's quantized tensor classes, allowed in a `weights_only` load: torchao registers
+    some of them as safe itself, not all (a bf16 int8 weight-only convolution is stored as an
+    `IntxUnpackedToInt8Tensor`, which torch 2.14 + torchao 0.18 refused)."""
+    try:
+        import torchao.quantization as quantization
+    except ImportError:
+        return []
+    return [value for value in vars(quantization).values() if isinstance(value, type) and issubclass(value, torch.Tensor)]
 
 
 def load_exported(folder: str | Path, device: str | torch.device | None = None) -> Exported:

@@ -124,3 +124,35 @@ def test_a_model_exported_at_a_large_batch_is_weights_plus_graph(tmp_path, prune
         sizes[rows] = sum(file_sizes(tmp_path / str(rows)).values())
     assert abs(sizes[8192] - sizes[16]) < 4096, sizes
     assert sizes[8192] < weight_bytes(model) + 256_000, (sizes, weight_bytes(model))
+
+
+def test_state_dict_of_a_bf16_quantized_convolution_loads_with_weights_only(tmp_path):
+    """In bf16, torchao stores an int8 weight-only convolution as an IntxUnpackedToInt8Tensor,
+    which a `weights_only` load in a fresh process (where torchao has registered none of its
+    classes as safe yet) refused until the loader allowed torchao's tensor classes."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = small_cnn(10, SHAPE).eval().to(torch.bfloat16)
+    quantize(model, "int8_weight_only", torch.device("cpu"))
+    folder = tmp_path / "state_dict"
+    folder.mkdir()
+    write_artifact(model, "state_dict", folder, torch.randn(4, *SHAPE, dtype=torch.bfloat16),
+                   fresh_model=lambda: small_cnn(10, SHAPE))
+    manifest = {
+        "format": "state_dict", "files": file_hashes(folder), "measure": {"device": "cpu"},
+        "input": {"dtype": "bfloat16", "memory_format": "contiguous"},
+        "workload": {"model": "slimtune:small_cnn", "input_shape": list(SHAPE), "num_classes": 10},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    batch = torch.randn(3, *SHAPE)
+    torch.save(batch, tmp_path / "batch.pt")
+    code = ("import sys, torch; from slimtune.objectives.artifacts import load_exported; "
+            "m = load_exported(sys.argv[1]); b = torch.load(sys.argv[2]); "
+            "torch.save(m(m.inputs(b)).float(), sys.argv[3])")
+    done = subprocess.run([sys.executable, "-c", code, str(folder), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.load(tmp_path / "out.pt"), model(batch.bfloat16()).float())
