@@ -40,7 +40,7 @@ def _run(path: Path, url: str, factory: str | None = None, **kwargs) -> tuple[op
 @pytest.mark.parametrize("slow, fast", [("channels_last", "contiguous"), ("contiguous", "channels_last")])
 def test_the_screen_keeps_and_drops_by_what_it_measures(write_study: Callable[..., Path], tmp_path: Path,
                                                         slow: str, fast: str) -> None:
-    """Whichever memory format really runs slower on this target (each forward runs the model 5 times) is
+    """Whichever memory format really runs slower on this target (each forward runs the model 20 times) is
     dropped with the measured ratio; the search then samples only the other."""
     url = f"sqlite:///{tmp_path / 'screen.db'}"
     study, lines = _run(write_study(TWO_FORMATS), url, f"tests.search.faults:slow_{slow}")
