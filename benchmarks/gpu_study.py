@@ -43,7 +43,9 @@ from pathlib import Path
 
 import torch
 
-from slimtune.search.config import load_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded from a file
+from multi_gpu import write_study_toml  # noqa: E402
+from slimtune.search.config import load_config  # noqa: E402
 from slimtune.search.isolated import IsolatedEvaluator
 from slimtune.search.results import open_study, pareto_front
 from slimtune.search.runner import run_study, worker_spec
@@ -281,24 +283,6 @@ def arm_study(raw: dict, arm: str, screen_budget_s: float | None, setting_timeou
     return raw
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    return repr(value)
-
-
-def write_toml(raw: dict, path: Path) -> Path:
-    path.write_text("".join(f"[{section}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in fields.items()) + "\n"
-                            for section, fields in raw.items()))
-    return path
-
-
 def best_at_one_point(front: list[dict]) -> dict | None:
     ok = [p for p in front if p["accuracy_drop"] <= 0.01]
     return max(ok, key=lambda p: p["speedup_vs_fp32_eager"]) if ok else None
@@ -335,7 +319,7 @@ def run_arms(args: argparse.Namespace) -> int:
         arm_raw = arm_study(raw, arm, args.screen_budget_s, args.setting_timeout_s)
         if args.n_trials:
             arm_raw["study"]["n_trials"] = args.n_trials
-        arm_config = load_config(write_toml(arm_raw, folder / f"{arm}.toml"))
+        arm_config = load_config(write_study_toml(arm_raw, folder / f"{arm}.toml"))
         storage = f"sqlite:///{folder / (arm + '.db')}"
         log(f"arm {arm}: {args.arm_budget_s:.0f} s")
         arm_started = time.perf_counter()

@@ -36,16 +36,27 @@ from pathlib import Path
 ENV = {"NCCL_NVLS_ENABLE": "0"}  # NVLink multicast off, inherited by every worker
 
 
-def _toml(value) -> str:
+def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     return repr(value)
+
+
+def write_study_toml(raw: dict, path: Path) -> Path:
+    """A study file from its sections as a dict (gpu_study.py's arms write theirs with it too)."""
+    lines = []
+    for section, fields in raw.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in fields.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
 
 
 def study_file_for(source: Path, name: str, n_trials: int, folder: Path) -> Path:
@@ -54,13 +65,7 @@ def study_file_for(source: Path, name: str, n_trials: int, folder: Path) -> Path
 
     raw = load_config(source).model_dump(mode="json", exclude_none=True)
     raw["study"].update(name=name, n_trials=n_trials)
-    lines = []
-    for section, fields in raw.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in fields.items()]
-        lines.append("")
-    path = folder / f"{name}.toml"
-    path.write_text("\n".join(lines))
+    path = write_study_toml(raw, folder / f"{name}.toml")
     tomllib.loads(path.read_text())
     return path
 
