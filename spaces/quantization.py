@@ -80,12 +80,19 @@ WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _current(config_class: type, **kwargs: object) -> object:
     """The config in its current (non-deprecated) version: torchao 0.17 still defaults
     Int8WeightOnlyConfig and Int8DynamicActivationInt8WeightConfig to version 1 (built on
-    AffineQuantizedTensor and PlainLayout, which warn on every layer); 0.18 defaults to 2."""
+    AffineQuantizedTensor and PlainLayout, which warn on every layer); 0.18 defaults to 2.
+
+    `set_inductor_config=False`: by default torchao's transforms switch on inductor's
+    coordinate-descent tuning for the whole process and never switch it off, so every later
+    compile in the trial worker, quantized or not, took 25-60 s instead of 4-6 s on an H200
+    and was a differently tuned model than a fresh process deploys."""
     import dataclasses
 
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     if "version" in fields and fields["version"].default < 2:
         kwargs["version"] = 2
+    if "set_inductor_config" in fields:
+        kwargs["set_inductor_config"] = False
     return config_class(**kwargs)
 
 

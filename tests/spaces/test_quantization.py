@@ -207,6 +207,21 @@ def test_torchao_configs_are_built_in_their_current_version():
     assert _current(VersionOneByDefault).version == 2
 
 
+@pytest.mark.parametrize("choice", ["int8_weight_only", "int8_dynamic", "int4_weight_only"])
+def test_quantizing_leaves_the_compilers_settings_alone(choice):
+    """torchao's transforms switch on coordinate-descent tuning for the whole process by
+    default: every later compile in the worker was then 5x slower and tuned differently."""
+    import torch._inductor.config as inductor
+
+    names = ("coordinate_descent_tuning", "coordinate_descent_check_all_directions", "force_fuse_int_mm_with_mul")
+    before = {name: getattr(inductor, name) for name in names}
+    with inductor.patch(coordinate_descent_tuning=False, coordinate_descent_check_all_directions=False,
+                        force_fuse_int_mm_with_mul=False):
+        quantize(_model(), choice, CPU)
+        assert {name: getattr(inductor, name) for name in names} == dict.fromkeys(names, False)
+    assert {name: getattr(inductor, name) for name in names} == before
+
+
 def test_a_warning_is_shown_once_even_when_torch_resets_the_filters():
     import warnings
 
