@@ -278,6 +278,13 @@ def _run_study(
                 enqueue_warm_start(study, plan, log)
         if screened is not None and stored is None:  # a study created over HTTP screens on its first run
             repository.record_screen(config.study.name, screened, screened["seconds"])
+            # only where the study has room: a waiting trial past n_trials would outlive the run
+            winners = screen.first_trials(space, screened)[:max(0, config.study.n_trials - len(study.trials))]
+            for params in winners:
+                study.enqueue_trial(params, user_attrs={"screen_winner": True})
+            if winners:
+                log("screen: the first trials start from its winners: "
+                    + ", ".join("/".join(str(v) for v in p.values()) for p in winners))
         if not join:  # what `slimtune worker` reads: the study file as last run
             study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
         study.set_user_attr(N_TRIALS_ATTR, config.study.n_trials)  # what "finished" means to the dashboard

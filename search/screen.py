@@ -18,13 +18,16 @@ reason, as a failed trial is, and the screen goes on.
    while the budget lasts (a setting that loses unpruned may win where the model is
    launch-bound).
 3. The pruning shape (`prune_round_to` x `prune_scope`) at the top and the middle of the range,
-   in the fastest setting, latency only.
+   in the fastest setting run without compiling (a compile per shape would eat the budget),
+   latency only.
 
 A setting survives if its accuracy is acceptable and no other setting beats it by more than the
 margin on one of the study's cost axes (latency, peak memory, weights) while being no worse
 than the margin on the others, at any screened ratio; a quantized setting within the margin of an
 unquantized one on every axis is dropped too (its quantization buys nothing). A shape survives if it is within the
-margin of the fastest shape at any ratio. The survivors' values become the search's choices;
+margin of the fastest shape at any ratio. The surviving settings become one categorical choice
+of the search (sampling each factor from the survivors' values would bring back the settings
+the screen dropped: fp32 eager survives nowhere, but fp32 and eager each survive somewhere);
 explicit `[space]` choices are the ceiling (the screen only narrows).
 """
 
@@ -37,19 +40,26 @@ import time
 from typing import Any, Callable
 
 from slimtune.spaces import Recipe, SearchSpace
+from slimtune.spaces.joint import DEPLOYMENT_FIELDS, DEPLOYMENT_PARAM, deployment_label
 
 Log = Callable[[str], None]
 
 #: the recipe fields that make a deployment setting, and the pruning shape
-DEPLOYMENT = ("precision", "memory_format", "quantization", "runtime")
+DEPLOYMENT = DEPLOYMENT_FIELDS
 SHAPE = ("prune_round_to", "prune_scope")
 #: the study's objectives the screen can speak for (deployment changes them without training)
 COST_AXES = ("latency_ms", "peak_memory_mb", "weight_mb")
 #: shares of the budget after which the pruned phase and the shape phase start at the latest
 PHASE_SHARES = (0.6, 0.85)
 MAX_PASSES = 3
-#: the one screen format this module writes and reads
-VERSION = 1
+#: the screen format this module writes; version 1 (no `settings` to sample as one choice) still reads
+VERSION = 2
+#: a value never measured working borrows the main effect of the value that stands in for it.
+#: CUDA graphs remove launch overhead and nothing else, so until a graphed runtime is measured its
+#: base runtime predicts it (within 3% on an H200 at batch 256: fp16 channels_last fp8 eager
+#: 5.49 ms, cudagraphs 5.37 ms); without a stand-in, one cold compile that used up the budget left
+#: 40 unmeasured compile+cudagraphs settings kept and nothing narrowed.
+STAND_INS = {("runtime", "compile+cudagraphs"): "compile", ("runtime", "cudagraphs"): "eager"}
 
 
 def label(setting: dict[str, Any]) -> str:
@@ -214,9 +224,16 @@ class Screen:
         return incumbent
 
     def _fastest(self, ratio: float, default: int | None = None) -> int | None:
+        """The fastest acceptable setting at `ratio`; among those within the margin of it, the
+        first in the study's order (the plainest: no quantization before fp8). A 0.7% win of
+        fp8 over no quantization is noise, and walking on from it made every later move a
+        quantized compile (68 s cold on an H200 against ~15 s)."""
         candidates = [(f["latency_ms"], i) for (i, r), f in self.measured.items()
                       if r == ratio and "error" not in f and self._acceptable(self.settings[i]) is not False]
-        return min(candidates)[1] if candidates else default
+        if not candidates:
+            return default
+        best = min(latency for latency, _ in candidates)
+        return min(i for latency, i in candidates if latency <= best * (1 + self.margin))
 
     def _fit(self) -> dict[str, dict[tuple[str, Any], float] | float] | None:
         """Main effects of each factor's values on each cost axis, in logs, fitted by least
@@ -238,15 +255,26 @@ class Screen:
 
     def _estimate(self, index: int, fits: dict[str, Any] | None) -> dict[str, Any] | None:
         """A setting's unpruned figures predicted from the factors' main effects (a log-linear
-        model of what was measured); None when one of its values was never measured working."""
+        model of what was measured); a value never measured working borrows its stand-in's
+        effect (STAND_INS, named in the estimate's `stand_in`); None when neither was measured."""
         if fits is None:
             return None
-        setting = self.settings[index]
+        setting = dict(self.settings[index])
         columns = fits["columns"]
-        if any((factor, setting[factor]) not in columns for factor in DEPLOYMENT):
-            return None
+        borrowed = []
+        for factor in DEPLOYMENT:
+            if (factor, setting[factor]) in columns:
+                continue
+            stand_in = STAND_INS.get((factor, setting[factor]))
+            if stand_in is None or (factor, stand_in) not in columns:
+                return None
+            borrowed.append(f"{setting[factor]} taken as {stand_in}")
+            setting[factor] = stand_in
         row = [1.0] + [1.0 if setting[factor] == value else 0.0 for factor, value in columns]
-        return {axis: math.exp(sum(a * b for a, b in zip(row, fits[axis]))) for axis in COST_AXES}
+        estimate: dict[str, Any] = {axis: math.exp(sum(a * b for a, b in zip(row, fits[axis]))) for axis in COST_AXES}
+        if borrowed:
+            estimate["stand_in"] = ", ".join(borrowed)
+        return estimate
 
     def run(self) -> dict[str, Any]:
         self.started = time.perf_counter()
@@ -279,7 +307,7 @@ class Screen:
         best = self._fastest(0.0) if best is None else best
         if best is None:
             return
-        setting = self.settings[best]
+        setting = self._without_compiling(self.settings[best])
         self.shape_setting = label(setting)
         for ratio in (self.high, self.mid):
             for index, shape in enumerate(self.shapes):
@@ -295,6 +323,23 @@ class Screen:
                 self.shape_latency[(index, ratio)] = figures
                 shown = f"failed: {figures['error']}" if "error" in figures else f"{figures['latency_ms']:.3f} ms"
                 self.log(f"screen: shape {shape_label(shape)} at prune {ratio:g} in {self.shape_setting}: {shown}")
+
+    def _without_compiling(self, setting: dict[str, Any]) -> dict[str, Any]:
+        """`setting` with a runtime that does not compile: a shape changes the kernels' own
+        widths, which uncompiled kernels show too, and every pruned shape is a new graph, so a
+        compiled runtime would pay a compile per shape (10-30 s each for a ResNet-18 on an H200)
+        where a CUDA graph capture takes a second. The graphed runtime is preferred: it removes
+        the launch overhead that would hide the widths at high prune ratios."""
+        if "compile" not in setting["runtime"]:
+            return setting
+        for runtime in ("cudagraphs", "eager"):
+            if runtime not in self.space.runtime:
+                continue
+            plain = dict(setting, runtime=runtime)
+            figures = self.measured.get((self.index[tuple(plain[f] for f in DEPLOYMENT)], 0.0))
+            if figures is None or "error" not in figures:
+                return plain
+        return setting
 
     # -- deciding --------------------------------------------------------------------------
     def _verdict_at(self, ratio: float, with_estimates: bool) -> dict[int, tuple[bool, str | None]]:
@@ -363,6 +408,7 @@ class Screen:
             "shape_ratios": [self.high, self.mid] if shapes else [], "shape_setting": getattr(self, "shape_setting", None),
             "baseline_accuracy": self.baseline_accuracy, "accuracy_floor": self.floor,
             "settings": rows, "shapes": shapes, "kept": kept,
+            "deployments": [[row["setting"][f] for f in DEPLOYMENT] for row in rows if row["kept"]],
         }
 
     def _row(self, index: int, setting: dict, at_zero: dict, at_high: dict) -> dict[str, Any]:
@@ -393,7 +439,10 @@ class Screen:
             row["kept"], row["reason"] = True, "not measured within the screen's budget (no estimate either): kept"
             return row
         estimated = unpruned is None
-        where = " on an estimate (not measured: budget)" if estimated else ""
+        not_measured = "not measured: budget"
+        if estimated and (self.estimates.get(index) or {}).get("stand_in"):
+            not_measured += f"; {self.estimates[index]['stand_in']}"
+        where = f" on an estimate ({not_measured})" if estimated else ""
         if (zero and zero[0]) or (high and high[0]):
             at = [] if not (zero and zero[0]) else ["unpruned" + where]
             if high and high[0]:
@@ -404,7 +453,7 @@ class Screen:
             return row
         reason = zero[1] if zero else "not measured unpruned"
         if estimated:
-            reason = f"estimated {reason} (not measured: budget)"
+            reason = f"estimated {reason} ({not_measured})"
         if high is not None:
             reason += f"; at prune {self.high:g}: {high[1]}"
         row["kept"], row["reason"] = False, reason + coverage
@@ -445,7 +494,48 @@ def narrow(space: SearchSpace, result: dict[str, Any]) -> SearchSpace:
             changes[name] = remaining
     if "runtime" in changes and changes["runtime"][0] != space.runtime[0]:
         changes["baseline_runtime"] = space.runtime[0]
-    return dataclasses.replace(space, **changes)
+    narrowed = dataclasses.replace(space, **changes)
+    # a screen of version 1 (no "deployments") searched each factor on its own: a study it
+    # screened keeps sampling that way when resumed, so its trials stay comparable
+    settings = [tuple(setting) for setting in result.get("deployments", [])]
+    settings = [s for s in settings if all(v in getattr(narrowed, f) for f, v in zip(DEPLOYMENT, s))]
+    product = 1
+    for name in DEPLOYMENT:
+        product *= len(getattr(narrowed, name))
+    if settings and len(settings) < product:
+        narrowed = dataclasses.replace(narrowed, deployments=tuple(settings))
+    return narrowed
+
+
+#: how many of the screen's winners the search tries first
+FIRST_TRIALS = 3
+
+
+def first_trials(space: SearchSpace, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Params for the first trials after the baseline: each cost axis's best kept setting as
+    measured, unpruned and pruned (deduplicated, at most FIRST_TRIALS); the sampler fills in
+    the rest. Among dozens of kept settings, a sampler's first random draws rarely land on the
+    one the screen found fastest; an expert would start there, so the search does."""
+    rows = [r for r in result["settings"] if r["kept"]]
+    winners: list[tuple] = []
+    for ratio_key in ("unpruned", "pruned"):
+        for axis in result["axes"]:
+            measured = [r for r in rows if r[ratio_key] and "error" not in r[ratio_key]]
+            if measured:
+                best = min(measured, key=lambda r: r[ratio_key][axis])
+                setting = tuple(best["setting"][f] for f in DEPLOYMENT)
+                if setting not in winners:
+                    winners.append(setting)
+    params = []
+    for setting in winners[:FIRST_TRIALS]:
+        if space.deployments:
+            if setting in space.deployments and len(space.deployments) > 1:
+                params.append({DEPLOYMENT_PARAM: deployment_label(setting)})
+            continue
+        fixed = {f: v for f, v in zip(DEPLOYMENT, setting) if len(getattr(space, f)) > 1 and v in getattr(space, f)}
+        if fixed:
+            params.append(fixed)
+    return params
 
 
 #: the screen's budget when neither `[screen] budget_s` nor the run's timeout says otherwise
@@ -497,9 +587,22 @@ def summary(result: dict[str, Any]) -> list[str]:
         lines.append(f"screen: dropped {row['label']}: {row['reason']}")
     if len(dropped) > 5:
         lines.append(f"screen: ... {len(dropped) - 5} more dropped (`slimtune screen STUDY` lists them)")
-    choices = "; ".join(f"{name} {values}" for name, values in result["kept"].items())
-    lines.append(f"screen: the search's choices: {choices}")
+    lines.append(f"screen: the search's choices: {choices_line(result)}")
     return lines
+
+
+def choices_line(result: dict[str, Any]) -> str:
+    """What the search samples: the kept settings as one choice (a version-2 screen), and the
+    shape's values."""
+    kept = result["kept"]
+    per_factor = "; ".join(f"{name} {values}" for name, values in kept.items())
+    settings = result.get("deployments")
+    if settings is None or len(settings) == math.prod(len(kept[f]) for f in DEPLOYMENT):
+        return per_factor
+    names = [label(dict(zip(DEPLOYMENT, s))) for s in settings]
+    shown = ", ".join(names[:4]) + (f", ... {len(names) - 4} more" if len(names) > 4 else "")
+    shapes = "".join(f"; {name} {values}" for name, values in kept.items() if name in SHAPE)
+    return f"{len(names)} settings as one choice ({shown}){shapes}"
 
 
 def _figures(figures: dict[str, Any] | None, estimated: bool = False) -> tuple[str, str, str]:
@@ -538,7 +641,7 @@ def table(result: dict[str, Any]) -> list[str]:
             cells = [row["label"]] + [_figures(row["latency"].get(str(r)))[0] for r in ratios]
             shape_rows.append(cells + ["kept" if row["kept"] else "dropped", row["reason"]])
         lines += ["", f"Pruning shapes, pruned and not fine-tuned, in {result['shape_setting']}:"] + _aligned(shape_rows)
-    lines += ["", "Search choices: " + "; ".join(f"{name} {values}" for name, values in result["kept"].items())]
+    lines += ["", "Search choices: " + choices_line(result)]
     return lines
 
 

@@ -15,15 +15,33 @@ import optuna
 
 from .distillation import DEFAULT_KD_ALPHA  # noqa: F401  (re-exported)
 from .recipe import Recipe
+from .knob import choose
 from .registry import KNOBS, recipe_defaults, study_fields
+
+#: the fields that make one deployment setting; `SearchSpace.deployments` lists allowed ones
+DEPLOYMENT_FIELDS = ("precision", "memory_format", "quantization", "runtime")
+#: the Optuna param that picks one of `deployments`
+DEPLOYMENT_PARAM = "deployment"
+
+
+def deployment_label(setting: tuple) -> str:
+    """One categorical value per setting, readable in Optuna's tables: `fp16/channels_last/none/compile`."""
+    return "/".join(setting)
 
 
 class _SpaceMethods:
     def suggest(self, trial: optuna.Trial) -> Recipe:
-        """Sample one recipe: every knob in registry order adds its values."""
+        """Sample one recipe: every knob in registry order adds its values. With `deployments`
+        (the target screen's survivors), the setting is one categorical choice and each of its
+        knobs sees its value fixed."""
         fields: dict[str, Any] = {}
+        space = self
+        if self.deployments:
+            chosen = choose(trial, DEPLOYMENT_PARAM, tuple(deployment_label(s) for s in self.deployments))
+            space = dataclasses.replace(self, deployments=None,
+                                        **{f: (v,) for f, v in zip(DEPLOYMENT_FIELDS, chosen.split("/"))})
         for knob in KNOBS:
-            knob.suggest(trial, self, fields)
+            knob.suggest(trial, space, fields)
         return Recipe(**fields)
 
     def contains_baseline(self) -> bool:
@@ -31,13 +49,24 @@ class _SpaceMethods:
         baseline value (prune 0, no quantization, fp32, contiguous...), in its runtime."""
         if self.baseline_runtime is not None and self.baseline_runtime not in self.runtime:
             return False
+        if self.deployments and self._baseline_setting() not in self.deployments:
+            return False
         return all(knob.contains_baseline(self) for knob in KNOBS)
+
+    def _baseline_setting(self) -> tuple:
+        defaults = recipe_defaults()
+        return tuple(self.runtime[0] if f == "runtime" else defaults[f] for f in DEPLOYMENT_FIELDS)
 
     def baseline_params(self) -> dict[str, Any]:
         """Params that make `suggest` return the unmodified model (enqueued as trial 0).
         Only meaningful when `contains_baseline()`; otherwise trial 0 is measured from
         `baseline_recipe()` without sampling."""
-        return {name: value for knob in KNOBS for name, value in knob.baseline_params(self).items()}
+        params = {name: value for knob in KNOBS for name, value in knob.baseline_params(self).items()}
+        if self.deployments:
+            params = {k: v for k, v in params.items() if k not in DEPLOYMENT_FIELDS}
+            if len(self.deployments) > 1:
+                params[DEPLOYMENT_PARAM] = deployment_label(self._baseline_setting())
+        return params
 
     def baseline_recipe(self) -> Recipe:
         return Recipe(runtime=self.baseline_runtime or self.runtime[0])
@@ -57,6 +86,10 @@ class _SpaceMethods:
             choices = getattr(self, field.name)
             if value not in choices and value != default:
                 return f"{field.name}={value!r} is not among this target's choices {list(choices)}"
+        if self.deployments:
+            setting = tuple(getattr(recipe, f) for f in DEPLOYMENT_FIELDS)
+            if setting not in self.deployments:
+                return f"{deployment_label(setting)} is not among the settings the target screen kept"
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +108,9 @@ SearchSpace = dataclasses.make_dataclass(
         ("finetune_steps", int, dataclasses.field(default=0)),
         # the runtime the baseline is measured in, when the target screen dropped it from the search
         ("baseline_runtime", Any, dataclasses.field(default=None)),
+        # the target screen's surviving settings (DEPLOYMENT_FIELDS values), searched as one
+        # choice; None: each of those fields is sampled from its own choices
+        ("deployments", Any, dataclasses.field(default=None)),
     ],
     bases=(_SpaceMethods,),
     frozen=True,

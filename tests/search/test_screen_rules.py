@@ -7,8 +7,10 @@ import json
 import time
 from pathlib import Path
 
-from slimtune.search.screen import DEPLOYMENT, Screen
-from slimtune.spaces import SearchSpace
+import optuna
+
+from slimtune.search.screen import DEPLOYMENT, Screen, first_trials, label, narrow
+from slimtune.spaces import Recipe, SearchSpace
 from slimtune.spaces.precision import PRECISION_CHOICES
 from slimtune.spaces.quantization import QUANTIZATION_CHOICES
 from slimtune.spaces.runtime import RUNTIME_CHOICES
@@ -73,3 +75,118 @@ def test_a_wider_margin_drops_no_more_than_it_must() -> None:
     tie, so neither drops the other."""
     rows = replay(margin=0.5)
     assert rows["fp16 channels_last eager"]["kept"] and rows["fp16 channels_last cudagraphs"]["kept"]
+
+
+# -- the second H200 run (benchmarks/results/screen/*-arms-run2.log): the screen measured these
+# twelve settings before its budget ran out, one cold fp8 compile taking 68 s of it
+RUN2 = {
+    "fp32 contiguous eager": (25.304, 1843.1, 44.77), "tf32 contiguous eager": (12.139, 1998.3, 44.77),
+    "fp16 contiguous eager": (8.459, 1024.3, 22.38), "bf16 contiguous eager": (9.604, 1127.1, 22.38),
+    "fp16 channels_last eager": (5.532, 1024.3, 22.38),
+    "fp16 channels_last int8_weight_only eager": (6.092, 1013.2, 11.33),
+    "fp16 channels_last int8_dynamic eager": (7.509, 1024.3, 22.38),
+    "fp16 channels_last int4_weight_only eager": (6.107, 1013.2, 11.33),
+    "fp16 channels_last fp8_dynamic eager": (5.491, 1024.3, 22.38),
+    "fp16 channels_last fp8_dynamic cudagraphs": (5.373, 1101.4, 22.38),
+    "fp16 channels_last fp8_dynamic compile": (3.484, 613.3, 22.38),
+}
+
+
+def every_choice() -> SearchSpace:
+    return SearchSpace(precision=PRECISION_CHOICES, memory_format=("contiguous", "channels_last"),
+                       quantization=QUANTIZATION_CHOICES, runtime=RUNTIME_CHOICES)
+
+
+def replay_run2(measured: dict = RUN2, objectives: tuple = ("latency_ms", "accuracy")) -> Screen:
+    screen = Screen(_Measured(0.9917), every_choice(), objectives=dict.fromkeys(objectives, "minimize"),
+                    max_accuracy_drop=0.01, budget_s=30, setting_timeout_s=30, margin=0.05)
+    screen.started = time.perf_counter()
+    labels = {label(s): i for i, s in enumerate(screen.settings)}
+    for name, (latency, peak, weights) in measured.items():
+        index = labels[name]
+        screen.measured[(index, 0.0)] = {"latency_ms": latency, "peak_memory_mb": peak, "weight_mb": weights,
+                                         "quantized_layers": 21, "weight_layers": 21}
+        setting = screen.settings[index]
+        screen.accuracy[(setting["precision"], setting["quantization"])] = (0.99, name)
+    screen.estimates = {i: screen._estimate(i, screen._fit()) for i in range(len(screen.settings))}
+    return screen
+
+
+def test_a_graphed_runtime_never_measured_is_estimated_from_its_base_and_says_so() -> None:
+    """Run 2 kept 40 unmeasured compile+cudagraphs settings (no estimate), so nothing narrowed."""
+    rows = {row["label"]: row for row in replay_run2().result()["settings"]}
+    fp32 = rows["fp32 contiguous compile+cudagraphs"]
+    assert not fp32["kept"] and "compile+cudagraphs taken as compile" in fp32["reason"]
+    assert fp32["reason"].startswith("estimated ") and "slower than fp16 channels_last fp8_dynamic compile" in fp32["reason"]
+    graphed = rows["fp16 channels_last fp8_dynamic compile+cudagraphs"]
+    assert graphed["kept"] and "taken as compile" in graphed["reason"]
+    still_kept = [name for name, row in rows.items() if row["kept"] and row["setting"]["runtime"] == "compile+cudagraphs"]
+    assert len(still_kept) < 10, still_kept
+
+
+def test_the_walk_prefers_the_plainest_setting_within_the_margin() -> None:
+    """fp8 was 0.7% faster than no quantization in eager (noise): the walk must stay unquantized."""
+    screen = replay_run2({name: RUN2[name] for name in ("fp16 channels_last eager", "fp16 channels_last fp8_dynamic eager")})
+    assert label(screen.settings[screen._fastest(0.0)]) == "fp16 channels_last eager"
+    screen = replay_run2({"fp16 channels_last eager": (5.532, 1, 1), "fp16 channels_last fp8_dynamic eager": (4.0, 1, 1)})
+    assert label(screen.settings[screen._fastest(0.0)]) == "fp16 channels_last fp8_dynamic eager"
+
+
+def test_the_search_samples_only_the_kept_settings_as_one_choice() -> None:
+    """With weights an objective too, weight-only quantization keeps settings in many
+    runtimes and precisions: their values' product would bring the dropped ones back."""
+    result = replay_run2(objectives=("latency_ms", "weight_mb")).result()
+    space = narrow(every_choice(), result)
+    kept = {tuple(s) for s in result["deployments"]}
+    assert space.deployments and set(space.deployments) == kept
+    assert "contiguous" in space.memory_format and "eager" in space.runtime  # each value survives somewhere...
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(200):
+        recipe = space.suggest(study.ask())
+        setting = tuple(getattr(recipe, f) for f in DEPLOYMENT)
+        assert setting in kept  # ...but no dropped combination of them comes back
+        assert setting != ("fp16", "contiguous", "none", "eager")
+    assert space.allows(Recipe(precision="fp16", runtime="eager")) is not None
+    # a screen stored before settings were kept as one choice narrows each factor, as it did then
+    old = {key: value for key, value in result.items() if key != "deployments"}
+    assert narrow(every_choice(), old).deployments is None
+
+
+def test_the_first_trials_start_from_the_screens_winners() -> None:
+    result = replay_run2(objectives=("latency_ms", "weight_mb")).result()
+    params = first_trials(narrow(every_choice(), result), result)
+    # the fastest measured, then the smallest weights measured (int8 weight-only, 11.33 MB)
+    assert params == [{"deployment": "fp16/channels_last/fp8_dynamic/compile"},
+                      {"deployment": "fp16/channels_last/int8_weight_only/eager"}]
+    # kept settings that make a whole product are sampled factor by factor: so are the winners
+    result = replay_run2().result()
+    assert first_trials(narrow(every_choice(), result), result) == [{"quantization": "fp8_dynamic", "runtime": "compile"}]
+
+
+class _Timed:
+    """An evaluator whose settings' figures follow simple rules, and which remembers what it built."""
+
+    baseline_accuracy = 0.9
+
+    def __init__(self):
+        self.built: list[Recipe] = []
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        self.built.append(recipe)
+        latency = {"eager": 4.0, "cudagraphs": 3.5, "compile": 2.0, "compile+cudagraphs": 1.9}[recipe.runtime]
+        latency *= (1 - recipe.prune_ratio) * (1.2 if recipe.prune_round_to == 1 else 1.0)
+        return {"latency_ms": latency, "peak_memory_mb": 10.0, "weight_mb": 5.0, "quantized_layers": 0,
+                "weight_layers": 3, "accuracy": 0.9}
+
+
+def test_shapes_are_screened_without_compiling() -> None:
+    """A compile per pruned shape would eat the budget; the shape is timed in the fastest
+    setting's graphed, uncompiled twin."""
+    space = SearchSpace(runtime=RUNTIME_CHOICES, prune_ratio=(0.0, 0.8), prune_round_to=(1, 8), prune_scope=("uniform",))
+    evaluator = _Timed()
+    result = Screen(evaluator, space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=None, budget_s=60,
+                    setting_timeout_s=5, margin=0.05, log=lambda line: None).run()
+    shapes = [r for r in evaluator.built if r.prune_ratio > 0 and r.prune_round_to == 1]
+    assert shapes and all(r.runtime == "cudagraphs" for r in shapes)
+    assert result["shape_setting"] == "fp32 contiguous cudagraphs"
+    assert {row["label"]: row["kept"] for row in result["shapes"]} == {"/8 uniform": True, "/1 uniform": False}

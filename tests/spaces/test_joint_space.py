@@ -180,3 +180,22 @@ def test_fine_tuned_recipe_without_kd_says_it_is_fine_tuned():
     _, recipe = _sample(space, 1, seed=0)[0]
     assert recipe.finetune_steps == 30 and recipe.kd_temperature is None  # will be fine-tuned
     assert "fine-tune" in recipe.describe()
+
+
+def test_deployments_are_one_choice_and_the_baseline_is_one_of_them_or_not() -> None:
+    space = SearchSpace(precision=("fp32", "fp16"), runtime=("eager", "compile"),
+                        deployments=(("fp32", "contiguous", "none", "eager"), ("fp16", "contiguous", "none", "compile")))
+    assert space.contains_baseline()
+    assert space.baseline_params() == {"deployment": "fp32/contiguous/none/eager"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        recipe = space.suggest(trial)
+        seen.add((recipe.precision, recipe.runtime))
+        assert set(trial.params) == {"deployment"}  # the four fields are not sampled on their own
+    assert seen == {("fp32", "eager"), ("fp16", "compile")}
+    assert space.allows(Recipe(precision="fp16", runtime="eager")) == (
+        "fp16/contiguous/none/eager is not among the settings the target screen kept")
+    without_baseline = dataclasses.replace(space, deployments=space.deployments[1:] + (("fp16", "contiguous", "none", "eager"),))
+    assert not without_baseline.contains_baseline()

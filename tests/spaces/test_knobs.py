@@ -21,7 +21,7 @@ from slimtune.spaces.registry import KNOBS, recipe_defaults, study_fields
 def test_every_registered_field_is_a_study_file_field_a_space_field_and_a_recipe_field():
     names = {field.name for field in study_fields()}
     assert set(SpaceSection.model_fields) == names - {"runtime"}  # runtimes live in [target]
-    assert {f.name for f in dataclasses.fields(SearchSpace)} == names | {"finetune_steps", "baseline_runtime"}
+    assert {f.name for f in dataclasses.fields(SearchSpace)} == names | {"finetune_steps", "baseline_runtime", "deployments"}
     assert {f.name for f in dataclasses.fields(Recipe)} == set(recipe_defaults())
     assert Recipe() == Recipe(**recipe_defaults()) and Recipe().is_baseline
     assert [knob.name for knob in KNOBS] == [
