@@ -84,9 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     refine.add_argument("study")
     refine.add_argument("--storage", default=DEFAULT_STORAGE)
     chosen = refine.add_mutually_exclusive_group(required=True)
-    chosen.add_argument("--top", type=int, metavar="K", help="the K fastest pruned points of the feasible front")
+    chosen.add_argument("--top", type=int, metavar="K", help="K pruned points of the feasible front (see --order)")
     chosen.add_argument("--trial", type=int, metavar="N", help="one trial")
     refine.add_argument("--steps", type=int, required=True, help="fine-tuning steps of each refined model")
+    refine.add_argument("--order", choices=["fastest", "most_pruned"], default="fastest",
+                        help="which --top points: the fastest, or the most pruned (default: fastest)")
     plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
     plot.add_argument("study")
     plot.add_argument("--storage", default=DEFAULT_STORAGE)

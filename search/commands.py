@@ -77,7 +77,8 @@ def refine_after_search(config: StudyConfig, storage: str) -> None:
         return
     from slimtune.search.refine import refine as refine_front
 
-    refine_front(config.study.name, storage, top=config.refine.top, steps=config.refine.steps, log=print)
+    refine_front(config.study.name, storage, top=config.refine.top, steps=config.refine.steps,
+                 order=config.refine.order, log=print)
 
 
 def quiet() -> None:
@@ -282,7 +283,8 @@ def refine(args: argparse.Namespace) -> int:
     quiet()
     try:
         with handle_signals():
-            refine_front(args.study, args.storage, top=args.top, trial=args.trial, steps=args.steps, log=print)
+            refine_front(args.study, args.storage, top=args.top, trial=args.trial, steps=args.steps,
+                         order=args.order, log=print)
     except KeyboardInterrupt as error:
         print(INTERRUPTED, file=sys.stderr)
         return exit_code(error)

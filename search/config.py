@@ -100,11 +100,13 @@ class ConstraintsSection(_Section):
 
 
 class RefineSection(_Section):
-    """After the search, fine-tune the `top` fastest points of the feasible front for `steps`
-    steps each and measure them again (`slimtune refine` does the same on demand)."""
+    """After the search, fine-tune `top` points of the feasible front for `steps` steps each
+    and measure them again (`slimtune refine` does the same on demand). `order`: which points
+    come first: "fastest" (the ones likely shipped), or "most_pruned" (the most to recover)."""
 
     top: PositiveInt = 3
     steps: PositiveInt = 2000
+    order: Literal["fastest", "most_pruned"] = "fastest"
 
 
 def _range(low: float, high: float):

@@ -73,8 +73,15 @@ def study_config(study, seed: int | None = None) -> StudyConfig:
     return parse_config({**identity, "study": {**identity["study"], "seed": study_seed}}, f"study {study.study_name!r}")
 
 
-def choose(study, repository: Repository, top: int | None, trial: int | None) -> list[int]:
-    """The trials to refine: `trial`, or the `top` fastest pruned points of the feasible front."""
+#: how `top` ranks the front's pruned points
+ORDERS = ("fastest", "most_pruned")
+
+
+def choose(study, repository: Repository, top: int | None, trial: int | None, order: str = "fastest") -> list[int]:
+    """The trials to refine: `trial`, or the first `top` pruned points of the feasible front in
+    `order`: fastest first, or most pruned first (where a short fine-tune left the most to recover)."""
+    if order not in ORDERS:
+        raise RefineError(f"order = {order!r}: allowed: {', '.join(ORDERS)}")
     if (top is None) == (trial is None):
         raise RefineError("refine: give exactly one of --top K or --trial N")
     records = {r.trial_number: r for r in repository.trials(study.study_name)}
@@ -92,6 +99,8 @@ def choose(study, repository: Repository, top: int | None, trial: int | None) ->
     pruned = [int(n) for n in front["trial"] if Recipe.from_dict(records[int(n)].recipe).finetune_steps]
     if not pruned:
         raise RefineError(f"study {study.study_name!r}: no pruned point on the feasible front; nothing to refine")
+    if order == "most_pruned":  # the front comes fastest first; a stable sort keeps that among equals
+        pruned.sort(key=lambda n: -Recipe.from_dict(records[n].recipe).prune_ratio)
     return pruned[:top]
 
 
@@ -102,19 +111,20 @@ def refine(
     steps: int,
     top: int | None = None,
     trial: int | None = None,
+    order: str = "fastest",
     log: Log = print,
     evaluator_factory: str = DEFAULT_FACTORY,
 ) -> list[Refined]:
-    """Refine `trial` or the `top` fastest pruned front points of a study with `steps` fine-tuning
-    steps each; every result (complete, failed or stopped) is stored before the next starts.
-    Raises `RefineError` for bad input (nothing refined)."""
+    """Refine `trial` or `top` pruned front points of a study (in `order`, see `choose`) with
+    `steps` fine-tuning steps each; every result (complete, failed or stopped) is stored before
+    the next starts. Raises `RefineError` for bad input (nothing refined)."""
     if steps < 1:
         raise RefineError(f"steps = {steps}: must be at least 1")
     try:
         study, repository = open_study(study_name, storage_url)
     except (StudyNotFound, StorageError) as error:
         raise RefineError(str(error)) from None
-    numbers = choose(study, repository, top, trial)
+    numbers = choose(study, repository, top, trial, order)
     frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
     # the study's seed decides the baseline's training (and so which cached baseline is used)
     config = study_config(study, frozen[numbers[0]].user_attrs.get("study_seed"))

@@ -173,12 +173,14 @@ def test_balanced_accuracy_constraint_and_refine_section(write_study: Callable[.
     assert config.constraints.max_balanced_accuracy_drop == 0.02 and config.refine is None
     assert config.identity() != base
     refined = load_config(write_study({"refine": {"top": 2, "steps": 500}}))
-    assert (refined.refine.top, refined.refine.steps) == (2, 500)
+    assert (refined.refine.top, refined.refine.steps, refined.refine.order) == (2, 500, "fastest")
+    assert load_config(write_study({"refine": {"order": "most_pruned"}})).refine.order == "most_pruned"
     assert refined.identity() == base  # refining after the search changes no trial: resume is fine
     for changes, message in [
         ({"constraints": {"max_balanced_accuracy_drop": 1.5}}, "constraints.max_balanced_accuracy_drop = 1.5"),
         ({"refine": {"top": 0}}, "refine.top = 0"),
-        ({"refine": {"steps": 10, "epochs": 3}}, "refine.epochs: unknown field; allowed: top, steps"),
+        ({"refine": {"steps": 10, "epochs": 3}}, "refine.epochs: unknown field; allowed: top, steps, order"),
+        ({"refine": {"order": "slowest"}}, "refine.order = 'slowest'"),
     ]:
         with pytest.raises(StudyFileError, match=re.escape(message)):
             load_config(write_study(changes))

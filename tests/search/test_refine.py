@@ -143,3 +143,18 @@ def test_bad_refine_input_is_one_line_and_refines_nothing(study, capsys, argv, m
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert len(open_study("tiny", storage)[1].refined("tiny")) == before
+
+
+def test_top_points_come_fastest_first_or_most_pruned_first(study):
+    from slimtune.search.refine import RefineError, choose
+
+    storage, _, _ = study
+    optuna_study, repository = open_study("tiny", storage)
+    records = {r.trial_number: r for r in repository.trials("tiny")}
+    pruned = _pruned_front(storage)
+    assert choose(optuna_study, repository, len(pruned), None) == pruned  # the front's order: fastest first
+    by_ratio = choose(optuna_study, repository, len(pruned), None, order="most_pruned")
+    ratios = [Recipe.from_dict(records[n].recipe).prune_ratio for n in by_ratio]
+    assert sorted(by_ratio) == sorted(pruned) and ratios == sorted(ratios, reverse=True)
+    with pytest.raises(RefineError, match="order = 'slowest': allowed: fastest, most_pruned"):
+        choose(optuna_study, repository, 1, None, order="slowest")
