@@ -49,6 +49,7 @@ from slimtune.search.config import load_config  # noqa: E402
 from slimtune.search.isolated import IsolatedEvaluator
 from slimtune.search.results import open_study, pareto_front
 from slimtune.search.runner import run_study, worker_spec
+from slimtune.search.screen import choices_line
 from slimtune.spaces import Recipe
 
 BASELINE_REPEATS = 5
@@ -215,7 +216,8 @@ def refine_front(config, storage: str, baseline: dict, log) -> list[dict]:
     from slimtune.search.refine import refine
 
     rows = []
-    for refined in refine(config.study.name, storage, top=config.refine.top, steps=config.refine.steps, log=log):
+    for refined in refine(config.study.name, storage, top=config.refine.top, steps=config.refine.steps,
+                          order=config.refine.order, log=log):
         row = {"trial": refined.trial, "steps": refined.steps, "status": refined.status, "reason": refined.reason,
                "short_steps": refined.short.get("finetune_steps_run")}
         for key in ("accuracy", "balanced_accuracy", "latency_ms"):
@@ -378,7 +380,7 @@ def arms_markdown(results: dict) -> str:
             lines.append(f"| {arm} | failed: {row['error']} | | | | | | |")
             continue
         screen = row.get("screen")
-        kept = "; ".join(f"{k} {v}" for k, v in screen["kept"].items()) if screen else "(off)"
+        kept = choices_line(screen) if screen else "(off)"
         screen_s = f"{screen['seconds']:.0f}" if screen else "-"
         best = row.get("best_at_1pt")
         point = f"{best['describe']}, {best['latency_ms_median']:.3f} ms" if best else "-"
