@@ -83,11 +83,42 @@ class ReplayFailed(Exception):
     pass
 
 
+class GridScreen:
+    """The target screen's evaluator, answered from the grid: a setting's figures are its grid
+    row at that prune ratio (the grid's pruned rows were fine-tuned, the screen's are not; the
+    latency, memory and weights the screen reads do not depend on it)."""
+
+    def __init__(self, grid: Grid):
+        self.grid = grid
+        self.baseline_accuracy = float(grid.baseline["accuracy"])
+
+    def screen(self, recipe, *, accuracy: bool, timeout_s: float) -> dict[str, Any]:
+        row = self.grid.rows[self.grid.key(recipe)]
+        if row["status"] != "complete":
+            raise RuntimeError(row["reason"])
+        return {"latency_ms": float(row["latency_ms"]), "peak_memory_mb": float(row["peak_memory_mb"]),
+                "weight_mb": float(row["weight_mb"]), "accuracy": float(row["accuracy"]),
+                "quantized_layers": 0, "weight_layers": 0}
+
+
+def screened_space(grid: Grid, config):
+    """The study's space narrowed by the target screen run against the grid (no budget limit:
+    the grid holds every setting), and the screen's result."""
+    from slimtune.search.screen import Screen, narrow
+
+    space = config.search_space()
+    result = Screen(GridScreen(grid), space, objectives=dict(config.objectives),
+                    max_accuracy_drop=config.constraints.max_accuracy_drop, budget_s=1e9,
+                    setting_timeout_s=1e9, margin=config.screen.margin, log=lambda line: None).run()
+    return narrow(space, result), result
+
+
 def replay_one(grid: Grid, config, sampler_name: str, seed: int, n_trials: int, max_drop: float,
-               objectives: dict[str, str], tpe_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+               objectives: dict[str, str], tpe_overrides: dict[str, Any] | None = None, space=None) -> dict[str, Any]:
     """One seeded study of `n_trials` (the baseline first) against the table; the hypervolume
     after each finished trial, computed by slimtune's own code. `tpe_overrides` replaces some
-    of slimtune's TPE arguments (the tpe-settings comparison)."""
+    of slimtune's TPE arguments (the tpe-settings comparison); `space`, the study's space
+    (a screened one, `--screened`)."""
     import optuna
 
     from slimtune.search.hypervolume import (
@@ -95,7 +126,7 @@ def replay_one(grid: Grid, config, sampler_name: str, seed: int, n_trials: int, 
     )
     from slimtune.search.samplers import make_sampler, tpe_settings
 
-    space = config.search_space()
+    space = space or config.search_space()
     base_accuracy = float(grid.baseline["accuracy"])
     if tpe_overrides is None:
         sampler = make_sampler(sampler_name, seed, n_trials)
@@ -112,7 +143,11 @@ def replay_one(grid: Grid, config, sampler_name: str, seed: int, n_trials: int, 
     fastest = [math.inf]
 
     def objective(trial: optuna.Trial) -> list[float]:
-        key = grid.key(space.suggest(trial))
+        # trial 0 is the baseline, measured from its recipe where the space no longer holds it
+        # (as the runner does when the screen dropped fp32 eager)
+        baseline = trial.user_attrs.get("baseline") and not space.contains_baseline()
+        recipe = space.baseline_recipe() if baseline else space.suggest(trial)
+        key = grid.key(recipe)
         points.append(key)
         row = grid.rows[key]
         if row["status"] != "complete":
@@ -186,13 +221,19 @@ def replay(args: argparse.Namespace) -> None:
     objectives = dict(config.objectives)
     max_drop = args.max_accuracy_drop if args.max_accuracy_drop is not None else config.constraints.max_accuracy_drop
     seeds = list(range(args.seeds))
+    space = None
+    if args.screened:
+        space, screened = screened_space(grid, config)
+        args.tag = args.tag or "-screened"
+        kept = [row["label"] for row in screened["settings"] if row["kept"]]
+        print(f"screen on the grid: kept {len(kept)} of {len(screened['settings'])}: {', '.join(kept)}", flush=True)
     results: dict[str, Any] = {}
     previous = folder / f"results{args.tag}.json"
     if args.keep and previous.exists():  # samplers not run now keep their earlier runs
         results = {k: v for k, v in json.loads(previous.read_text())["samplers"].items() if k not in args.samplers}
     for name in args.samplers:
         started = time.time()
-        runs = [replay_one(grid, config, name, seed, args.trials, max_drop, objectives) for seed in seeds]
+        runs = [replay_one(grid, config, name, seed, args.trials, max_drop, objectives, space=space) for seed in seeds]
         per_trial = [_quantiles([run["hypervolume"][i] for run in runs]) for i in range(args.trials)]
         results[name] = {
             "label": SAMPLER_LABELS[name],
@@ -205,10 +246,11 @@ def replay(args: argparse.Namespace) -> None:
               f"[{at['q25']:.4f}, {at['q75']:.4f}]  ({results[name]['seconds']} s)", flush=True)
     order = list(SAMPLER_LABELS)
     results = dict(sorted(results.items(), key=lambda item: order.index(item[0])))
-    write_results(folder, results, grid, config, args, objectives, max_drop, seeds)
+    write_results(folder, results, grid, config, args, objectives, max_drop, seeds,
+                  screened=screened if args.screened else None)
 
 
-def write_results(folder, results, grid, config, args, objectives, max_drop, seeds) -> None:
+def write_results(folder, results, grid, config, args, objectives, max_drop, seeds, screened=None) -> None:
     from slimtune.search.hypervolume import hypervolume_settings, linear_settings
 
     best_possible = _grid_hypervolume(grid, objectives, hypervolume_settings(objectives, max_drop), max_drop)
@@ -227,6 +269,9 @@ def write_results(folder, results, grid, config, args, objectives, max_drop, see
         "grid_best_speedup": _grid_speedup(grid, max_drop),
         "samplers": results,
     }
+    if screened is not None:
+        summary["screened"] = {"kept": [row["label"] for row in screened["settings"] if row["kept"]],
+                               "dropped": {row["label"]: row["reason"] for row in screened["settings"] if not row["kept"]}}
     (folder / f"results{args.tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_report(folder, summary, args.tag)
 
@@ -248,6 +293,13 @@ def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
         f"n-1, n as the table says. Hypervolume in halvings against the baseline (`search/hypervolume.py`); the whole "
         f"grid's feasible front has **{best:.4f}**, the most any sampler can reach.",
         "",
+    ]
+    if summary.get("screened"):
+        kept, dropped = summary["screened"]["kept"], summary["screened"]["dropped"]
+        lines += [f"**Screened space**: the target screen (search/screen.py) answered from the grid's rows kept "
+                  f"{len(kept)} of {len(kept) + len(dropped)} deployment settings, searched as one choice: "
+                  f"{', '.join(kept)}. Dropped: " + "; ".join(f"{k}: {v}" for k, v in dropped.items()) + ".", ""]
+    lines += [
         "Median hypervolume [25th-75th percentile] after N trials (the interval on the ratio to random: 2,000 "
         "bootstrap resamples of both samplers' seeds):",
         "",
@@ -464,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
                    "measured with the study's: its hopeless-candidate stops stay valid only for tighter ones)")
     r.add_argument("--tag", default="", help="suffix for the result files, e.g. -tight")
     r.add_argument("--keep", action="store_true", help="keep the earlier runs of samplers not named in --samplers")
+    r.add_argument("--screened", action="store_true", help="search the space the target screen leaves, the screen "
+                   "answered from the grid (results tagged -screened)")
     t = commands.add_parser("tpe-settings", help="replay variations of slimtune's TPE arguments against random sampling")
     t.add_argument("--trials", type=int, default=30)
     t.add_argument("--seeds", type=int, default=30)

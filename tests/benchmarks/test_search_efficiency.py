@@ -124,3 +124,19 @@ def test_ratio_interval(benchmark) -> None:
     many = benchmark.ratio_interval([1.0 + 0.01 * i for i in range(300)], [1.0 + 0.008 * i for i in range(300)])
     assert many[0] < point < many[1] and many[1] - many[0] < (high - low) / 2  # ten times the seeds: narrower
     assert benchmark.ratio_interval(values, reference) == (low, high)  # seeded: the committed tables reproduce
+
+
+def test_the_screened_replay_searches_what_the_screen_keeps_of_the_committed_gpu_grid(benchmark) -> None:
+    """The target screen answered from the H100 grid (24 settings) keeps fp16 channels_last
+    compile alone; a replay over that space measures the baseline from its recipe as trial 0."""
+    from slimtune.search.config import load_config
+
+    grid = benchmark.Grid(ROOT / "benchmarks" / "results" / "search-efficiency" / "resnet18-b256-wide")
+    config = load_config(ROOT / grid.meta["study_file"])
+    space, result = benchmark.screened_space(grid, config)
+    assert [row["label"] for row in result["settings"] if row["kept"]] == ["fp16 channels_last compile"]
+    assert (space.precision, space.memory_format, space.runtime) == (("fp16",), ("channels_last",), ("compile",))
+    assert not space.contains_baseline()
+    run = benchmark.replay_one(grid, config, "random", 0, 6, 0.01, dict(config.objectives), space=space)
+    assert len(run["hypervolume"]) == 6 and run["failed"] == 0
+    assert run["hypervolume"][-1] > 10 * run["hypervolume"][0]  # the baseline first, then the front
