@@ -26,11 +26,39 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 warnings.filterwarnings("ignore", module="optuna")
 
 
+#: modules whose tests share a module-scoped study (or another costly module fixture): with
+#: `--dist loadgroup` (.ci/run) each runs on one xdist worker, so the fixture is built once
+SHARED_SETUP = {
+    "tests/search/export/test_export.py", "tests/search/test_refine.py", "tests/search/test_confirm.py",
+    "tests/search/test_end_to_end.py", "tests/search/web/test_browser.py", "tests/objectives/test_elpv_workload.py",
+    "tests/objectives/test_baseline.py", "tests/objectives/test_evaluator.py",
+}
+#: modules whose tests run studies (a worker process each) without the `processes` mark
+RUN_STUDIES = {
+    "tests/search/test_screen.py", "tests/search/test_warm_start.py", "tests/search/test_warnings.py",
+    "tests/search/test_refine.py", "tests/search/test_confirm.py", "tests/search/test_cli.py",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start real slimtune processes (tens of seconds each) run first: with
-    pytest-xdist the two workers then share them, instead of one of them ending the run alone
-    on the last slow test. The order within each group is kept."""
-    items.sort(key=lambda item: item.get_closest_marker("processes") is None)
+    """Tests that start real slimtune processes (seconds to a minute each) run first, the
+    groups of tests that share a module's study before them: with pytest-xdist the workers then
+    share the slow work, instead of one of them ending the run alone on the last slow test.
+    The order within each group is kept."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        if path in SHARED_SETUP:
+            item.add_marker(pytest.mark.xdist_group(path))
+        if path in RUN_STUDIES:
+            item.add_marker(pytest.mark.processes)
+
+    def order(item: pytest.Item) -> int:
+        slow = item.get_closest_marker("processes") is not None
+        grouped = item.get_closest_marker("xdist_group") is not None
+        return 0 if slow and grouped else 1 if slow else 2
+
+    items.sort(key=order)
 
 
 @pytest.fixture(autouse=True, scope="session")
