@@ -27,7 +27,7 @@ warnings.filterwarnings("ignore", module="optuna")
 
 
 #: modules whose tests share a module-scoped study (or another costly module fixture): with
-#: `--dist loadgroup` (.ci/run) each runs on one xdist worker, so the fixture is built once
+#: pytest-xdist each runs on one worker (the scheduler below), so the fixture is built once
 SHARED_SETUP = {
     "tests/search/export/test_export.py", "tests/search/test_refine.py", "tests/search/test_confirm.py",
     "tests/search/test_end_to_end.py", "tests/search/web/test_browser.py", "tests/objectives/test_elpv_workload.py",
@@ -40,25 +40,41 @@ RUN_STUDIES = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start real slimtune processes (seconds to a minute each) run first, the
-    groups of tests that share a module's study before them: with pytest-xdist the workers then
-    share the slow work, instead of one of them ending the run alone on the last slow test.
-    The order within each group is kept."""
+    modules that share a study before them: with pytest-xdist the workers then share the slow
+    work, instead of one of them ending the run alone on the last slow test. The order within
+    each group is kept."""
     for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        if path in SHARED_SETUP:
-            item.add_marker(pytest.mark.xdist_group(path))
-        if path in RUN_STUDIES:
+        if _module(item.nodeid) in RUN_STUDIES:
             item.add_marker(pytest.mark.processes)
 
     def order(item: pytest.Item) -> int:
         slow = item.get_closest_marker("processes") is not None
-        grouped = item.get_closest_marker("xdist_group") is not None
-        return 0 if slow and grouped else 1 if slow else 2
+        return 0 if slow and _module(item.nodeid) in SHARED_SETUP else 1 if slow else 2
 
     items.sort(key=order)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: without it, never called
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`-n N` (xdist's `--dist load`): tests are handed out one at a time in the order above,
+    except that the tests of a SHARED_SETUP module go to one worker together. (xdist's
+    `--dist loadgroup` would do this with marks, but with pytest 9 its marks group nothing.)"""
+    if config.getvalue("dist") != "load":
+        return None  # another --dist asked for by name: xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedSetupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _module(nodeid) if _module(nodeid) in SHARED_SETUP else nodeid
+
+    config.option.loadscopereorder = False  # the collection order above is the schedule
+    return SharedSetupScheduling(config, log)
 
 
 @pytest.fixture(autouse=True, scope="session")
