@@ -25,7 +25,8 @@ def _benchmark():
 
 def test_one_and_two_workers_finish_exactly_n_trials_each(write_study, tmp_path):
     benchmark = _benchmark()
-    study = write_study({"study": {"name": "scaling", "n_trials": 3}, "target": {"threads": 1}})
+    study = write_study({"study": {"name": "scaling", "n_trials": 3}, "target": {"threads": 1},
+                         "space": {"quantization": ["none"]}})  # no torchao imports in the workers
     with temporary_database() as url:
         code = benchmark.main([str(study), "--n-trials", "3", "--counts", "1,2", "--storage", url,
                                "--out", str(tmp_path / "out")])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,17 +33,29 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served_study(tmp_path_factory: pytest.TempPathFactory) -> Served:
-    """`slimtune run` on a 6-trial study (about 15 s on 2 cores); tests only read it."""
+    """`slimtune run` on a 6-trial study (about 15 s on 2 cores), once for the whole run: with
+    pytest-xdist the first worker to ask runs it under a file lock in the folder the workers
+    share (as the baseline cache in tests/conftest.py), the others wait and reuse it. Tests
+    only read it (one export adds a row no other test counts)."""
     from slimtune.search.cli import main
 
-    folder = tmp_path_factory.mktemp("served")
-    study_file = folder / "served.toml"
-    study_file.write_text(study_toml(SERVED))
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    folder = root / "served"
+    folder.mkdir(exist_ok=True)
     url = f"sqlite:///{folder / 'served.db'}"
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["run", str(study_file), "--storage", url, "--no-progress"])
-    assert code == 0, err.getvalue()
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / "done").exists():
+            study_file = folder / "served.toml"
+            study_file.write_text(study_toml(SERVED))
+            (folder / "served.db").unlink(missing_ok=True)  # a half-built one from a worker that died
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(["run", str(study_file), "--storage", url, "--no-progress"])
+            assert code == 0, err.getvalue()
+            (folder / "done").touch()
     return Served(url, SERVED["study"]["name"], folder)
 
 

@@ -394,11 +394,15 @@ def test_launch_and_stop(tmp_path: Path) -> None:
         assert client.post("/api/studies", json=body, headers=AUTH).status_code == 201
         assert client.post("/api/studies/stopped/launch", json={"workers": 1}, headers=AUTH).status_code == 202
         # stop while a fine-tuning trial runs: trial 0, the baseline, is only measured and can
-        # finish between this poll and the stop (it did on a loaded machine), interrupting nothing
+        # finish between this poll and the stop (it did on a loaded machine), interrupting nothing;
+        # its record says complete a moment before Optuna does, so wait for a later trial to run
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             now = client.get("/api/studies/stopped").json()
-            if now["running"] > 0 and now["complete"] >= 1:
+            if now["running"] > 0 and now["complete"] >= 1 and any(
+                t.number >= 1 for t in optuna.load_study(study_name="stopped", storage=url).get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            ):
                 break
             time.sleep(0.5)
         stopped = client.post("/api/studies/stopped/stop", headers=AUTH)
