@@ -37,10 +37,12 @@ def one_run(study_file: Path, index: int, out: Path) -> dict[str, Any]:
         done = subprocess.run([sys.executable, "-m", "slimtune.search.cli", "run", str(study_file), "--storage", storage,
                                "--no-progress"], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
     wall = time.perf_counter() - started
+    # no machine paths in what is committed: the temporary folder and the home directory by name
+    log.write_text(log.read_text().replace(str(folder), f"$TMPDIR/run-{index}").replace(str(Path.home()), "~"))
     if done.returncode != 0:
         raise SystemExit(f"run {index} exited {done.returncode}; see {log}")
-    return {"run": index, "wall_s": round(wall, 1), "load_before": load_before, "load_after": os.getloadavg(), "storage": storage,
-            "log": log.name, **summarise(study_file, storage)}
+    return {"run": index, "wall_s": round(wall, 1), "load_before": load_before, "load_after": os.getloadavg(),
+            "storage": f"sqlite:///$TMPDIR/run-{index}/study.db", "log": log.name, **summarise(study_file, storage)}
 
 
 def summarise(study_file: Path, storage: str) -> dict[str, Any]:

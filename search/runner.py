@@ -284,7 +284,7 @@ def _run_study(
                 study.enqueue_trial(params, user_attrs={"screen_winner": True})
             if winners:
                 log("screen: the first trials start from its winners: "
-                    + ", ".join("/".join(str(v) for v in p.values()) for p in winners))
+                    + "; ".join(", ".join(f"{k}={v}" for k, v in p.items()) for p in winners))
         if not join:  # what `slimtune worker` reads: the study file as last run
             study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
         study.set_user_attr(N_TRIALS_ATTR, config.study.n_trials)  # what "finished" means to the dashboard
