@@ -4,21 +4,15 @@
 from __future__ import annotations
 
 import datetime
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
+from tests.benchmarks import load_benchmark
 
 @pytest.fixture(scope="module")
 def gpu_study():
-    spec = importlib.util.spec_from_file_location("gpu_study", ROOT / "benchmarks" / "gpu_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_study")
 
 
 def _trial(number: int, state: str, finished_s: float | None, start: datetime.datetime):

@@ -3,12 +3,12 @@ workers against the real PostgreSQL, and its results say exactly N trials, none 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.benchmarks import load_benchmark
 from tests.storage.postgres import temporary_database
 
 pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled first (tests/conftest.py)
@@ -17,10 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("multi_gpu", ROOT / "benchmarks" / "multi_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("multi_gpu")
 
 
 def test_one_and_two_workers_finish_exactly_n_trials_each(write_study, tmp_path):

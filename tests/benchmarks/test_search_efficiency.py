@@ -5,13 +5,14 @@ slimtune's worker process), the samplers replayed against it, and the committed 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.benchmarks import load_benchmark
 
 pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled first (tests/conftest.py)
 
@@ -20,10 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "benchmarks" / "search_efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("search_efficiency")
 
 
 def _run(*args: str) -> None:
