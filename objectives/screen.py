@@ -19,7 +19,7 @@ from torch import nn
 from slimtune.spaces import Recipe
 from slimtune.spaces.precision import math_mode
 
-from .accuracy import top1_accuracy
+from .accuracy import accuracy_scores
 from .evaluator import TrialStopped
 from .latency import measure_latency
 from .memory import peak_inference_bytes, weight_bytes
@@ -49,7 +49,8 @@ def measure_setting(evaluator: Any, recipe: Recipe, *, accuracy: bool, timeout_s
                     on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build `recipe` from the baseline (its prune ratio applied, nothing fine-tuned) and
     measure it as deployed: latency, peak memory, weight bytes, how many weight layers its
-    quantization touched, and, when `accuracy`, top-1 on the held-out split. Raises whatever
+    quantization touched, and, when `accuracy`, top-1 and balanced accuracy on the held-out
+    split (one pass). Raises whatever
     the build or the run raises (the driver records it as the setting's reason); stops
     cooperatively past `timeout_s` (the driver kills the worker if that does not work)."""
     stage = on_stage or (lambda name: None)
@@ -62,8 +63,8 @@ def measure_setting(evaluator: Any, recipe: Recipe, *, accuracy: bool, timeout_s
             held_out = None
             if accuracy:
                 stage("accuracy")
-                held_out = top1_accuracy(candidate, evaluator.workload.data.val, evaluator.batch_size,
-                                         evaluator.device, prepare=candidate.inputs)
+                held_out = accuracy_scores(candidate, evaluator.workload.data.val, evaluator.batch_size,
+                                           evaluator.device, prepare=candidate.inputs)
                 evaluator.check_time("accuracy")
             example = candidate.inputs(evaluator.example(evaluator.batch_size))
             stage("latency")
@@ -81,7 +82,8 @@ def measure_setting(evaluator: Any, recipe: Recipe, *, accuracy: bool, timeout_s
         "latency_p95_ms": stats.p95_ms,
         "peak_memory_mb": peak / MB,
         "weight_mb": weight_bytes(candidate.model) / MB,
-        "accuracy": held_out,
+        "accuracy": None if held_out is None else held_out.accuracy,
+        "balanced_accuracy": None if held_out is None else held_out.balanced_accuracy,
         "quantized_layers": len(record.get("quantized_layers", [])),
         "weight_layers": weight_layers(candidate.model),
         "compile_s": record.get("compile_s"),

@@ -21,7 +21,8 @@ reason, as a failed trial is, and the screen goes on.
    in the fastest setting run without compiling (a compile per shape would eat the budget),
    latency only.
 
-A setting survives if its accuracy is acceptable and no other setting beats it by more than the
+A setting survives if its held-out scores are within the study's allowed drops (top-1 and, where the
+study constrains it, balanced accuracy) and no other setting beats it by more than the
 margin on one of the study's cost axes (latency, peak memory, weights) while being no worse
 than the margin on the others, at any screened ratio; a quantized setting within the margin of an
 unquantized one on every axis is dropped too (its quantization buys nothing). A shape survives if it is within the
@@ -134,12 +135,16 @@ class Screen:
 
     def __init__(self, evaluator: Any, space: SearchSpace, *, objectives: dict[str, str],
                  max_accuracy_drop: float | None, budget_s: float, setting_timeout_s: float, margin: float,
-                 log: Log = print):
+                 max_balanced_accuracy_drop: float | None = None, log: Log = print):
         self.evaluator, self.space, self.log = evaluator, space, log
         self.axes = cost_axes(objectives)
         self.budget_s, self.timeout_s, self.margin = budget_s, setting_timeout_s, margin
         self.baseline_accuracy = evaluator.baseline_accuracy
         self.floor = None if max_accuracy_drop is None else self.baseline_accuracy - max_accuracy_drop
+        # the study's constraint may be on balanced accuracy instead (or as well): the same floor rule
+        self.baseline_balanced = getattr(evaluator, "baseline_balanced_accuracy", None)
+        self.balanced_floor = (None if max_balanced_accuracy_drop is None or self.baseline_balanced is None
+                               else self.baseline_balanced - max_balanced_accuracy_drop)
         self.settings = settings_of(space)
         self.index = {tuple(s[f] for f in DEPLOYMENT): i for i, s in enumerate(self.settings)}
         low, high = space.prune_ratio if prunes(space) else (0.0, 0.0)
@@ -152,6 +157,8 @@ class Screen:
         self.measured: dict[tuple[int, float], dict[str, Any]] = {}
         #: (precision, quantization) -> (accuracy, label of the setting it was measured on)
         self.accuracy: dict[tuple[str, str], tuple[float, str]] = {}
+        #: (precision, quantization) -> balanced accuracy, measured in the same pass
+        self.balanced: dict[tuple[str, str], float] = {}
         self.shape_latency: dict[tuple[int, float], dict[str, Any]] = {}
 
     # -- measuring -----------------------------------------------------------------------
@@ -180,6 +187,8 @@ class Screen:
             figures = {"error": str(error)}
         if need_accuracy and "error" not in figures:
             self.accuracy[pair] = (figures["accuracy"], label(setting))
+            if figures.get("balanced_accuracy") is not None:
+                self.balanced[pair] = figures["balanced_accuracy"]
         self.measured[key] = figures
         where = "" if ratio == 0 else f" at prune {ratio:g}"
         if "error" in figures:
@@ -195,11 +204,24 @@ class Screen:
             return self.baseline_accuracy
         return self.accuracy[pair][0] if pair in self.accuracy else None
 
+    def _balanced_of(self, setting: dict[str, Any]) -> float | None:
+        pair = (setting["precision"], setting["quantization"])
+        return self.baseline_balanced if pair == ("fp32", "none") else self.balanced.get(pair)
+
+    def _shortfall(self, setting: dict[str, Any]) -> str | None:
+        """Why the setting's held-out scores are below the study's floor, or None."""
+        for name, score, baseline, floor in (
+            ("accuracy", self._accuracy_of(setting), self.baseline_accuracy, self.floor),
+            ("balanced accuracy", self._balanced_of(setting), self.baseline_balanced, self.balanced_floor),
+        ):
+            if floor is not None and score is not None and score < floor:
+                return f"{name} {score:.4f} (drop {100 * (baseline - score):.2f} pts) below the floor {floor:.4f}"
+        return None
+
     def _acceptable(self, setting: dict[str, Any]) -> bool | None:
-        accuracy = self._accuracy_of(setting)
-        if accuracy is None:
+        if self._accuracy_of(setting) is None:
             return None
-        return self.floor is None or accuracy >= self.floor
+        return self._shortfall(setting) is None
 
     def _ok(self, index: int, ratio: float) -> dict[str, Any] | None:
         figures = self.measured.get((index, ratio))
@@ -407,6 +429,7 @@ class Screen:
             "setting_timeout_s": self.timeout_s, "axes": self.axes, "ratios": [0.0] + ([self.high] if self.high > 0 else []),
             "shape_ratios": [self.high, self.mid] if shapes else [], "shape_setting": getattr(self, "shape_setting", None),
             "baseline_accuracy": self.baseline_accuracy, "accuracy_floor": self.floor,
+            "baseline_balanced_accuracy": self.baseline_balanced, "balanced_accuracy_floor": self.balanced_floor,
             "settings": rows, "shapes": shapes, "kept": kept,
             "deployments": [[row["setting"][f] for f in DEPLOYMENT] for row in rows if row["kept"]],
         }
@@ -419,7 +442,7 @@ class Screen:
         row: dict[str, Any] = {
             "setting": setting, "label": label(setting), "unpruned": unpruned, "pruned": pruned,
             "estimate": self.estimates.get(index) if unpruned is None else None,
-            "accuracy": accuracy, "accuracy_from": source,
+            "accuracy": accuracy, "balanced_accuracy": self._balanced_of(setting), "accuracy_from": source,
         }
         coverage = ""
         figures = unpruned if unpruned and "error" not in unpruned else (pruned if pruned and "error" not in pruned else None)
@@ -431,8 +454,7 @@ class Screen:
             return row
         acceptable = self._acceptable(setting)
         if acceptable is False:
-            drop = 100 * (self.baseline_accuracy - accuracy)
-            row["kept"], row["reason"] = False, f"accuracy {accuracy:.4f} (drop {drop:.2f} pts) below the floor {self.floor:.4f}{coverage}"
+            row["kept"], row["reason"] = False, f"{self._shortfall(setting)}{coverage}"
             return row
         zero, high = at_zero.get(index), at_high.get(index)
         if zero is None and high is None:  # no evidence either way: the screen only drops on evidence
@@ -557,6 +579,7 @@ def screen_target(evaluator: Any, space: SearchSpace, config: Any, log: Log = pr
     """Run the screen for `config`'s study over `space` (the probed space) and return its result."""
     budget, limit = budget_of(config, run_timeout_s)
     return Screen(evaluator, space, objectives=config.objectives, max_accuracy_drop=config.constraints.max_accuracy_drop,
+                  max_balanced_accuracy_drop=config.constraints.max_balanced_accuracy_drop,
                   budget_s=budget, setting_timeout_s=limit, margin=config.screen.margin, log=log).run()
 
 

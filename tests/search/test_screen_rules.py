@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from slimtune.search.screen import DEPLOYMENT, Screen, first_trials, label, narrow
 from slimtune.spaces import Recipe, SearchSpace
@@ -190,3 +191,30 @@ def test_shapes_are_screened_without_compiling() -> None:
     assert shapes and all(r.runtime == "cudagraphs" for r in shapes)
     assert result["shape_setting"] == "fp32 contiguous cudagraphs"
     assert {row["label"]: row["kept"] for row in result["shapes"]} == {"/8 uniform": True, "/1 uniform": False}
+
+
+class _Imbalanced(_Timed):
+    """fp16 keeps top-1 but loses the minority class: balanced accuracy falls 10 points."""
+
+    baseline_balanced_accuracy = 0.8
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        figures = super().screen(recipe, accuracy=accuracy, timeout_s=timeout_s)
+        figures["latency_ms"] *= 0.5 if recipe.precision == "fp16" else 1.0
+        figures["balanced_accuracy"] = 0.7 if recipe.precision == "fp16" else 0.8
+        return figures
+
+
+def test_a_balanced_accuracy_constraint_drops_what_loses_the_minority_class() -> None:
+    space = SearchSpace(precision=("fp32", "fp16"))
+    rows = lambda result: {row["label"]: row for row in result["settings"]}  # noqa: E731
+    constrained = Screen(_Imbalanced(), space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=None,
+                         max_balanced_accuracy_drop=0.01, budget_s=60, setting_timeout_s=5, margin=0.05,
+                         log=lambda line: None).run()
+    fp16 = rows(constrained)["fp16 contiguous eager"]
+    assert not fp16["kept"] and fp16["balanced_accuracy"] == 0.7
+    assert fp16["reason"] == "balanced accuracy 0.7000 (drop 10.00 pts) below the floor 0.7900"
+    assert constrained["balanced_accuracy_floor"] == pytest.approx(0.79)
+    free = Screen(_Imbalanced(), space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=0.01,
+                  budget_s=60, setting_timeout_s=5, margin=0.05, log=lambda line: None).run()
+    assert rows(free)["fp16 contiguous eager"]["kept"]  # top-1 alone did not move
