@@ -57,9 +57,8 @@ def summarise(study_file: Path, storage: str) -> dict[str, Any]:
     rows = front.to_dict(orient="records")
     chosen = knee(rows, dict(config.objectives))
     row = next(r for r in rows if r["trial"] == chosen)
-    trial_speedup = repository.trial(config.study.name, 0).measurement["latency_ms"] / repository.trial(
-        config.study.name, chosen).measurement["latency_ms"]
     baseline = repository.trial(config.study.name, 0).measurement
+    trial_speedup = baseline["latency_ms"] / repository.trial(config.study.name, chosen).measurement["latency_ms"]
     return {
         "front_size": len(rows), "hypervolume": study_hypervolume(study), "trials": len(study.trials),
         "baseline_latency_ms": baseline["latency_ms"],

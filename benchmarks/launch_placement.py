@@ -47,7 +47,6 @@ def device_local_cores(index: int = 0) -> list[int]:
     the CPU's: launches from the far socket cross the interconnect."""
     import torch
 
-    bus_id = None
     try:
         properties = torch.cuda.get_device_properties(index)
         bus_id = "{:04x}:{:02x}:{:02x}.0".format(properties.pci_domain_id, properties.pci_bus_id, properties.pci_device_id)
