@@ -2,7 +2,7 @@
 
 The search fine-tunes every pruned candidate for `budget.finetune_steps` (a cheap estimate of
 what the architecture can recover); the model a user ships deserves a longer fine-tune. Refine
-takes the front's fastest pruned points (`top`) or one trial, rebuilds each in the trial worker
+takes `top` pruned front points (fastest or most pruned first) or one trial, rebuilds each in the trial worker
 process (the same code path as a trial: prune -> KD fine-tune -> precision -> quantize ->
 runtime) with the trial's seed and `finetune_steps = steps`, measures it as a trial is measured,
 and stores a refined record linked to the trial (`slimtune_refined_trials`). The trial and the
