@@ -217,7 +217,7 @@ def refine_front(config, storage: str, baseline: dict, log) -> list[dict]:
 
     rows = []
     for refined in refine(config.study.name, storage, top=config.refine.top, steps=config.refine.steps,
-                          order=config.refine.order, log=log):
+                          order=config.refine.order, seeds=config.refine.seeds, log=log):
         row = {"trial": refined.trial, "steps": refined.steps, "status": refined.status, "reason": refined.reason,
                "short_steps": refined.short.get("finetune_steps_run")}
         for key in ("accuracy", "balanced_accuracy", "latency_ms"):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
 from slimtune.spaces import Recipe
 from slimtune.spaces.distillation import finetune
@@ -30,6 +30,7 @@ from .accuracy import accuracy_scores, top1_accuracy
 from .batching import training_batches
 from .latency import measure_latency
 from .memory import peak_inference_bytes, weight_bytes
+from .selection import SELECTION_CHECKS, BestStep, hold_back
 from .workloads import Workload
 
 MB = 1e6
@@ -53,6 +54,9 @@ class Budget:
     #: measure until the median's 95% interval is within +-this; 0 = exactly latency_repeats
     latency_rel_tol: float = 0.01
     early_stop_checks: int = 4
+    #: refine: keep the fine-tune's best step by this score ("accuracy" or "balanced_accuracy")
+    #: on training images held back for it (objectives/selection.py); None keeps the last step
+    keep_best: str | None = None
 
 
 @dataclass
@@ -167,7 +171,7 @@ class Evaluator:
         if time.perf_counter() > self._deadline:
             raise TrialStopped(f"timeout: over trial_timeout_s={self.budget.trial_timeout_s:g} during {stage}")
 
-    def finetune(self, model: nn.Module, recipe: Recipe) -> int:
+    def finetune(self, model: nn.Module, recipe: Recipe) -> dict[str, Any]:
         return self._finetune(model, recipe, self._seed, self.check_time)
 
     # -- building and measuring -----------------------------------------------------------
@@ -284,7 +288,13 @@ class Evaluator:
         finally:
             del self._deadline
 
-    def _finetune(self, model: nn.Module, recipe: Recipe, seed: int, check_time: Callable[[str], None]) -> int:
+    def _selection_split(self) -> tuple[Dataset, Dataset]:
+        """(training images, images held back to choose the step), carved once per worker."""
+        if not hasattr(self, "_held_back"):
+            self._held_back = hold_back(self.workload.data.train)
+        return self._held_back
+
+    def _finetune(self, model: nn.Module, recipe: Recipe, seed: int, check_time: Callable[[str], None]) -> dict[str, Any]:
         """Fine-tune with KD; stop when over time or when recovery cannot reach the floor.
 
         The hopeless test runs from half the budget on (fine-tuning often loses accuracy
@@ -292,6 +302,9 @@ class Evaluator:
         budget. Recovery curves flatten, so the extrapolation is optimistic and stops only
         candidates that are clearly out of reach. It reads a held-out subset to decide, but
         never takes a gradient on it.
+
+        With `budget.keep_best` (refine), the run trains on the training images less a held-back
+        share, scores that share `SELECTION_CHECKS` times and at the end, and keeps the best step.
         """
         steps = recipe.finetune_steps
         floors = {}  # score name -> the lowest the constraint allows (on the check split)
@@ -300,9 +313,19 @@ class Evaluator:
         if self.max_balanced_accuracy_drop is not None:
             floors["balanced_accuracy"] = self._baseline_check.balanced_accuracy - self.max_balanced_accuracy_drop
         start = self._quick_scores(model) if floors else None
+        train, best = self.workload.data.train, None
+        if self.budget.keep_best:
+            train, held = self._selection_split()
+            best = BestStep(self.budget.keep_best)
+
+            def score(step: int) -> None:
+                scores = accuracy_scores(model, held, self.batch_sizes[0], self.device)
+                best.offer(model, step, getattr(scores, best.score_name))
 
         def check(step: int) -> None:
             check_time(f"fine-tuning (step {step}/{steps})")
+            if best is not None:
+                score(step)
             if not floors or 2 * step < steps:
                 return
             scores = self._quick_scores(model)
@@ -316,12 +339,16 @@ class Evaluator:
                         f"{reachable:.4f} < required {floor:.4f}"
                     )
 
-        batches = training_batches(self.workload.data.train, self.budget.finetune_batch_size, seed, self.device)
-        check_every = max(1, steps // self.budget.early_stop_checks)
+        batches = training_batches(train, self.budget.finetune_batch_size, seed, self.device)
+        checks = SELECTION_CHECKS if best is not None else self.budget.early_stop_checks
         result = finetune(
             model, self.teacher, batches, steps=steps,
             temperature=recipe.kd_temperature or 1.0, alpha=recipe.kd_alpha if recipe.kd_temperature else 0.0,
-            lr=self.budget.finetune_lr, check_every=check_every, check=check,
+            lr=self.budget.finetune_lr, check_every=max(1, steps // checks), check=check,
             autocast=torch.bfloat16 if self.device.type == "cuda" else None,
         )
-        return result.steps_run
+        if best is None:
+            return {"finetune_steps_run": result.steps_run}
+        score(result.steps_run)
+        best.restore(model)
+        return best.facts(result.steps_run)

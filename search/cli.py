@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--verify-timeout", type=float, metavar="SECONDS",
                      help="stop the verifier after this long (default: 4x trial_timeout_s, at least 300)")
     sub.add_argument("--refined", action="store_true",
-                     help="the trial's refined model (`slimtune refine`; the newest) instead of its short fine-tune")
+                     help="the trial's refined model (`slimtune refine`; of several, the best on the held-back images) instead of its short fine-tune")
     refine = commands.add_parser("refine", help="fine-tune front points for longer and measure them again")
     refine.add_argument("study")
     refine.add_argument("--storage", default=DEFAULT_STORAGE)
@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     refine.add_argument("--steps", type=int, required=True, help="fine-tuning steps of each refined model")
     refine.add_argument("--order", choices=["fastest", "most_pruned"], default="fastest",
                         help="which --top points: the fastest, or the most pruned (default: fastest)")
+    refine.add_argument("--seeds", type=int, default=1, metavar="S",
+                        help="refine each point S times with different seeds; the front and export take the best "
+                             "on the held-back training images (default: 1)")
     plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
     plot.add_argument("study")
     plot.add_argument("--storage", default=DEFAULT_STORAGE)

@@ -102,11 +102,13 @@ class ConstraintsSection(_Section):
 class RefineSection(_Section):
     """After the search, fine-tune `top` points of the feasible front for `steps` steps each
     and measure them again (`slimtune refine` does the same on demand). `order`: which points
-    come first: "fastest" (the ones likely shipped), or "most_pruned" (the most to recover)."""
+    come first: "fastest" (the ones likely shipped), or "most_pruned" (the most to recover).
+    `seeds`: runs per point; the best on the held-back training images is the one kept."""
 
     top: PositiveInt = 3
     steps: PositiveInt = 2000
     order: Literal["fastest", "most_pruned"] = "fastest"
+    seeds: PositiveInt = 1
 
 
 def _range(low: float, high: float):

@@ -8,6 +8,13 @@ runtime) with the trial's seed and `finetune_steps = steps`, measures it as a tr
 and stores a refined record linked to the trial (`slimtune_refined_trials`). The trial and the
 front are left as they were: the short figures stay what the search compared.
 
+- The best step is kept, not the last: a long fine-tune on a small data set overfits. The step
+  is chosen on training images held back from the run (objectives/selection.py), never on the
+  held-out split the figures are measured on; by balanced accuracy when the study constrains
+  or maximizes it, else by accuracy.
+- `seeds` > 1 refines each point several times (the trial's seed, then others): one seed's
+  held-out figure on a few hundred images moves by a point or more. Every run is stored; the
+  one that export and the front show is the best on the held-back images.
 - No hopeless stop: a refined point is already feasible, and the long run is what is asked for.
 - Time limit: the study's `trial_timeout_s` scaled by `steps / finetune_steps` (never less).
 - Export rebuilds the same model from the stored record (`slimtune export --refined`): the same
@@ -27,7 +34,7 @@ from slimtune.storage import DEFAULT_STORAGE, Repository, StorageError
 
 from slimtune.search.config import CONFIG_ATTR, StudyConfig, parse_config
 from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
-from slimtune.search.results import StudyNotFound, baseline_record, open_study, pareto_front
+from slimtune.search.results import StudyNotFound, baseline_record, open_study, pareto_front, selection_key
 from slimtune.search.runner import worker_spec
 
 Log = Callable[[str], None]
@@ -45,6 +52,7 @@ class Refined:
     reason: str | None
     short: dict[str, Any]  # the trial's own measurement
     long: dict[str, Any] | None  # the refined measurement
+    seed: int | None = None
 
 
 def refine_timeout_s(config: StudyConfig, steps: int) -> float:
@@ -52,12 +60,28 @@ def refine_timeout_s(config: StudyConfig, steps: int) -> float:
     return config.budget.trial_timeout_s * max(1.0, steps / max(1, config.budget.finetune_steps))
 
 
-def refine_spec(config: StudyConfig, steps: int, factory: str = DEFAULT_FACTORY) -> WorkerSpec:
-    """The worker settings of a refined build: the study's, with the scaled time limit and no
-    hopeless stop. `refine` and `export --refined` both use it, so both build the same model."""
+def selection_score(config: StudyConfig) -> str:
+    """The score that picks a refined run's best step: the one the study is judged on."""
+    balanced = config.constraints.max_balanced_accuracy_drop is not None or "balanced_accuracy" in config.objectives
+    return "balanced_accuracy" if balanced else "accuracy"
+
+
+def refine_spec(config: StudyConfig, steps: int, factory: str = DEFAULT_FACTORY, keep_best: bool = True) -> WorkerSpec:
+    """The worker settings of a refined build: the study's, with the scaled time limit, no
+    hopeless stop and (`keep_best`) the best step kept. `refine` and `export --refined` both use
+    it, so both build the same model; records of slimtunes before keep_best rebuild without it."""
     spec = worker_spec(config, factory)
-    return dataclasses.replace(spec, budget={**spec.budget, "trial_timeout_s": refine_timeout_s(config, steps)},
-                               max_accuracy_drop=None, max_balanced_accuracy_drop=None)
+    budget = {**spec.budget, "trial_timeout_s": refine_timeout_s(config, steps),
+              "keep_best": selection_score(config) if keep_best else None}
+    return dataclasses.replace(spec, budget=budget, max_accuracy_drop=None, max_balanced_accuracy_drop=None)
+
+
+#: the seeds of a point's refined runs: the trial's, then the trial's plus multiples of this
+SEED_STRIDE = 1000
+
+
+def refine_seeds(trial_seed: int, seeds: int) -> list[int]:
+    return [trial_seed + k * SEED_STRIDE for k in range(seeds)]
 
 
 def refined_recipe(recipe: dict[str, Any], steps: int) -> Recipe:
@@ -112,14 +136,18 @@ def refine(
     top: int | None = None,
     trial: int | None = None,
     order: str = "fastest",
+    seeds: int = 1,
     log: Log = print,
     evaluator_factory: str = DEFAULT_FACTORY,
 ) -> list[Refined]:
     """Refine `trial` or `top` pruned front points of a study (in `order`, see `choose`) with
-    `steps` fine-tuning steps each; every result (complete, failed or stopped) is stored before
-    the next starts. Raises `RefineError` for bad input (nothing refined)."""
+    `steps` fine-tuning steps each, `seeds` times each; every result (complete, failed or
+    stopped) is stored before the next starts. Raises `RefineError` for bad input (nothing
+    refined)."""
     if steps < 1:
         raise RefineError(f"steps = {steps}: must be at least 1")
+    if seeds < 1:
+        raise RefineError(f"seeds = {seeds}: must be at least 1")
     try:
         study, repository = open_study(study_name, storage_url)
     except (StudyNotFound, StorageError) as error:
@@ -130,10 +158,12 @@ def refine(
     config = study_config(study, frozen[numbers[0]].user_attrs.get("study_seed"))
     records = {r.trial_number: r for r in repository.trials(study_name)}
     baseline = baseline_record(list(records.values()))
+    base = (baseline.measurement if baseline else None) or {}
     repository.create_schema()  # the refined table, in a database made before it existed
     limit = refine_timeout_s(config, steps)
-    log(f"refine: trials {', '.join(map(str, numbers))} of {study_name!r} with {steps} fine-tuning steps each "
-        f"(limit {limit:.0f} s per point)")
+    log(f"refine: trials {', '.join(map(str, numbers))} of {study_name!r} with {steps} fine-tuning steps each"
+        f"{f', {seeds} seeds' if seeds > 1 else ''} (limit {limit:.0f} s per run); the best step is kept, chosen by "
+        f"{selection_score(config).replace('_', ' ')} on training images held back from the run")
     results: list[Refined] = []
     with IsolatedEvaluator(refine_spec(config, steps, evaluator_factory), log=log,
                            memory_limit_mb=config.budget.memory_limit_mb) as evaluator:
@@ -144,28 +174,44 @@ def refine(
             raise RefineError(f"refine: {error}") from None
         for number in numbers:
             record = records[number]
-            recipe = refined_recipe(record.recipe, steps)
-            seed = frozen[number].user_attrs.get("seed", config.study.seed + number)
-            try:
-                measurement = evaluator.evaluate(recipe, seed=seed).to_dict()
-            except (TrialStopped, WorkerFailed) as error:
-                status = "stopped" if isinstance(error, TrialStopped) else "failed"
-                repository.record_refined(study_name, number, steps=steps, seed=seed, status=status,
-                                          recipe=recipe.to_dict(), reason=str(error))
-                results.append(Refined(number, steps, status, str(error), record.measurement or {}, None))
-                log(f"refine: trial {number} {status}: {error}")
-                continue
-            base = (baseline.measurement if baseline else None) or {}
-            drop = base["accuracy"] - measurement["accuracy"] if "accuracy" in base else None
-            if "balanced_accuracy" in base:
-                measurement["balanced_accuracy_drop"] = base["balanced_accuracy"] - measurement["balanced_accuracy"]
-            repository.record_refined(study_name, number, steps=steps, seed=seed, status="complete",
-                                      recipe=recipe.to_dict(), measurement=measurement, accuracy_drop=drop)
             short = record.measurement or {}
-            results.append(Refined(number, steps, "complete", None, short, measurement))
-            log(f"refine: trial {number} ({recipe.describe()}): accuracy {short.get('accuracy', float('nan')):.4f} "
-                f"after {short.get('finetune_steps_run', 0)} steps -> {measurement['accuracy']:.4f} after "
-                f"{measurement['finetune_steps_run']}; balanced {short.get('balanced_accuracy', float('nan')):.4f} -> "
-                f"{measurement['balanced_accuracy']:.4f}; latency {measurement['latency_ms']:.3f} ms "
-                f"({measurement['seconds']:.0f} s)")
+            recipe = refined_recipe(record.recipe, steps)
+            runs = []
+            for seed in refine_seeds(frozen[number].user_attrs.get("seed", config.study.seed + number), seeds):
+                try:
+                    measurement = evaluator.evaluate(recipe, seed=seed).to_dict()
+                except (TrialStopped, WorkerFailed) as error:
+                    status = "stopped" if isinstance(error, TrialStopped) else "failed"
+                    repository.record_refined(study_name, number, steps=steps, seed=seed, status=status,
+                                              recipe=recipe.to_dict(), reason=str(error))
+                    results.append(Refined(number, steps, status, str(error), short, None, seed))
+                    log(f"refine: trial {number} seed {seed} {status}: {error}")
+                    continue
+                drop = base["accuracy"] - measurement["accuracy"] if "accuracy" in base else None
+                if "balanced_accuracy" in base:
+                    measurement["balanced_accuracy_drop"] = base["balanced_accuracy"] - measurement["balanced_accuracy"]
+                repository.record_refined(study_name, number, steps=steps, seed=seed, status="complete",
+                                          recipe=recipe.to_dict(), measurement=measurement, accuracy_drop=drop)
+                results.append(Refined(number, steps, "complete", None, short, measurement, seed))
+                runs.append(measurement)
+                chosen = measurement.get("build", {})
+                log(f"refine: trial {number} seed {seed} ({recipe.describe()}): accuracy "
+                    f"{short.get('accuracy', float('nan')):.4f} after {short.get('finetune_steps_run', 0)} steps -> "
+                    f"{measurement['accuracy']:.4f} at step {chosen.get('selected_step', measurement['finetune_steps_run'])}"
+                    f" of {measurement['finetune_steps_run']}; balanced {short.get('balanced_accuracy', float('nan')):.4f}"
+                    f" -> {measurement['balanced_accuracy']:.4f}; latency {measurement['latency_ms']:.3f} ms "
+                    f"({measurement['seconds']:.0f} s)")
+            if len(runs) > 1:
+                log(f"refine: trial {number}: {spread_line(runs, selection_score(config))}")
     return results
+
+
+def spread_line(runs: list[dict[str, Any]], score: str) -> str:
+    """Several seeds of one point: the held-out figures' spread, and the run kept."""
+    values = [100 * run[score] for run in runs]
+    kept = max(runs, key=selection_key)
+    return (f"{len(runs)} seeds, held-out {score.replace('_', ' ')} "
+            f"{' / '.join(f'{v:.2f}' for v in values)}% (mean {sum(values) / len(values):.2f}, spread "
+            f"{max(values) - min(values):.2f} pts); kept the best on the held-back images: "
+            f"{100 * kept[score]:.2f}%")
+

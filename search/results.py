@@ -102,16 +102,29 @@ def pareto_front(study: optuna.Study, repository: Repository) -> pd.DataFrame:
     rows = [_row(t.number, records.get(t.number), baseline, confirmed.get(t.number)) for t in study.best_trials]
     frame = pd.DataFrame(rows, columns=list(_row(0, None, None)))
     frame = frame.sort_values(["latency_ms", "trial"]).reset_index(drop=True)
-    return with_refined(frame, latest_refined(repository, study.study_name), baseline)
+    return with_refined(frame, chosen_refined(repository, study.study_name), baseline)
 
 
-def latest_refined(repository: Repository, study_name: str) -> dict[int, Any]:
-    """The newest complete refined record of each trial (`slimtune refine`); {} when none."""
-    latest = {}
-    for row in repository.refined(study_name):
-        if row.status == "complete":
-            latest[row.trial_number] = row
-    return latest
+def selection_key(measurement: dict[str, Any] | None) -> float:
+    """How refined runs of one trial rank: by their score on the training images held back to
+    choose their step (never by the held-out figures); runs of slimtunes before that rank below
+    any that has one."""
+    value = ((measurement or {}).get("build") or {}).get("selection_score")
+    return float("-inf") if value is None else float(value)
+
+
+def chosen_refined(repository: Repository, study_name: str) -> dict[int, Any]:
+    """The refined record of each trial that the front shows and export takes (`slimtune
+    refine`): the complete one with the best score on the held-back images, the newest among
+    equals (and among records without that score); {} when none."""
+    chosen: dict[int, Any] = {}
+    for row in repository.refined(study_name):  # oldest first
+        if row.status != "complete":
+            continue
+        best = chosen.get(row.trial_number)
+        if best is None or selection_key(row.measurement) >= selection_key(best.measurement):
+            chosen[row.trial_number] = row
+    return chosen
 
 
 #: columns the front gains once some of its points were refined (the long fine-tune's figures)

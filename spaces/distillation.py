@@ -134,7 +134,7 @@ class DistillationKnob(Knob):
 
     def apply(self, candidate: Candidate, recipe, context) -> None:
         if recipe.finetune_steps > 0:
-            candidate.record["finetune_steps_run"] = context.finetune(candidate.model, recipe)
+            candidate.record.update(context.finetune(candidate.model, recipe))
             context.check_time("fine-tuning")
 
     def describe(self, recipe) -> list[str]:

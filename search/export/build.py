@@ -173,8 +173,8 @@ def export(
     bad input (nothing written) and `ExportFailed` when the export must not be shipped.
     `seed` is needed only for trials stored before slimtune recorded each trial's seed.
     `verify_timeout_s` bounds the verifier (default: 4x the study's trial_timeout_s, at least
-    300 s). `refined`: the trial's newest refined model (`slimtune refine`), rebuilt with its
-    steps and verified against its refined figures."""
+    300 s). `refined`: the trial's chosen refined model (`slimtune refine`; the best of its runs on
+    the held-back images), rebuilt with its steps and seed and verified against its figures."""
     import torch
 
     from slimtune.objectives.worker import DEFAULT_FACTORY
@@ -183,7 +183,7 @@ def export(
     from slimtune.search.fingerprint import fingerprint
     from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
     from slimtune.search.refine import refine_spec
-    from slimtune.search.results import latest_refined
+    from slimtune.search.results import chosen_refined
     from slimtune.search.runner import worker_spec
 
     out = Path(out)
@@ -221,14 +221,15 @@ def export(
     config = parse_config({**identity, "study": {**identity["study"], "seed": study_seed}}, f"study {study_name!r}")
     trial_seed = attrs.get("seed", study_seed + number)
     measured, accuracy_drop, spec = record.measurement, record.accuracy_drop, worker_spec(config, DEFAULT_FACTORY)
-    refined_row = latest_refined(repository, study_name).get(number) if refined else None
+    refined_row = chosen_refined(repository, study_name).get(number) if refined else None
     if refined and refined_row is None:
         raise ExportError(f"trial = {number}: has no refined model; run `slimtune refine {study_name} "
                           f"--trial {number} --steps S` first")
     if refined_row is not None:  # rebuilt exactly as refine built it: recipe, seed, worker settings
         recipe, trial_seed = Recipe.from_dict(refined_row.recipe), refined_row.seed
         measured, accuracy_drop = refined_row.measurement, refined_row.accuracy_drop
-        spec = refine_spec(config, refined_row.steps)
+        kept_best = "selected_step" in ((measured or {}).get("build") or {})  # else an older slimtune's last step
+        spec = refine_spec(config, refined_row.steps, keep_best=kept_best)
     device = config.target.device
     try:
         check_format(fmt, recipe, device)

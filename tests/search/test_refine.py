@@ -91,6 +91,9 @@ def test_refine_stores_shows_and_exports_the_refined_model(study, tmp_path, caps
     assert row.recipe == {**repository.trial("tiny", number).recipe, "finetune_steps": STEPS}
     assert row.seed == optuna_study.trials[number].user_attrs["seed"]
     assert 0.0 <= row.measurement["balanced_accuracy"] <= 1.0
+    kept = row.measurement["build"]
+    assert kept["selection_score_name"] == "balanced_accuracy"  # the study is constrained on it
+    assert 1 <= kept["selected_step"] <= STEPS and len(kept["selection_curve"]) == 20
 
     assert main(["pareto", "tiny", "--storage", storage, "--format", "json"]) == 0
     front = {p["trial"]: p for p in json.loads(capsys.readouterr().out)}
@@ -134,6 +137,7 @@ def test_the_study_files_refine_section_runs_after_the_search(study, capsys):
     (["--trial", "0", "--steps", "10"], "not pruned"),
     (["--top", "0", "--steps", "10"], "top = 0"),
     (["--top", "1", "--steps", "0"], "steps = 0"),
+    (["--top", "1", "--steps", "10", "--seeds", "0"], "seeds = 0"),
     (["--trial", "99", "--steps", "10"], "trial = 99"),
 ])
 def test_bad_refine_input_is_one_line_and_refines_nothing(study, capsys, argv, message):
@@ -158,3 +162,53 @@ def test_top_points_come_fastest_first_or_most_pruned_first(study):
     assert sorted(by_ratio) == sorted(pruned) and ratios == sorted(ratios, reverse=True)
     with pytest.raises(RefineError, match="order = 'slowest': allowed: fastest, most_pruned"):
         choose(optuna_study, repository, 1, None, order="slowest")
+
+
+def _copy(folder: Path, tmp_path: Path) -> str:
+    """The study's database copied whole (sqlite's backup: the write-ahead log too)."""
+    import sqlite3
+
+    with sqlite3.connect(folder / "study.db") as source, sqlite3.connect(tmp_path / "copy.db") as target:
+        source.backup(target)
+    return f"sqlite:///{tmp_path / 'copy.db'}"
+
+
+def test_several_seeds_are_all_stored_and_the_best_on_held_back_images_is_kept(study, tmp_path, capsys):
+    from slimtune.search.results import chosen_refined
+
+    _, _, folder = study
+    storage = _copy(folder, tmp_path)  # the other tests count this study's records
+    number = _pruned_front(storage)[0]
+    before = len(open_study("tiny", storage)[1].refined("tiny"))
+    assert main(["refine", "tiny", "--storage", storage, "--trial", str(number), "--steps", "10", "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"refine: trial {number}: 3 seeds, held-out balanced accuracy" in out and "spread" in out
+
+    optuna_study, repository = open_study("tiny", storage)
+    runs = repository.refined("tiny")[before:]
+    trial_seed = optuna_study.trials[number].user_attrs["seed"]
+    assert [r.seed for r in runs] == [trial_seed, trial_seed + 1000, trial_seed + 2000]
+    assert {r.status for r in runs} == {"complete"}
+    every = [r for r in repository.refined("tiny") if r.trial_number == number and r.status == "complete"]
+    best = max(r.measurement["build"].get("selection_score", -1) for r in every)  # other tests' runs too
+    chosen = chosen_refined(repository, "tiny")[number]
+    assert chosen.id == max((r for r in every if r.measurement["build"].get("selection_score") == best),
+                            key=lambda r: r.id).id  # the best on the held-back images; the newest among equals
+    assert main(["pareto", "tiny", "--storage", storage, "--format", "json"]) == 0
+    front = {p["trial"]: p for p in json.loads(capsys.readouterr().out)}
+    assert front[number]["refined_balanced_accuracy"] == pytest.approx(chosen.measurement["balanced_accuracy"])
+
+
+def test_a_refined_record_without_a_selection_score_ranks_below_one_with_it(study, tmp_path):
+    from slimtune.search.results import chosen_refined
+
+    _, _, folder = study
+    storage = _copy(folder, tmp_path)
+    _, repository = open_study("tiny", storage)
+    recipe = repository.trial("tiny", 1).recipe
+    old = {"accuracy": 0.9, "balanced_accuracy": 0.9, "build": {}}  # refined by a slimtune before keep_best
+    new = {"accuracy": 0.5, "balanced_accuracy": 0.5, "build": {"selection_score": 0.4, "selected_step": 3}}
+    for name, measurement in (("new", new), ("old", old)):
+        repository.record_refined("tiny", 99, steps=10, seed=len(name), status="complete", recipe=recipe,
+                                  measurement=measurement, accuracy_drop=0.0)  # a number no other test refines
+    assert chosen_refined(repository, "tiny")[99].measurement == new  # the held-out 0.9 never decides
