@@ -25,6 +25,8 @@ expertise in the study file unnecessary?):
 - no-space: the same file without `[space]` (every field absent: every value), all runtimes.
 The broad arms run the target screen first (`--screen-budget-s` of their budget); the
 results give each arm's trials, best feasible speed-up at <= 1 point and the screen's time.
+On a machine with several GPUs, run one invocation per GPU (CUDA_VISIBLE_DEVICES, each its own
+`--out`) and join them: `gpu_study.py --merge-arms g0/X-arms.json g1/X-arms.json --out DIR`.
 
 Every figure is a measurement of this run; nothing is copied from earlier runs.
 """
@@ -86,14 +88,19 @@ def _point(measurement) -> dict:
 
 
 def gpu_slug() -> str:
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return gpu_slug_of(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+
+
+def gpu_slug_of(name: str) -> str:
     match = re.search(r"(H100|H200|A100|L40S|L4|B200|GH200)", name)
     return (match.group(1) if match else re.sub(r"[^a-z0-9]+", "-", name.lower())).lower()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("study_file")
+    parser.add_argument("study_file", nargs="?")
+    parser.add_argument("--merge-arms", nargs="+", metavar="ARMS_JSON",
+                        help="join the arms of several runs (one per GPU) into one table, then stop")
     parser.add_argument("--budget-s", type=float, default=500.0, help="wall-clock budget for the whole run")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--n-trials", type=int, help="cap on the search's trials (default: the study file's)")
@@ -104,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screen-budget-s", type=float, help="the broad arms' [screen] budget_s")
     parser.add_argument("--setting-timeout-s", type=float, help="the broad arms' [screen] setting_timeout_s")
     args = parser.parse_args(argv)
+    if args.merge_arms:
+        return merge_arms([Path(p) for p in args.merge_arms], Path(args.out))
+    if not args.study_file:
+        parser.error("the study file is required (except with --merge-arms)")
     if args.arms:
         return run_arms(args)
     started = time.perf_counter()
@@ -164,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     # New trials start until the budget is spent; one that starts late may run past it.
     search_budget = args.budget_s - (time.perf_counter() - started) - 30.0 - SEED_S * (args.baseline_seeds - 1)
     if config.refine is not None:  # each refined point: its fine-tune plus a compile
-        search_budget -= config.refine.top * REFINE_S
+        search_budget -= config.refine.top * config.refine.seeds * REFINE_S
     storage = f"sqlite:///{tempfile.mkdtemp()}/study.db"
     log(f"search: {search_budget:.0f} s for new trials")
     search_started = time.perf_counter()
@@ -215,11 +226,15 @@ def refine_front(config, storage: str, baseline: dict, log) -> list[dict]:
     """`[refine]` on the search's study: short vs long figures per refined point."""
     from slimtune.search.refine import refine
 
+    from slimtune.search.results import selection_key
+
     rows = []
     for refined in refine(config.study.name, storage, top=config.refine.top, steps=config.refine.steps,
                           order=config.refine.order, seeds=config.refine.seeds, log=log):
+        build = (refined.long or {}).get("build") or {}
         row = {"trial": refined.trial, "steps": refined.steps, "status": refined.status, "reason": refined.reason,
-               "short_steps": refined.short.get("finetune_steps_run")}
+               "short_steps": refined.short.get("finetune_steps_run"), "seed": refined.seed,
+               "selected_step": build.get("selected_step"), "selection_score": build.get("selection_score")}
         for key in ("accuracy", "balanced_accuracy", "latency_ms"):
             row[f"short_{key}"] = refined.short.get(key)
             row[f"long_{key}"] = (refined.long or {}).get(key)
@@ -227,6 +242,10 @@ def refine_front(config, storage: str, baseline: dict, log) -> list[dict]:
             row["short_balanced_accuracy_drop"] = baseline["balanced_accuracy"] - refined.short["balanced_accuracy"]
             row["long_balanced_accuracy_drop"] = baseline["balanced_accuracy"] - refined.long["balanced_accuracy"]
         rows.append(row)
+    for trial in {r["trial"] for r in rows}:  # the run the front and export take: best on the held-back images
+        runs = [r for r in rows if r["trial"] == trial and r["status"] == "complete"]
+        if runs:
+            max(runs, key=lambda r: selection_key({"build": {"selection_score": r["selection_score"]}}))["kept"] = True
     return rows
 
 
@@ -381,17 +400,46 @@ def run_arms(args: argparse.Namespace) -> int:
             "screen": screened.result if screened is not None else None,
         }
         save()
+    compare_arms(results)
+    save()
+    print(arms_markdown(results))
+    return 0
+
+
+def compare_arms(results: dict) -> None:
+    """Each arm's best against the curated arm's: at the end, and at the curated arm's wall."""
     curated_arm = results["arms"].get("curated") or {}
     curated = curated_arm.get("best_at_1pt")
-    for arm, row in results["arms"].items():
+    for row in results["arms"].values():
         best = row.get("best_at_1pt")
         if curated and best:
             row["share_of_curated_speedup"] = best["speedup_vs_fp32_eager"] / curated["speedup_vs_fp32_eager"]
         if curated and "timeline" in row and "seconds" in curated_arm:  # at the curated arm's wall time
             early = best_by(row["timeline"], curated_arm["seconds"])
             row["share_at_curated_wall"] = early["speedup_vs_fp32_eager"] / curated["speedup_vs_fp32_eager"] if early else 0.0
-    save()
-    print(arms_markdown(results))
+
+
+def merge_arms(paths: list[Path], out: Path) -> int:
+    """The arms of runs made side by side (one per GPU of a machine) as one table; each arm
+    keeps which run (file) it came from. The runs must be of the same study and arm budget."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    keys = {(r["study"], r["arm_budget_s"], r.get("screen_budget_s")) for r in runs}
+    if len(keys) != 1:
+        raise SystemExit(f"--merge-arms: the runs differ in study or budgets: {sorted(map(str, keys))}")
+    merged = {**runs[0], "arms": {}, "seconds": max(r.get("seconds", 0) for r in runs), "merged_from": [p.name for p in paths]}
+    for path, run in zip(paths, runs):
+        for arm, row in run["arms"].items():
+            if arm in merged["arms"]:
+                raise SystemExit(f"--merge-arms: arm {arm!r} is in more than one run")
+            merged["arms"][arm] = {**row, "run": str(path.parent.name)}
+            merged["arms"][arm].pop("share_of_curated_speedup", None)
+            merged["arms"][arm].pop("share_at_curated_wall", None)
+    compare_arms(merged)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{merged['date']}-{gpu_slug_of(merged['device'])}-{merged['study']}-arms"
+    stem.with_suffix(".json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
+    stem.with_suffix(".md").write_text(arms_markdown(merged))
+    print(arms_markdown(merged))
     return 0
 
 
@@ -399,7 +447,9 @@ def arms_markdown(results: dict) -> str:
     lines = [f"# {results['study']}: curated vs broad study files, {results['device']}", "",
              f"{results['workload']}, batch {results['batch']}; torch {results['versions'].get('torch')}; "
              f"{results['date']}; {results['arm_budget_s']:.0f} s per arm, the screen included. Speed-ups against "
-             "each arm's trial 0 (the unmodified model, fp32 with TF32 off, eager).", "",
+             "each arm's trial 0 (the unmodified model, fp32 with TF32 off, eager)."
+             + (f" The arms ran side by side, one GPU each: {', '.join(results['merged_from'])}."
+                if results.get("merged_from") else ""), "",
              "| arm | baseline ms | trials (failed) | wall s | screen s | kept by the screen | best feasible at <= 1 pt | speed-up | share of curated | share at the curated arm's wall |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, row in results["arms"].items():
@@ -482,13 +532,18 @@ def _balanced_lines(results: dict) -> list[str]:
         if "balanced_accuracy_drop" in row:
             lines.append(f"- {name}: {100 * row['balanced_accuracy']:.2f}% (drop {100 * row['balanced_accuracy_drop']:+.2f} pts)")
     if results.get("refine"):
-        lines += ["", "| refined trial | fine-tuning steps | accuracy | balanced accuracy | balanced drop (pts) |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "Refined points: the best step is kept, chosen on training images held back from the run; "
+                  "with several seeds, **kept** marks the run the front and export take (best on those images).", "",
+                  "| refined trial | seed | fine-tuning steps (kept step) | held-back score | accuracy | balanced accuracy | balanced drop (pts) |",
+                  "|---|---|---|---|---|---|---|"]
         for r in results["refine"]:
             if r["status"] != "complete":
-                lines.append(f"| {r['trial']} | {r['steps']} | {r['status']}: {r['reason']} | | |")
+                lines.append(f"| {r['trial']} | {r.get('seed', '-')} | {r['steps']} | {r['status']}: {r['reason']} | | | |")
                 continue
-            lines.append(f"| {r['trial']} | {r['short_steps']} -> {r['steps']} | {100 * r['short_accuracy']:.2f} -> "
+            kept = f" ({r['selected_step']})" if r.get("selected_step") is not None else ""
+            score = f"{100 * r['selection_score']:.2f}" if r.get("selection_score") is not None else "-"
+            lines.append(f"| {r['trial']}{' **kept**' if r.get('kept') else ''} | {r.get('seed', '-')} | "
+                         f"{r['short_steps']} -> {r['steps']}{kept} | {score} | {100 * r['short_accuracy']:.2f} -> "
                          f"{100 * r['long_accuracy']:.2f} | {100 * r['short_balanced_accuracy']:.2f} -> "
                          f"{100 * r['long_balanced_accuracy']:.2f} | {100 * r.get('short_balanced_accuracy_drop', 0):+.2f} -> "
                          f"{100 * r.get('long_balanced_accuracy_drop', 0):+.2f} |")

@@ -32,3 +32,46 @@ def test_the_timeline_says_what_an_arm_had_found_by_each_wall_time(gpu_study) ->
     assert gpu_study.best_by(points, 220)["trial"] == 1  # trial 2 is faster, but 2 points down
     assert gpu_study.best_by(points, 268)["speedup_vs_fp32_eager"] == pytest.approx(25 / 1.7)
     assert gpu_study.best_by(points, 30) is None
+
+
+def _arms_run(folder, arms: dict, seconds: float, budget: float = 180.0) -> object:
+    import json
+
+    folder.mkdir()
+    path = folder / "x-arms.json"
+    path.write_text(json.dumps({"study": "r18", "arm_budget_s": budget, "screen_budget_s": 60.0, "device": "NVIDIA H200",
+                                "date": "2026-12-01", "batch": 256, "workload": "w", "versions": {"torch": "2.11"},
+                                "seconds": seconds, "arms": arms}))
+    return path
+
+
+def _arm(speedups_by_second: list[tuple[float, float]], wall: float) -> dict:
+    timeline = [{"trial": i, "seconds": s, "speedup_vs_fp32_eager": x, "accuracy_drop": 0.0}
+                for i, (s, x) in enumerate(speedups_by_second)]
+    best = max(timeline, key=lambda p: p["speedup_vs_fp32_eager"])
+    return {"seconds": wall, "trials": len(timeline), "failed": {}, "baseline": {"latency_ms_median": 20.0},
+            "front": [], "timeline": timeline, "screen": None,
+            "best_at_1pt": {**best, "describe": "x", "latency_ms_median": 20.0 / best["speedup_vs_fp32_eager"]}}
+
+
+def test_arms_run_side_by_side_on_two_gpus_are_joined_and_compared(gpu_study, tmp_path) -> None:
+    first = _arms_run(tmp_path / "g0", {"curated": _arm([(60, 1.0), (150, 10.0)], 200)}, 210)
+    second = _arms_run(tmp_path / "g1", {"every-choice": _arm([(60, 1.0), (190, 9.6), (250, 12.0)], 260)}, 270)
+    assert gpu_study.main(["--merge-arms", str(first), str(second), "--out", str(tmp_path / "joined")]) == 0
+    import json
+
+    [joined] = (tmp_path / "joined").glob("*-arms.json")
+    merged = json.loads(joined.read_text())
+    broad = merged["arms"]["every-choice"]
+    assert broad["run"] == "g1" and merged["seconds"] == 270
+    assert broad["share_of_curated_speedup"] == pytest.approx(1.2)
+    assert broad["share_at_curated_wall"] == pytest.approx(0.96)  # 9.6x had finished by the curated arm's 200 s
+    table = joined.with_suffix(".md").read_text()
+    assert "side by side" in table and "| every-choice |" in table and "96%" in table
+
+    clash = _arms_run(tmp_path / "g2", {"curated": _arm([(60, 2.0)], 100)}, 100)
+    with pytest.raises(SystemExit, match="arm 'curated' is in more than one run"):
+        gpu_study.main(["--merge-arms", str(first), str(clash), "--out", str(tmp_path / "bad")])
+    other = _arms_run(tmp_path / "g3", {"no-space": _arm([(60, 2.0)], 100)}, 100, budget=120.0)
+    with pytest.raises(SystemExit, match="differ in study or budgets"):
+        gpu_study.main(["--merge-arms", str(first), str(other), "--out", str(tmp_path / "bad")])
