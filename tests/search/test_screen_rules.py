@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from slimtune.search.screen import DEPLOYMENT, Screen, first_trials, label, narrow
+from slimtune.search.screen import DEPLOYMENT, FAILED_VALUE_PROBES, Screen, first_trials, label, narrow
 from slimtune.spaces import Recipe, SearchSpace
 from slimtune.spaces.precision import PRECISION_CHOICES
 from slimtune.spaces.quantization import QUANTIZATION_CHOICES
@@ -218,3 +218,57 @@ def test_a_balanced_accuracy_constraint_drops_what_loses_the_minority_class() ->
     free = Screen(_Imbalanced(), space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=0.01,
                   budget_s=60, setting_timeout_s=5, margin=0.05, log=lambda line: None).run()
     assert rows(free)["fp16 contiguous eager"]["kept"]  # top-1 alone did not move
+
+
+class _Overflowing(_Timed):
+    """int8 weight-only gives non-finite logits in fp16 (as a ResNet-50's did on an H200) and
+    works in bf16 (`works_in_bf16`); it halves the weights where it works."""
+
+    def __init__(self, works_in_bf16: bool):
+        super().__init__()
+        self.works_in_bf16 = works_in_bf16
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        figures = super().screen(recipe, accuracy=accuracy, timeout_s=timeout_s)
+        if recipe.quantization == "int8_weight_only":
+            if recipe.precision == "fp16" or not self.works_in_bf16:
+                raise FloatingPointError("non-finite logits during evaluation")
+            figures["weight_mb"] = 2.5
+        figures["latency_ms"] *= 0.8 if recipe.precision in ("fp16", "bf16") else 1.0
+        return figures
+
+
+def _overflow_screen(works_in_bf16: bool) -> tuple[_Overflowing, dict[str, dict]]:
+    space = SearchSpace(precision=("fp32", "fp16", "bf16"), quantization=("none", "int8_weight_only"),
+                        runtime=("eager", "compile"))
+    evaluator = _Overflowing(works_in_bf16)
+    # each setting takes half a second, and the budget runs out after the walk (7 settings) and
+    # the probes: the other settings are judged unmeasured
+    screen = Screen(evaluator, space, objectives={"latency_ms": "minimize", "weight_mb": "minimize"},
+                    max_accuracy_drop=None, budget_s=8.0, setting_timeout_s=5, margin=0.05, log=lambda line: None)
+    screen._elapsed = lambda: 0.5 * len(evaluator.built)
+    result = screen.run()
+    return evaluator, {row["label"]: row for row in result["settings"]}
+
+
+def test_a_value_that_failed_in_one_precision_is_tried_in_another_and_estimated_from_there() -> None:
+    evaluator, rows = _overflow_screen(works_in_bf16=True)
+    probes = [r for r in evaluator.built if r.quantization == "int8_weight_only" and r.precision != "fp16"]
+    assert probes and probes[0].precision in ("fp32", "bf16") and probes[0].runtime == "eager"
+    unmeasured = [row for row in rows.values() if row["setting"]["quantization"] == "int8_weight_only"
+                  and row["unpruned"] is None]
+    assert unmeasured and all(row["estimate"] is not None for row in unmeasured)  # int8's effect is known now
+    assert not any("no estimate either" in row["reason"] for row in rows.values())
+
+
+def test_a_value_that_failed_wherever_it_was_tried_is_dropped_on_that_evidence() -> None:
+    evaluator, rows = _overflow_screen(works_in_bf16=False)
+    tried = [r for r in evaluator.built if r.quantization == "int8_weight_only"]
+    probes = [r for r in tried if r.precision != "fp16"]  # the walk's tries were all fp16
+    assert len(probes) == FAILED_VALUE_PROBES and probes[0].runtime == "eager"
+    unmeasured = [row for row in rows.values() if row["setting"]["quantization"] == "int8_weight_only"
+                  and row["unpruned"] is None]
+    assert unmeasured and not any(row["kept"] for row in unmeasured)
+    assert all("quantization int8_weight_only failed in every setting tried" in row["reason"]
+               and "non-finite logits" in row["reason"] for row in unmeasured)
+    assert any(row["kept"] for row in rows.values() if row["setting"]["quantization"] == "none")
