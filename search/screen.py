@@ -25,8 +25,9 @@ A setting survives if its held-out scores are within the study's allowed drops (
 study constrains it, balanced accuracy) and no other setting beats it by more than the
 margin on one of the study's cost axes (latency, peak memory, weights) while being no worse
 than the margin on the others, at any screened ratio; a quantized setting within the margin of an
-unquantized one on every axis is dropped too (its quantization buys nothing). A shape survives if it is within the
-margin of the fastest shape at any ratio. The surviving settings become one categorical choice
+unquantized one on every axis is dropped too (its quantization buys nothing). A shape survives unless, at every ratio it was timed at, another shape is
+faster by more than the margin while keeping at least as many weights (at one nominal ratio a
+coarser rounding keeps more channels: it may be slower only for being bigger). The surviving settings become one categorical choice
 of the search (sampling each factor from the survivors' values would bring back the settings
 the screen dropped: fp32 eager survives nowhere, but fp32 and eager each survive somewhere);
 explicit `[space]` choices are the ceiling (the screen only narrows).
@@ -532,27 +533,41 @@ class Screen:
         return row
 
     def _shape_rows(self) -> list[dict[str, Any]]:
+        """A shape is dropped when, at a screened ratio, another shape is faster by more than the
+        margin while keeping at least as much of the model (weights): at one nominal ratio a
+        coarser rounding keeps more channels, so it is slower for being bigger, and bigger may be
+        what the accuracy needs (an H200 run dropped the expert's /16 for /8 that way)."""
         rows = []
-        best = {ratio: min((f["latency_ms"] for (i, r), f in self.shape_latency.items() if r == ratio and "error" not in f),
-                           default=None) for ratio in (self.high, self.mid)}
         for index, shape in enumerate(self.shapes):
             latency = {str(r): self.shape_latency.get((index, r)) for r in (self.high, self.mid)}
             measured = {r: f for r, f in ((r, self.shape_latency.get((index, r))) for r in (self.high, self.mid)) if f}
             row: dict[str, Any] = {"shape": shape, "label": shape_label(shape), "latency": latency}
-            ok = {r: f["latency_ms"] for r, f in measured.items() if "error" not in f}
+            ok = {r: f for r, f in measured.items() if "error" not in f}
             if not measured:
                 row["kept"], row["reason"] = True, "not measured within the screen's budget: kept"
             elif not ok:
                 row["kept"], row["reason"] = False, f"failed: {next(iter(measured.values()))['error']}"
-            elif any(v <= best[r] * (1 + self.margin) for r, v in ok.items()):
-                row["kept"], row["reason"] = True, "within the margin of the fastest shape at " + " and ".join(
-                    f"prune {r:g}" for r, v in ok.items() if v <= best[r] * (1 + self.margin))
             else:
-                row["kept"], row["reason"] = False, "; ".join(f"{v / best[r]:.2f}x the fastest shape's latency at prune {r:g}"
-                                                             for r, v in ok.items())
+                beaten = {r: self._shape_rival(index, r, figures) for r, figures in ok.items()}
+                if any(rival is None for rival in beaten.values()):
+                    row["kept"], row["reason"] = True, "no shape as big is faster at " + " and ".join(
+                        f"prune {r:g}" for r, rival in beaten.items() if rival is None)
+                else:
+                    row["kept"], row["reason"] = False, "; ".join(
+                        f"at prune {r:g}: {figures['latency_ms'] / rival[1]['latency_ms']:.2f}x the latency of "
+                        f"{shape_label(self.shapes[rival[0]])}, which keeps as many weights"
+                        for (r, figures), rival in zip(ok.items(), beaten.values()))
             rows.append(row)
         return rows
 
+    def _shape_rival(self, index: int, ratio: float, mine: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """The fastest other shape at `ratio` that beats this one by more than the margin while
+        keeping at least as many weights; None when there is none."""
+        rivals = [(j, f) for (j, r), f in self.shape_latency.items()
+                  if r == ratio and j != index and "error" not in f
+                  and f["latency_ms"] * (1 + self.margin) < mine["latency_ms"]
+                  and f.get("weight_mb", 0.0) >= mine.get("weight_mb", math.inf)]
+        return min(rivals, key=lambda rival: rival[1]["latency_ms"]) if rivals else None
 
 def narrow(space: SearchSpace, result: dict[str, Any]) -> SearchSpace:
     """The space with only the screen's survivors: never wider than `space` (explicit choices

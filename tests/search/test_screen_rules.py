@@ -272,3 +272,27 @@ def test_a_value_that_failed_wherever_it_was_tried_is_dropped_on_that_evidence()
     assert all("quantization int8_weight_only failed in every setting tried" in row["reason"]
                and "non-finite logits" in row["reason"] for row in unmeasured)
     assert any(row["kept"] for row in rows.values() if row["setting"]["quantization"] == "none")
+
+
+class _Rounded(_Timed):
+    """/16 keeps more channels than /8 at the same nominal ratio (bigger, slower); /1 keeps the
+    same weights as /8 and is slower (odd channel counts)."""
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        figures = super().screen(recipe, accuracy=accuracy, timeout_s=timeout_s)
+        if recipe.prune_ratio > 0 and recipe.prune_round_to == 16:
+            figures["latency_ms"] *= 2.4
+            figures["weight_mb"] = 6.0
+        return figures
+
+
+def test_a_coarser_shape_is_not_dropped_for_keeping_more_of_the_model() -> None:
+    space = SearchSpace(runtime=("eager",), prune_ratio=(0.0, 0.85), prune_round_to=(1, 8, 16), prune_scope=("uniform",))
+    result = Screen(_Rounded(), space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=None, budget_s=60,
+                    setting_timeout_s=5, margin=0.05, log=lambda line: None).run()
+    shapes = {row["label"]: row for row in result["shapes"]}
+    assert shapes["/16 uniform"]["kept"] and shapes["/16 uniform"]["reason"].startswith("no shape as big is faster")
+    assert shapes["/8 uniform"]["kept"]
+    assert not shapes["/1 uniform"]["kept"]
+    assert "1.20x the latency of /8 uniform, which keeps as many weights" in shapes["/1 uniform"]["reason"]
+    assert result["kept"]["prune_round_to"] == [8, 16]
