@@ -426,7 +426,7 @@ def merge_arms(paths: list[Path], out: Path) -> int:
     keys = {(r["study"], r["arm_budget_s"], r.get("screen_budget_s")) for r in runs}
     if len(keys) != 1:
         raise SystemExit(f"--merge-arms: the runs differ in study or budgets: {sorted(map(str, keys))}")
-    merged = {**runs[0], "arms": {}, "seconds": max(r.get("seconds", 0) for r in runs), "merged_from": [p.name for p in paths]}
+    merged = {**runs[0], "arms": {}, "seconds": max(r.get("seconds", 0) for r in runs), "merged_from": [f"{p.parent.name}/{p.name}" for p in paths]}
     for path, run in zip(paths, runs):
         for arm, row in run["arms"].items():
             if arm in merged["arms"]:
@@ -448,7 +448,7 @@ def arms_markdown(results: dict) -> str:
              f"{results['workload']}, batch {results['batch']}; torch {results['versions'].get('torch')}; "
              f"{results['date']}; {results['arm_budget_s']:.0f} s per arm, the screen included. Speed-ups against "
              "each arm's trial 0 (the unmodified model, fp32 with TF32 off, eager)."
-             + (f" The arms ran side by side, one GPU each: {', '.join(results['merged_from'])}."
+             + (f" Joined from runs on separate GPUs (one arm per GPU at a time): {', '.join(results['merged_from'])}."
                 if results.get("merged_from") else ""), "",
              "| arm | baseline ms | trials (failed) | wall s | screen s | kept by the screen | best feasible at <= 1 pt | speed-up | share of curated | share at the curated arm's wall |",
              "|---|---|---|---|---|---|---|---|---|---|"]

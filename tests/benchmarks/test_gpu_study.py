@@ -67,7 +67,7 @@ def test_arms_run_side_by_side_on_two_gpus_are_joined_and_compared(gpu_study, tm
     assert broad["share_of_curated_speedup"] == pytest.approx(1.2)
     assert broad["share_at_curated_wall"] == pytest.approx(0.96)  # 9.6x had finished by the curated arm's 200 s
     table = joined.with_suffix(".md").read_text()
-    assert "side by side" in table and "| every-choice |" in table and "96%" in table
+    assert "g0/x-arms.json, g1/x-arms.json" in table and "| every-choice |" in table and "96%" in table
 
     clash = _arms_run(tmp_path / "g2", {"curated": _arm([(60, 2.0)], 100)}, 100)
     with pytest.raises(SystemExit, match="arm 'curated' is in more than one run"):
