@@ -212,6 +212,6 @@ def spread_line(runs: list[dict[str, Any]], score: str) -> str:
     kept = max(runs, key=selection_key)
     return (f"{len(runs)} seeds, held-out {score.replace('_', ' ')} "
             f"{' / '.join(f'{v:.2f}' for v in values)}% (mean {sum(values) / len(values):.2f}, spread "
-            f"{max(values) - min(values):.2f} pts); kept the best on the held-back images: "
+            f"{max(values) - min(values):.2f} pts); the best of these on the held-back images: "
             f"{100 * kept[score]:.2f}%")
 
