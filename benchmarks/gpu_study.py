@@ -229,6 +229,7 @@ def refine_front(config, storage: str, baseline: dict, log) -> list[dict]:
     from slimtune.search.results import selection_key
 
     rows = []
+    kept: dict[int, tuple[float, dict]] = {}  # trial -> the run the front and export take (chosen_refined's rule)
     for refined in refine(config.study.name, storage, top=config.refine.top, steps=config.refine.steps,
                           order=config.refine.order, seeds=config.refine.seeds, log=log):
         build = (refined.long or {}).get("build") or {}
@@ -242,10 +243,11 @@ def refine_front(config, storage: str, baseline: dict, log) -> list[dict]:
             row["short_balanced_accuracy_drop"] = baseline["balanced_accuracy"] - refined.short["balanced_accuracy"]
             row["long_balanced_accuracy_drop"] = baseline["balanced_accuracy"] - refined.long["balanced_accuracy"]
         rows.append(row)
-    for trial in {r["trial"] for r in rows}:  # the run the front and export take: best on the held-back images
-        runs = [r for r in rows if r["trial"] == trial and r["status"] == "complete"]
-        if runs:
-            max(runs, key=lambda r: selection_key({"build": {"selection_score": r["selection_score"]}}))["kept"] = True
+        if refined.long is not None and (refined.trial not in kept or
+                                         selection_key(refined.long) >= kept[refined.trial][0]):
+            kept[refined.trial] = (selection_key(refined.long), row)
+    for _, row in kept.values():
+        row["kept"] = True
     return rows
 
 
@@ -431,9 +433,8 @@ def merge_arms(paths: list[Path], out: Path) -> int:
         for arm, row in run["arms"].items():
             if arm in merged["arms"]:
                 raise SystemExit(f"--merge-arms: arm {arm!r} is in more than one run")
-            merged["arms"][arm] = {**row, "run": str(path.parent.name)}
-            merged["arms"][arm].pop("share_of_curated_speedup", None)
-            merged["arms"][arm].pop("share_at_curated_wall", None)
+            shares = ("share_of_curated_speedup", "share_at_curated_wall")  # compared again below
+            merged["arms"][arm] = {**{k: v for k, v in row.items() if k not in shares}, "run": path.parent.name}
     compare_arms(merged)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{merged['date']}-{gpu_slug_of(merged['device'])}-{merged['study']}-arms"

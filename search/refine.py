@@ -161,9 +161,10 @@ def refine(
     base = (baseline.measurement if baseline else None) or {}
     repository.create_schema()  # the refined table, in a database made before it existed
     limit = refine_timeout_s(config, steps)
+    score = selection_score(config)
     log(f"refine: trials {', '.join(map(str, numbers))} of {study_name!r} with {steps} fine-tuning steps each"
         f"{f', {seeds} seeds' if seeds > 1 else ''} (limit {limit:.0f} s per run); the best step is kept, chosen by "
-        f"{selection_score(config).replace('_', ' ')} on training images held back from the run")
+        f"{score.replace('_', ' ')} on training images held back from the run")
     results: list[Refined] = []
     with IsolatedEvaluator(refine_spec(config, steps, evaluator_factory), log=log,
                            memory_limit_mb=config.budget.memory_limit_mb) as evaluator:
@@ -202,16 +203,15 @@ def refine(
                     f" -> {measurement['balanced_accuracy']:.4f}; latency {measurement['latency_ms']:.3f} ms "
                     f"({measurement['seconds']:.0f} s)")
             if len(runs) > 1:
-                log(f"refine: trial {number}: {spread_line(runs, selection_score(config))}")
+                log(f"refine: trial {number}: {spread_line(runs, score)}")
     return results
 
 
 def spread_line(runs: list[dict[str, Any]], score: str) -> str:
     """Several seeds of one point: the held-out figures' spread, and the run kept."""
     values = [100 * run[score] for run in runs]
-    kept = max(runs, key=selection_key)
+    kept = max(reversed(runs), key=selection_key)  # the newest among equals, as chosen_refined keeps
     return (f"{len(runs)} seeds, held-out {score.replace('_', ' ')} "
             f"{' / '.join(f'{v:.2f}' for v in values)}% (mean {sum(values) / len(values):.2f}, spread "
             f"{max(values) - min(values):.2f} pts); the best of these on the held-back images: "
             f"{100 * kept[score]:.2f}%")
-

@@ -105,11 +105,16 @@ def pareto_front(study: optuna.Study, repository: Repository) -> pd.DataFrame:
     return with_refined(frame, chosen_refined(repository, study.study_name), baseline)
 
 
+def selection_score_of(measurement: dict[str, Any] | None) -> float | None:
+    """A refined run's score on the training images held back to choose its step; None for a
+    run of a slimtune before refine kept its best step (it kept the last)."""
+    return ((measurement or {}).get("build") or {}).get("selection_score")
+
+
 def selection_key(measurement: dict[str, Any] | None) -> float:
-    """How refined runs of one trial rank: by their score on the training images held back to
-    choose their step (never by the held-out figures); runs of slimtunes before that rank below
-    any that has one."""
-    value = ((measurement or {}).get("build") or {}).get("selection_score")
+    """How refined runs of one trial rank: by their score on the held-back images (never by
+    the held-out figures); runs without one rank below any that has one."""
+    value = selection_score_of(measurement)
     return float("-inf") if value is None else float(value)
 
 

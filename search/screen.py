@@ -251,18 +251,17 @@ class Screen:
                 break
         return incumbent
 
-    def _failed_values(self) -> dict[tuple[str, Any], list[dict[str, Any]]]:
-        """(factor, value) -> the unpruned settings with it that failed, for each value whose
-        every measured setting failed (and whose stand-in, if any, never worked either)."""
+    def _failed_values(self) -> dict[tuple[str, Any], list[int]]:
+        """(factor, value) -> the unpruned settings (indices) with it that failed, for each value
+        whose every measured setting failed (and whose stand-in, if any, never worked either)."""
         worked, failed = set(), {}
         for (index, ratio), figures in self.measured.items():
             if ratio != 0.0:
                 continue
-            setting = self.settings[index]
             for factor in DEPLOYMENT:
-                key = (factor, setting[factor])
+                key = (factor, self.settings[index][factor])
                 if "error" in figures:
-                    failed.setdefault(key, []).append(setting)
+                    failed.setdefault(key, []).append(index)
                 else:
                     worked.add(key)
         return {key: tried for key, tried in failed.items() if key not in worked
@@ -272,14 +271,13 @@ class Screen:
         """Each value that has only failed is tried in up to FAILED_VALUE_PROBES more settings,
         in a precision none of its failures had (a failure is most often the arithmetic: fp16
         overflow), eager first (no compile to wait for), then nearest the incumbent."""
-        for key, tried in self._failed_values().items():
-            factor, value = key
-            failed_precisions = {s["precision"] for s in tried}
+        near = self.settings[incumbent]
+        for (factor, value), tried in self._failed_values().items():
+            failed_precisions = {self.settings[i]["precision"] for i in tried}
             candidates = [i for i, s in enumerate(self.settings) if s[factor] == value and (i, 0.0) not in self.measured]
-            incumbent_setting = self.settings[incumbent]
             candidates.sort(key=lambda i: (self.settings[i]["precision"] in failed_precisions,
                                            self.settings[i]["runtime"] != "eager",
-                                           sum(self.settings[i][f] != incumbent_setting[f] for f in DEPLOYMENT)))
+                                           sum(self.settings[i][f] != near[f] for f in DEPLOYMENT)))
             for index in candidates[:FAILED_VALUE_PROBES]:
                 if self._elapsed() > budget_s:
                     return
@@ -453,9 +451,10 @@ class Screen:
     def result(self) -> dict[str, Any]:
         at_zero = self._verdict_at(0.0, with_estimates=True)
         at_high = self._verdict_at(self.high, with_estimates=False) if self.high > 0 else {}
+        failed = self._failed_values()
         rows = []
         for index, setting in enumerate(self.settings):
-            rows.append(self._row(index, setting, at_zero, at_high))
+            rows.append(self._row(index, setting, at_zero, at_high, failed))
         if not any(row["kept"] for row in rows):  # nothing measured: the screen cannot narrow anything
             unfailed = [row for row in rows if not row["reason"].startswith("failed")] or rows
             for row in unfailed:
@@ -476,7 +475,8 @@ class Screen:
             "deployments": [[row["setting"][f] for f in DEPLOYMENT] for row in rows if row["kept"]],
         }
 
-    def _row(self, index: int, setting: dict, at_zero: dict, at_high: dict) -> dict[str, Any]:
+    def _row(self, index: int, setting: dict, at_zero: dict, at_high: dict,
+             failed: dict[tuple[str, Any], list[int]]) -> dict[str, Any]:
         unpruned, pruned = self.measured.get((index, 0.0)), self.measured.get((index, self.high))
         accuracy = self._accuracy_of(setting)
         pair = (setting["precision"], setting["quantization"])
@@ -500,13 +500,12 @@ class Screen:
             return row
         zero, high = at_zero.get(index), at_high.get(index)
         if zero is None and high is None and unpruned is None:
-            failures = next(((key, tried) for key, tried in self._failed_values().items()
-                             if setting[key[0]] == key[1]), None)
+            failures = next(((key, tried) for key, tried in failed.items() if setting[key[0]] == key[1]), None)
             if failures is not None:  # the evidence is its value's: failed in every setting tried
                 (factor, value), tried = failures
-                last = self.measured[(self.index[tuple(tried[-1][f] for f in DEPLOYMENT)], 0.0)]["error"]
+                last = self.measured[(tried[-1], 0.0)]["error"]
                 row["kept"], row["reason"] = False, (f"not measured: budget; {factor} {value} failed in every setting "
-                                                     f"tried ({', '.join(label(t) for t in tried)}: {last})")
+                                                     f"tried ({', '.join(label(self.settings[i]) for i in tried)}: {last})")
                 return row
         if zero is None and high is None:  # no evidence either way: the screen only drops on evidence
             row["kept"], row["reason"] = True, "not measured within the screen's budget (no estimate either): kept"
@@ -569,6 +568,7 @@ class Screen:
                   and f.get("weight_mb", 0.0) >= mine.get("weight_mb", math.inf)]
         return min(rivals, key=lambda rival: rival[1]["latency_ms"]) if rivals else None
 
+
 def narrow(space: SearchSpace, result: dict[str, Any]) -> SearchSpace:
     """The space with only the screen's survivors: never wider than `space` (explicit choices
     are the ceiling). The baseline keeps the runtime it is measured in even when the screen
@@ -586,10 +586,7 @@ def narrow(space: SearchSpace, result: dict[str, Any]) -> SearchSpace:
     # screened keeps sampling that way when resumed, so its trials stay comparable
     settings = [tuple(setting) for setting in result.get("deployments", [])]
     settings = [s for s in settings if all(v in getattr(narrowed, f) for f, v in zip(DEPLOYMENT, s))]
-    product = 1
-    for name in DEPLOYMENT:
-        product *= len(getattr(narrowed, name))
-    if settings and len(settings) < product:
+    if settings and len(settings) < math.prod(len(getattr(narrowed, name)) for name in DEPLOYMENT):
         narrowed = dataclasses.replace(narrowed, deployments=tuple(settings))
     return narrowed
 

@@ -183,7 +183,7 @@ def export(
     from slimtune.search.fingerprint import fingerprint
     from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
     from slimtune.search.refine import refine_spec
-    from slimtune.search.results import chosen_refined
+    from slimtune.search.results import chosen_refined, selection_score_of
     from slimtune.search.runner import worker_spec
 
     out = Path(out)
@@ -228,8 +228,7 @@ def export(
     if refined_row is not None:  # rebuilt exactly as refine built it: recipe, seed, worker settings
         recipe, trial_seed = Recipe.from_dict(refined_row.recipe), refined_row.seed
         measured, accuracy_drop = refined_row.measurement, refined_row.accuracy_drop
-        kept_best = "selected_step" in ((measured or {}).get("build") or {})  # else an older slimtune's last step
-        spec = refine_spec(config, refined_row.steps, keep_best=kept_best)
+        spec = refine_spec(config, refined_row.steps, keep_best=selection_score_of(measured) is not None)
     device = config.target.device
     try:
         check_format(fmt, recipe, device)
