@@ -449,7 +449,8 @@ def arms_markdown(results: dict) -> str:
              f"{results['workload']}, batch {results['batch']}; torch {results['versions'].get('torch')}; "
              f"{results['date']}; {results['arm_budget_s']:.0f} s per arm, the screen included. Speed-ups against "
              "each arm's trial 0 (the unmodified model, fp32 with TF32 off, eager)."
-             + (f" Joined from runs on separate GPUs (one arm per GPU at a time): {', '.join(results['merged_from'])}."
+             + (f" Joined from separate runs (side by side on a machine's GPUs, or one after another): "
+                f"{', '.join(results['merged_from'])}."
                 if results.get("merged_from") else ""), "",
              "| arm | baseline ms | trials (failed) | wall s | screen s | kept by the screen | best feasible at <= 1 pt | speed-up | share of curated | share at the curated arm's wall |",
              "|---|---|---|---|---|---|---|---|---|---|"]

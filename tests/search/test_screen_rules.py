@@ -73,9 +73,11 @@ def test_unmeasured_settings_are_judged_on_the_fitted_prediction_and_say_so() ->
 
 def test_a_wider_margin_drops_no_more_than_it_must() -> None:
     """With a margin of 50%, fp16 channels_last eager (5.46 ms) and its CUDA graphs (5.37 ms)
-    tie, so neither drops the other."""
+    tie, so neither drops the other; int8 weight-only (5.97 ms, half the weights) drops both."""
     rows = replay(margin=0.5)
-    assert rows["fp16 channels_last eager"]["kept"] and rows["fp16 channels_last cudagraphs"]["kept"]
+    eager, graphs = rows["fp16 channels_last eager"], rows["fp16 channels_last cudagraphs"]
+    assert "cudagraphs" not in eager["reason"] and "fp16 channels_last eager" not in graphs["reason"]
+    assert eager["reason"] == graphs["reason"] == "2.0x the weights of fp16 channels_last int8_weight_only eager"
 
 
 # -- the second H200 run (benchmarks/results/screen/*-arms-run2.log): the screen measured these
@@ -296,3 +298,81 @@ def test_a_coarser_shape_is_not_dropped_for_keeping_more_of_the_model() -> None:
     assert not shapes["/1 uniform"]["kept"]
     assert "1.20x the latency of /8 uniform, which keeps as many weights" in shapes["/1 uniform"]["reason"]
     assert result["kept"]["prune_round_to"] == [8, 16]
+
+
+# -- the ResNet-50 every-choice arm on an H200 (benchmarks/results/screen/*-resnet50-b256-arms-run2.json):
+# its budget ran out with bf16 int4 unmeasured and predicted faster than anything measured
+R50 = Path(__file__).parents[2] / "benchmarks" / "results" / "screen" / "2026-12-01-h200-resnet50-b256-arms-run2.json"
+
+
+def test_an_estimate_on_the_front_does_not_shield_what_the_measured_front_beats() -> None:
+    stored = json.loads(R50.read_text())["arms"]["every-choice"]["screen"]
+    screen = Screen(_Measured(stored["baseline_accuracy"]), every_choice(),
+                    objectives={"latency_ms": "minimize", "weight_mb": "minimize"},
+                    max_accuracy_drop=0.01, budget_s=30, setting_timeout_s=30, margin=0.05)
+    screen.started = time.perf_counter()
+    for row in stored["settings"]:
+        if row["unpruned"] is not None:
+            screen.measured[(screen.index[tuple(row["setting"][f] for f in DEPLOYMENT)], 0.0)] = row["unpruned"]
+        pair = (row["setting"]["precision"], row["setting"]["quantization"])
+        if row["accuracy_from"] not in (None, "baseline"):
+            screen.accuracy.setdefault(pair, (row["accuracy"], row["accuracy_from"]))
+            screen.balanced.setdefault(pair, row["balanced_accuracy"])
+    screen.estimates = {i: screen._estimate(i, screen._fit()) for i in range(len(screen.settings))}
+    rows = {row["label"]: row for row in screen.result()["settings"]}
+    assert rows["bf16 channels_last int4_weight_only compile+cudagraphs"]["kept"]  # no evidence against it
+    assert rows["fp32 contiguous eager"]["reason"] == "7.7x slower than fp16 channels_last compile+cudagraphs"
+    kept = [name for name, row in rows.items() if row["kept"] and row["unpruned"] is not None]
+    assert kept == ["fp16 channels_last compile", "fp16 channels_last compile+cudagraphs"]
+
+
+class _PrecisionBound(_Timed):
+    """fp32 is 4x slower than fp16 whatever the runtime; a compile halves the latency."""
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        figures = super().screen(recipe, accuracy=accuracy, timeout_s=timeout_s)
+        figures["latency_ms"] = (10.0 if recipe.precision == "fp32" else 2.5) * (0.5 if recipe.runtime == "compile" else 1.0)
+        return figures
+
+
+def test_the_walk_does_not_compile_a_move_the_fit_predicts_to_lose() -> None:
+    """The walk measures fp32 and fp16 eager, fp16 channels_last and fp16 compile; from there the
+    move to fp32 compile is predicted 4x slower and skipped, fp16 channels_last compile measured,
+    and the budget ends (each setting takes half a second of its 2.2 s for the walk)."""
+    space = SearchSpace(precision=("fp32", "fp16"), memory_format=("contiguous", "channels_last"),
+                        runtime=("eager", "compile"))
+    evaluator, lines = _PrecisionBound(), []
+    screen = Screen(evaluator, space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=None, budget_s=2.2 / 0.6,
+                    setting_timeout_s=5, margin=0.05, log=lines.append)
+    screen._elapsed = lambda: 0.5 * len(evaluator.built)
+    result = screen.run()
+    assert ("fp32", "compile") not in {(r.precision, r.runtime) for r in evaluator.built}
+    assert "screen: not compiling fp32 contiguous compile: predicted 4.0x slower than fp16 contiguous compile" in lines
+    rows = {row["label"]: row for row in result["settings"]}
+    assert rows["fp32 contiguous compile"]["reason"].startswith("estimated 4.0x slower than fp16 contiguous compile")
+    assert rows["fp16 contiguous compile"]["kept"]
+
+
+class _Int4Loses(_Timed):
+    """int4 weight-only halves the weights and costs 20 points of accuracy, in fp16 as in bf16."""
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        figures = super().screen(recipe, accuracy=accuracy, timeout_s=timeout_s)
+        if recipe.quantization == "int4_weight_only":
+            figures.update(weight_mb=2.5, accuracy=0.7)
+        return figures
+
+
+def test_a_setting_kept_on_an_estimate_gets_its_accuracy_measured() -> None:
+    """The walk measures fp16 and bf16 unquantized and fp16 int4 (which loses 20 points); the
+    budget then runs out, and bf16 int4, predicted to halve the weights at the same latency, would
+    be kept on that estimate with no accuracy: one eager measurement settles it."""
+    space = SearchSpace(precision=("fp16", "bf16"), quantization=("none", "int4_weight_only"), runtime=("eager",))
+    evaluator = _Int4Loses()
+    screen = Screen(evaluator, space, objectives={"latency_ms": "minimize", "weight_mb": "minimize"},
+                    max_accuracy_drop=0.01, budget_s=2.4, setting_timeout_s=5, margin=0.05, log=lambda line: None)
+    screen._elapsed = lambda: 0.5 * len(evaluator.built)  # the walk's three settings use up its share
+    rows = {row["label"]: row for row in screen.run()["settings"]}
+    assert [(r.precision, r.quantization) for r in evaluator.built][-1] == ("bf16", "int4_weight_only")
+    bf16_int4 = rows["bf16 contiguous int4_weight_only eager"]
+    assert not bf16_int4["kept"] and bf16_int4["reason"].startswith("accuracy 0.7000 (drop 20.00 pts) below the floor")
