@@ -5,6 +5,7 @@ directly (no study), and each line is a held-out measurement.
 
     python benchmarks/refine_recovery.py 0.7 --arms 40:last 160:last 160:best 400:best
     python benchmarks/refine_recovery.py 0.3 --arms 160:last 800:last 800:best 800:best:3e-4
+    python benchmarks/refine_recovery.py 0.7 --data elpv:flips --arms 40:last 400:best 1000:best
 
 An arm is STEPS:last|best[:LR] (LR defaults to 1e-3). Results: results/elpv/cpu/refine-recovery-*.log
 (made by the two one-off scripts this was folded from, with these arms).
@@ -34,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ratio", type=float, help="prune ratio")
     parser.add_argument("--arms", nargs="+", default=["40:last", "160:last", "160:best", "400:best"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data", default="elpv", help="the workload's data, e.g. elpv:flips (random flips)")
     args = parser.parse_args(argv)
     arms = [parse_arm(a) for a in args.arms]
     torch.set_num_threads(2)
-    workload = load_workload("slimtune:strided_cnn", "elpv", (1, 64, 64))
+    workload = load_workload("slimtune:strided_cnn", args.data, (1, 64, 64))
     baseline = get_baseline(workload, torch.device("cpu"), recipe=TrainingRecipe(epochs=12, batch_size=64, lr=3e-3)).model
     budget = Budget(finetune_steps=40, finetune_batch_size=64, latency_repeats=3, latency_warmup=1,
                     latency_max_s=0.2, trial_timeout_s=900)

@@ -10,11 +10,16 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 class ResizedTensorDataset(TensorDataset):
     """Small in-memory images served at a larger shape: resized (bilinear) and their channels
-    repeated on the device, batch by batch, so a 224x224 view of a dataset costs no memory."""
+    repeated on the device, batch by batch, so a 224x224 view of a dataset costs no memory.
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...]):
+    `flips`: training batches are flipped at random, left-right and up-down, each image on its
+    own (for images whose label a flip keeps, like ELPV's solar cells; never digits). Long
+    fine-tunes on a small data set overfit without it. Evaluation never flips."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...], flips: bool = False):
         super().__init__(inputs, labels)
         self.shape = tuple(shape)
+        self.flips = flips
 
     def transform(self, inputs: torch.Tensor) -> torch.Tensor:
         channels, height, width = self.shape
@@ -33,6 +38,15 @@ def _transform(dataset: Dataset):
     return getattr(dataset, "transform", None) if isinstance(dataset, ResizedTensorDataset) else None
 
 
+def _random_flips(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image flipped left-right with probability 1/2, and up-down with 1/2, drawn from the
+    stream's seeded generator (so a seed replays the same fine-tune)."""
+    for dim in (-1, -2):
+        flip = (torch.rand(len(batch), generator=generator) < 0.5).to(batch.device).view(-1, 1, 1, 1)
+        batch = torch.where(flip, batch.flip(dim), batch)
+    return batch
+
+
 def training_batches(
     dataset: Dataset, batch_size: int, seed: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -44,14 +58,15 @@ def training_batches(
     batch_size = min(batch_size, len(dataset))
     generator = torch.Generator().manual_seed(seed)
     transform = _transform(dataset)
+    flips = getattr(dataset, "flips", False) if transform else False
     if isinstance(dataset, TensorDataset):  # in-memory data: index it, skip the collate overhead
         inputs, labels = (t.to(device) for t in dataset.tensors)
         while True:
             order = torch.randperm(len(labels), generator=generator).to(device)
             for start in range(0, len(order) - batch_size + 1, batch_size):
                 index = order[start:start + batch_size]
-                batch = inputs[index]
-                yield (transform(batch) if transform else batch), labels[index]
+                batch = transform(inputs[index]) if transform else inputs[index]
+                yield (_random_flips(batch, generator) if flips else batch), labels[index]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)
     while True:
         for inputs, labels in loader:

@@ -43,7 +43,7 @@ def _take(dataset: Dataset, index: torch.Tensor) -> Dataset:
     """Rows `index` of `dataset`; in-memory data stays in memory (its fast batching path)."""
     if isinstance(dataset, ResizedTensorDataset):
         images, labels = dataset.tensors
-        return ResizedTensorDataset(images[index], labels[index], dataset.shape)
+        return ResizedTensorDataset(images[index], labels[index], dataset.shape, dataset.flips)
     if type(dataset) is TensorDataset:
         return TensorDataset(*(t[index] for t in dataset.tensors))
     return Subset(dataset, index.tolist())

@@ -239,22 +239,26 @@ def _elpv_arrays(data_root: str | None):
 def _elpv(name: str, input_shape: tuple[int, ...], data_root: str | None) -> DataSplits:
     """ELPV solar cells (300x300 grey electroluminescence images): `elpv` is functional vs
     defective (defect probability >= 0.5, about 2.2:1), `elpv:4class` the four probability
-    levels; `:seed=N` picks another split. The split is stratified on the four levels, seeded
-    (seed 0 unless named, so studies are comparable) and holds out 25% (656 images). Images are
-    resized (bilinear, antialiased) to the input shape once, normalised to [-1, 1], and served
-    with the grey channel repeated when the shape asks for 3."""
+    levels; `:seed=N` picks another split; `:flips` flips training images at random (a cell
+    flipped is a cell with the same defects; the baseline and every fine-tune see the flips). The
+    split is stratified on the four levels, seeded (seed 0 unless named, so studies are
+    comparable) and holds out 25% (656 images). Images are resized (bilinear, antialiased) to the
+    input shape once, normalised to [-1, 1], and served with the grey channel repeated when the
+    shape asks for 3."""
     import numpy as np
     from sklearn.model_selection import train_test_split
 
-    four, seed = False, 0
+    four, seed, flips = False, 0, False
     for part in filter(None, name.split(":")):
         if part in ("binary", "4class"):
             four = part == "4class"
         elif part.startswith("seed=") and part[5:].isdigit():
             seed = int(part[5:])
+        elif part == "flips":
+            flips = True
         else:
             raise WorkloadError("workload.data", f"elpv:{name}: unknown option {part!r}; allowed: 'elpv', "
-                                "'elpv:4class', with ':seed=N' for another split")
+                                "'elpv:4class', with ':seed=N' for another split and ':flips' for random flips")
     if len(input_shape) != 3 or input_shape[0] not in (1, 3):
         raise WorkloadError("workload.input_shape", f"elpv needs [1 or 3, H, W] (e.g. [1, 64, 64], [3, 224, 224]), "
                             f"not {list(input_shape)}")
@@ -272,13 +276,13 @@ def _elpv(name: str, input_shape: tuple[int, ...], data_root: str | None) -> Dat
     train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=ELPV_HELD_OUT, random_state=seed,
                                           stratify=levels)
     train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
-    fingerprint = (f"elpv:{'4class' if four else 'binary'}:seed={seed}:{'x'.join(map(str, input_shape))}:"
-                   + _tensor_fingerprint(resized, labels)[:16])
-    if input_shape[0] == 1:
+    fingerprint = (f"elpv:{'4class' if four else 'binary'}:seed={seed}:{'flips:' if flips else ''}"
+                   f"{'x'.join(map(str, input_shape))}:" + _tensor_fingerprint(resized, labels)[:16])
+    if input_shape[0] == 1 and not flips:
         train = TensorDataset(resized[train_idx], labels[train_idx])
         val = TensorDataset(resized[val_idx], labels[val_idx])
-    else:  # grey stored once, repeated to 3 channels batch by batch on the device
-        train = ResizedTensorDataset(resized[train_idx], labels[train_idx], input_shape)
+    else:  # grey stored once, repeated to 3 channels (and flipped) batch by batch on the device
+        train = ResizedTensorDataset(resized[train_idx], labels[train_idx], input_shape, flips)
         val = ResizedTensorDataset(resized[val_idx], labels[val_idx], input_shape)
     return DataSplits(train, val, 4 if four else 2, fingerprint)
 

@@ -93,9 +93,29 @@ def test_grey_repeated_to_three_channels_and_resized_on_the_way(elpv_file):
     assert torch.allclose(grey.val.tensors[0][:8, 0], inputs[:, 0])
 
 
+
+def test_flips_flip_training_images_only_each_on_its_own_and_replay_by_seed(elpv_file):
+    plain = load_data("elpv", (1, SIZE, SIZE), str(elpv_file))
+    flipped = load_data("elpv:flips", (1, SIZE, SIZE), str(elpv_file))
+    assert flipped.fingerprint != plain.fingerprint  # a baseline trained with flips is another baseline
+    cpu = torch.device("cpu")
+    # the same seed draws the same order, so each batch holds the same images, some of them flipped
+    ours, labels = next(training_batches(flipped.train, 64, 3, cpu))
+    theirs, same_labels = next(training_batches(plain.train, 64, 3, cpu))
+    assert torch.equal(labels, same_labels)
+    kinds = [next(k for k, view in enumerate((a, a.flip(-1), a.flip(-2), a.flip(-1).flip(-2))) if torch.equal(b, view))
+             for a, b in zip(theirs, ours)]
+    assert len(set(kinds)) >= 3  # not one flip for the whole batch
+    again, _ = next(training_batches(flipped.train, 64, 3, cpu))
+    assert torch.equal(again, ours)
+    held_out, _, _ = next(eval_batches(flipped.val, 64, cpu))
+    plain_held_out, _, _ = next(eval_batches(plain.val, 64, cpu))
+    assert torch.equal(held_out, plain_held_out)
+
 @pytest.mark.parametrize("spec, shape, field", [
     ("elpv:3class", (1, SIZE, SIZE), "workload.data"),
     ("elpv:seed=x", (1, SIZE, SIZE), "workload.data"),
+    ("elpv:flip", (1, SIZE, SIZE), "workload.data"),
     ("elpv", (2, SIZE, SIZE), "workload.input_shape"),
     ("elpv", (SIZE, SIZE), "workload.input_shape"),
 ])
