@@ -376,3 +376,47 @@ def test_a_setting_kept_on_an_estimate_gets_its_accuracy_measured() -> None:
     assert [(r.precision, r.quantization) for r in evaluator.built][-1] == ("bf16", "int4_weight_only")
     bf16_int4 = rows["bf16 contiguous int4_weight_only eager"]
     assert not bf16_int4["kept"] and bf16_int4["reason"].startswith("accuracy 0.7000 (drop 20.00 pts) below the floor")
+
+
+class _LaunchBound(_Timed):
+    """Compile and compile+cudagraphs tie unpruned; pruned 80%, compile is launch-bound (1.0 ms)
+    where the graphs take 0.4 ms. Eager wins nothing anywhere."""
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        figures = super().screen(recipe, accuracy=accuracy, timeout_s=timeout_s)
+        if recipe.prune_ratio > 0:
+            figures["latency_ms"] = {"eager": 1.5, "cudagraphs": 0.8, "compile": 1.0, "compile+cudagraphs": 0.4}[recipe.runtime]
+        elif recipe.runtime == "compile+cudagraphs":
+            figures["latency_ms"] = 2.35  # 2% faster than compile (2.4 ms): a tie
+        return figures
+
+
+def test_a_setting_that_ties_unpruned_and_loses_pruned_goes() -> None:
+    space = SearchSpace(runtime=RUNTIME_CHOICES, prune_ratio=(0.0, 0.8), prune_round_to=(8,), prune_scope=("uniform",))
+    result = Screen(_LaunchBound(), space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=None, budget_s=60,
+                    setting_timeout_s=5, margin=0.05, log=lambda line: None).run()
+    rows = {row["label"]: row for row in result["settings"]}
+    assert rows["fp32 contiguous compile+cudagraphs"]["kept"]
+    compile_only = rows["fp32 contiguous compile"]
+    assert not compile_only["kept"]
+    assert compile_only["reason"] == ("2.5x slower than fp32 contiguous compile+cudagraphs at prune 0.8, "
+                                      "and within 5% of it or slower unpruned")
+    assert result["kept"]["runtime"] == ["compile+cudagraphs"]
+
+
+def test_a_setting_that_loses_unpruned_but_wins_pruned_stays() -> None:
+    """The other way round is why pruned settings are screened at all: compile+cudagraphs is
+    slower unpruned here (its graphs are not free) and wins pruned; both stay."""
+
+    class _GraphsCostUnpruned(_LaunchBound):
+        def screen(self, recipe, *, accuracy, timeout_s):
+            figures = super().screen(recipe, accuracy=accuracy, timeout_s=timeout_s)
+            if recipe.prune_ratio == 0 and recipe.runtime == "compile+cudagraphs":
+                figures["latency_ms"] = 3.0
+            return figures
+
+    space = SearchSpace(runtime=("compile", "compile+cudagraphs"), prune_ratio=(0.0, 0.8), prune_round_to=(8,),
+                        prune_scope=("uniform",))
+    result = Screen(_GraphsCostUnpruned(), space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=None,
+                    budget_s=60, setting_timeout_s=5, margin=0.05, log=lambda line: None).run()
+    assert result["kept"]["runtime"] == ["compile", "compile+cudagraphs"]
