@@ -11,7 +11,9 @@ from slimtune.objectives import OBJECTIVE_NAMES, Budget, Evaluator, TrialStopped
 from slimtune.spaces import Recipe
 
 # A generous trial timeout: only the timeout test is about time (the machine may be busy).
-BUDGET = Budget(finetune_steps=20, latency_repeats=5, latency_warmup=1, latency_max_s=0.5, trial_timeout_s=600.0)
+# Six repeats at the least: the median's interval needs six samples, and on a loaded machine the
+# 0.5-s cap stops the stream at its floor (CI once stopped it at five: no interval).
+BUDGET = Budget(finetune_steps=20, latency_repeats=6, latency_warmup=1, latency_max_s=0.5, trial_timeout_s=600.0)
 PRUNED = Recipe(prune_ratio=0.5, kd_temperature=4.0, kd_alpha=0.5, finetune_steps=20)
 
 

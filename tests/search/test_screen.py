@@ -112,10 +112,16 @@ def test_a_study_without_space_runs_and_the_screen_prints(write_study, tmp_path,
     study, lines = _run(path, url)
     assert len(study.trials) == 2 and study.trials[0].state == optuna.trial.TrialState.COMPLETE
     assert any(line.startswith("screen: the search's choices: ") for line in lines)
-    # n_trials = 2 leaves room for one winner after the baseline, and it ran as trial 1
+    # n_trials = 2 leaves room for one winner after the baseline, and it ran as trial 1; unless the
+    # screen kept a single setting (what it keeps depends on what its 20 s measured: on a loaded
+    # CI machine it once kept one), when there is nothing to start from but that
+    result = Repository(connect(url)).screen("tiny").result
     winners = [line for line in lines if line.startswith("screen: the first trials start from its winners: ")]
-    assert len(winners) == 1 and "=" in winners[0] and ";" not in winners[0]
-    assert study.trials[1].user_attrs.get("screen_winner") is True
+    if len(result["deployments"]) > 1:
+        assert len(winners) == 1 and "=" in winners[0] and ";" not in winners[0]
+        assert study.trials[1].user_attrs.get("screen_winner") is True
+    else:
+        assert len(result["deployments"]) == 1 and not winners
     assert main(["screen", "tiny", "--storage", url]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Target screen: ") and "fp32 contiguous eager" in out and "Search choices:" in out
