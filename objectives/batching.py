@@ -58,7 +58,7 @@ def training_batches(
     batch_size = min(batch_size, len(dataset))
     generator = torch.Generator().manual_seed(seed)
     transform = _transform(dataset)
-    flips = getattr(dataset, "flips", False) if transform else False
+    flips = isinstance(dataset, ResizedTensorDataset) and dataset.flips
     if isinstance(dataset, TensorDataset):  # in-memory data: index it, skip the collate overhead
         inputs, labels = (t.to(device) for t in dataset.tensors)
         while True:

@@ -21,15 +21,18 @@ reason, as a failed trial is, and the screen goes on.
    in the fastest setting run without compiling (a compile per shape would eat the budget),
    latency only.
 
-A setting survives if its held-out scores are within the study's allowed drops (top-1 and, where the
-study constrains it, balanced accuracy) and no other setting beats it by more than the
-margin on one of the study's cost axes (latency, peak memory, weights) while being no worse
-than the margin on the others, at any screened ratio; a quantized setting within the margin of an
-unquantized one on every axis is dropped too (its quantization buys nothing). A shape survives unless, at every ratio it was timed at, another shape is
-faster by more than the margin while keeping at least as many weights (at one nominal ratio a
-coarser rounding keeps more channels: it may be slower only for being bigger). The surviving settings become one categorical choice
-of the search (sampling each factor from the survivors' values would bring back the settings
-the screen dropped: fp32 eager survives nowhere, but fp32 and eager each survive somewhere);
+A setting survives if its held-out scores are within the study's allowed drops (top-1 and,
+where the study constrains it, balanced accuracy) and no measured setting on the front beats it
+by more than the margin on one of the study's cost axes (latency, peak memory, weights) while
+being no worse than the margin on the others, at any screened ratio; a setting that only ties
+there goes when one rival is within the margin of it at both ratios and beats it at one. A
+quantized setting within the margin of an unquantized one on every axis is dropped too (its
+quantization buys nothing). A shape survives unless, at every ratio it was timed at, another
+shape is faster by more than the margin while keeping at least as many weights (at one nominal
+ratio a coarser rounding keeps more channels: it may be slower only for being bigger). The
+surviving settings become one categorical choice of the search (sampling each factor from the
+survivors' values would bring back the settings the screen dropped: fp32 eager survives
+nowhere, but fp32 and eager each survive somewhere);
 explicit `[space]` choices are the ceiling (the screen only narrows).
 """
 
@@ -277,6 +280,12 @@ class Screen:
                      f"{estimate['latency_ms'] / mine['latency_ms']:.1f}x slower than {label(self.settings[incumbent])}")
         return True
 
+    def _cheap_and_near(self, index: int, near: dict[str, Any]) -> tuple[bool, int]:
+        """A probe's order among candidates: eager first (no compile to wait for), then the
+        fewest factors away from `near` (the incumbent)."""
+        setting = self.settings[index]
+        return setting["runtime"] != "eager", sum(setting[f] != near[f] for f in DEPLOYMENT)
+
     def _probe_unknown_accuracy(self, incumbent: int, budget_s: float) -> None:
         """A setting that would be kept on an estimate while its precision x quantization has no
         measured accuracy gets that accuracy measured on one setting of the pair, eager first
@@ -290,13 +299,12 @@ class Screen:
             if kept and self._acceptable(setting) is None and pair not in pairs:
                 pairs.append(pair)
         for pair in pairs:
+            if self._elapsed() > budget_s:
+                return
             candidates = [i for i, s in enumerate(self.settings)
                           if (s["precision"], s["quantization"]) == pair and (i, 0.0) not in self.measured]
-            candidates.sort(key=lambda i: (self.settings[i]["runtime"] != "eager",
-                                           sum(self.settings[i][f] != near[f] for f in DEPLOYMENT)))
-            if not candidates or self._elapsed() > budget_s:
-                continue
-            self._measure(candidates[0], 0.0)
+            if candidates:
+                self._measure(min(candidates, key=lambda i: self._cheap_and_near(i, near)), 0.0)
 
     def _failed_values(self) -> dict[tuple[str, Any], list[int]]:
         """(factor, value) -> the unpruned settings (indices) with it that failed, for each value
@@ -323,8 +331,7 @@ class Screen:
             failed_precisions = {self.settings[i]["precision"] for i in tried}
             candidates = [i for i, s in enumerate(self.settings) if s[factor] == value and (i, 0.0) not in self.measured]
             candidates.sort(key=lambda i: (self.settings[i]["precision"] in failed_precisions,
-                                           self.settings[i]["runtime"] != "eager",
-                                           sum(self.settings[i][f] != near[f] for f in DEPLOYMENT)))
+                                           *self._cheap_and_near(i, near)))
             for index in candidates[:FAILED_VALUE_PROBES]:
                 if self._elapsed() > budget_s:
                     return
@@ -566,11 +573,12 @@ class Screen:
         if estimated and (self.estimates.get(index) or {}).get("stand_in"):
             not_measured += f"; {self.estimates[index]['stand_in']}"
         where = f" on an estimate ({not_measured})" if estimated else ""
-        beaten = self._beaten_at_both_ratios(index) if (zero and zero[0]) or (high and high[0]) else None
+        on_a_front = bool((zero and zero[0]) or (high and high[0]))
+        beaten = self._beaten_at_both_ratios(index) if on_a_front else None
         if beaten is not None:
             row["kept"], row["reason"] = False, beaten + coverage
             return row
-        if (zero and zero[0]) or (high and high[0]):
+        if on_a_front:
             at = [] if not (zero and zero[0]) else ["unpruned" + where]
             if high and high[0]:
                 at.append(f"at prune {self.high:g}")
@@ -609,7 +617,7 @@ class Screen:
             wins = [r for r in mine if dominates(theirs[r], mine[r], self.axes, self.margin)]
             if wins:
                 where = "unpruned" if wins[0] == 0.0 else f"at prune {wins[0]:g}"
-                other = "at prune {:g}".format(self.high) if wins[0] == 0.0 else "unpruned"
+                other = f"at prune {self.high:g}" if wins[0] == 0.0 else "unpruned"
                 return (f"{why_dominated(mine[wins[0]], theirs[wins[0]], self.axes, label(setting))} {where}, "
                         f"and within {100 * self.margin:g}% of it or slower {other}")
         return None

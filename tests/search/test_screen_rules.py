@@ -26,8 +26,9 @@ class _Measured:
         self.baseline_accuracy = baseline_accuracy
 
 
-def replay(margin: float = 0.05) -> dict:
-    stored = json.loads(RESULTS.read_text())["arms"]["every-choice"]["screen"]
+def replay(margin: float = 0.05, results: Path = RESULTS) -> dict:
+    """The verdicts on what the every-choice arm's screen in `results` measured unpruned."""
+    stored = json.loads(results.read_text())["arms"]["every-choice"]["screen"]
     space = SearchSpace(precision=PRECISION_CHOICES, memory_format=("contiguous", "channels_last"),
                         quantization=QUANTIZATION_CHOICES, runtime=RUNTIME_CHOICES)
     screen = Screen(_Measured(stored["baseline_accuracy"]), space, objectives={"latency_ms": "minimize", "weight_mb": "minimize"},
@@ -306,20 +307,7 @@ R50 = Path(__file__).parents[2] / "benchmarks" / "results" / "screen" / "2026-12
 
 
 def test_an_estimate_on_the_front_does_not_shield_what_the_measured_front_beats() -> None:
-    stored = json.loads(R50.read_text())["arms"]["every-choice"]["screen"]
-    screen = Screen(_Measured(stored["baseline_accuracy"]), every_choice(),
-                    objectives={"latency_ms": "minimize", "weight_mb": "minimize"},
-                    max_accuracy_drop=0.01, budget_s=30, setting_timeout_s=30, margin=0.05)
-    screen.started = time.perf_counter()
-    for row in stored["settings"]:
-        if row["unpruned"] is not None:
-            screen.measured[(screen.index[tuple(row["setting"][f] for f in DEPLOYMENT)], 0.0)] = row["unpruned"]
-        pair = (row["setting"]["precision"], row["setting"]["quantization"])
-        if row["accuracy_from"] not in (None, "baseline"):
-            screen.accuracy.setdefault(pair, (row["accuracy"], row["accuracy_from"]))
-            screen.balanced.setdefault(pair, row["balanced_accuracy"])
-    screen.estimates = {i: screen._estimate(i, screen._fit()) for i in range(len(screen.settings))}
-    rows = {row["label"]: row for row in screen.result()["settings"]}
+    rows = replay(results=R50)
     assert rows["bf16 channels_last int4_weight_only compile+cudagraphs"]["kept"]  # no evidence against it
     assert rows["fp32 contiguous eager"]["reason"] == "7.7x slower than fp16 channels_last compile+cudagraphs"
     kept = [name for name, row in rows.items() if row["kept"] and row["unpruned"] is not None]
