@@ -37,7 +37,7 @@ Log = Callable[[str], None]
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 #: user attributes a retry keeps (the rest describe the dead run)
-KEPT_USER_ATTRS = ("baseline",)
+KEPT_USER_ATTRS = ("baseline", "screen_winner", "prune_ladder")
 
 
 def _without_results(system_attrs: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from slimtune.search import screen, signals
 from slimtune.search.config import CONFIG_ATTR, STUDY_FILE_ATTR, StudyConfig, StudyFileError
 from slimtune.search.confirm import confirm_at_end
 from slimtune.search.fingerprint import fingerprint
+from slimtune.search.first_trials import PruneLadder, first_trials
 from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
 from slimtune.search.isolated import IsolatedEvaluator, WorkerFailed
 from slimtune.search.samplers import make_sampler
@@ -279,12 +280,11 @@ def _run_study(
         if screened is not None and stored is None:  # a study created over HTTP screens on its first run
             repository.record_screen(config.study.name, screened, screened["seconds"])
             # only where the study has room: a waiting trial past n_trials would outlive the run
-            winners = screen.first_trials(space, screened)[:max(0, config.study.n_trials - len(study.trials))]
-            for params in winners:
-                study.enqueue_trial(params, user_attrs={"screen_winner": True})
+            winners = first_trials(space, screened)[:max(0, config.study.n_trials - len(study.trials))]
+            for winner in winners:
+                study.enqueue_trial(winner.params, user_attrs=winner.user_attrs)
             if winners:
-                log("screen: the first trials start from its winners: "
-                    + "; ".join(", ".join(f"{k}={v}" for k, v in p.items()) for p in winners))
+                log("screen: the first trials start from its winners: " + "; ".join(w.describe() for w in winners))
         if not join:  # what `slimtune worker` reads: the study file as last run
             study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
         study.set_user_attr(N_TRIALS_ATTR, config.study.n_trials)  # what "finished" means to the dashboard
@@ -318,6 +318,7 @@ def _run_study(
             bar.update(1)
 
         callbacks.append(advance)
+    callbacks.append(PruneLadder(config.study.n_trials, objective.log))  # a screened study's first rungs
     stop_when = config.study.stop_when
     stopper = None
     if stop_when is not None:

@@ -45,7 +45,7 @@ import time
 from typing import Any, Callable
 
 from slimtune.spaces import Recipe, SearchSpace
-from slimtune.spaces.joint import DEPLOYMENT_FIELDS, DEPLOYMENT_PARAM, deployment_label
+from slimtune.spaces.joint import DEPLOYMENT_FIELDS
 
 Log = Callable[[str], None]
 
@@ -527,6 +527,7 @@ class Screen:
             "version": VERSION, "seconds": self._elapsed(), "budget_s": self.budget_s, "margin": self.margin,
             "setting_timeout_s": self.timeout_s, "axes": self.axes, "ratios": [0.0] + ([self.high] if self.high > 0 else []),
             "shape_ratios": [self.high, self.mid] if shapes else [], "shape_setting": getattr(self, "shape_setting", None),
+            "prune_shape": self.prune_shape if self.high > 0 else None,
             "baseline_accuracy": self.baseline_accuracy, "accuracy_floor": self.floor,
             "baseline_balanced_accuracy": self.baseline_balanced, "balanced_accuracy_floor": self.balanced_floor,
             "settings": rows, "shapes": shapes, "kept": kept,
@@ -680,37 +681,6 @@ def narrow(space: SearchSpace, result: dict[str, Any]) -> SearchSpace:
     if settings and len(settings) < math.prod(len(getattr(narrowed, name)) for name in DEPLOYMENT):
         narrowed = dataclasses.replace(narrowed, deployments=tuple(settings))
     return narrowed
-
-
-#: how many of the screen's winners the search tries first
-FIRST_TRIALS = 3
-
-
-def first_trials(space: SearchSpace, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Params for the first trials after the baseline: each cost axis's best kept setting as
-    measured, unpruned and pruned (deduplicated, at most FIRST_TRIALS); the sampler fills in
-    the rest. Among dozens of kept settings, a sampler's first random draws rarely land on the
-    one the screen found fastest; an expert would start there, so the search does."""
-    rows = [r for r in result["settings"] if r["kept"]]
-    winners: list[tuple] = []
-    for ratio_key in ("unpruned", "pruned"):
-        for axis in result["axes"]:
-            measured = [r for r in rows if r[ratio_key] and "error" not in r[ratio_key]]
-            if measured:
-                best = min(measured, key=lambda r: r[ratio_key][axis])
-                setting = tuple(best["setting"][f] for f in DEPLOYMENT)
-                if setting not in winners:
-                    winners.append(setting)
-    params = []
-    for setting in winners[:FIRST_TRIALS]:
-        if space.deployments:
-            if setting in space.deployments and len(space.deployments) > 1:
-                params.append({DEPLOYMENT_PARAM: deployment_label(setting)})
-            continue
-        fixed = {f: v for f, v in zip(DEPLOYMENT, setting) if len(getattr(space, f)) > 1 and v in getattr(space, f)}
-        if fixed:
-            params.append(fixed)
-    return params
 
 
 #: the screen's budget when neither `[screen] budget_s` nor the run's timeout says otherwise

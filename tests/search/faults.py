@@ -152,3 +152,22 @@ class HangsOnBf16(SlowSetting):
 
 def hangs_on_bf16(spec, workload, baseline):
     return HangsOnBf16(make_evaluator(spec, workload, baseline), "none")
+
+
+class LosesAccuracyPastRatio(SlowSetting):
+    """A real evaluator whose trials pruned past `ratio` lose half their accuracy (what fine-tuning
+    cannot recover on a data set where pruning costs accuracy), so a prune ladder must step down."""
+
+    def __init__(self, evaluator, ratio: float):
+        super().__init__(evaluator, "none")
+        self.ratio = ratio
+
+    def evaluate(self, recipe, seed=0, on_stage=None):
+        measurement = self.evaluator.evaluate(recipe, seed, on_stage=on_stage)
+        if recipe.prune_ratio > self.ratio:
+            measurement.accuracy -= 0.5
+        return measurement
+
+
+def loses_accuracy_past_0_6(spec, workload, baseline):
+    return LosesAccuracyPastRatio(make_evaluator(spec, workload, baseline), 0.6)

@@ -139,3 +139,21 @@ def test_an_absent_field_means_every_value() -> None:
                                          "memory_format": ["contiguous"]}}).search_space()
     assert off.prune_ratio is None and len(settings_of(off)) == 1 and not wanted(off, None)
     assert dataclasses.replace(off, precision=("fp32", "bf16")) != off
+
+
+def test_the_search_starts_with_a_prune_ladder_from_the_screens_pruned_winner(write_study, tmp_path) -> None:
+    """The first trial is the screened setting at the top ratio; it loses its accuracy there, so
+    the next bisects down to the middle, and the one after bisects again from what that showed."""
+    # one deployment setting: the screen is asked for, to time it pruned
+    path = write_study({"study": {"n_trials": 4}, "constraints": {"max_accuracy_drop": 0.3},
+                        "space": {"prune_ratio": [0.1, 0.9], "quantization": ["none"], "kd_temperature": []},
+                        "screen": {"enabled": True, "budget_s": 60, "setting_timeout_s": 30}})
+    url = f"sqlite:///{tmp_path / 'ladder.db'}"
+    study, lines = _run(path, url, "tests.search.faults:loses_accuracy_past_0_6")
+    ratios = [t.params.get("prune_ratio") for t in study.trials]
+    assert ratios[1:3] == [0.9, 0.5] and ratios[3] in (0.3, 0.7)  # 0.5 holds or gives: either way, a bisection
+    assert all(t.user_attrs.get("prune_ladder") for t in study.trials[1:])
+    assert "prune ladder: trial 1 at prune 0.9 gave; next rung at prune 0.5" in lines
+    # it gave: infeasible, or stopped as hopeless before its fine-tune ended
+    one = study.trials[1]
+    assert one.state == optuna.trial.TrialState.FAIL or one.constraints["accuracy_drop"] > 0

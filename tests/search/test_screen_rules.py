@@ -10,7 +10,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from slimtune.search.screen import DEPLOYMENT, FAILED_VALUE_PROBES, Screen, first_trials, label, narrow
+from slimtune.search.first_trials import first_trials
+from slimtune.search.screen import DEPLOYMENT, FAILED_VALUE_PROBES, Screen, label, narrow
 from slimtune.spaces import Recipe, SearchSpace
 from slimtune.spaces.precision import PRECISION_CHOICES
 from slimtune.spaces.quantization import QUANTIZATION_CHOICES
@@ -158,13 +159,14 @@ def test_the_search_samples_only_the_kept_settings_as_one_choice() -> None:
 
 def test_the_first_trials_start_from_the_screens_winners() -> None:
     result = replay_run2(objectives=("latency_ms", "weight_mb")).result()
-    params = first_trials(narrow(every_choice(), result), result)
-    # the fastest measured, then the smallest weights measured (int8 weight-only, 11.33 MB)
+    params = [trial.params for trial in first_trials(narrow(every_choice(), result), result)]
+    # nothing was measured pruned, so no prune ladder; the fastest measured, then the smallest weights measured (int8 weight-only, 11.33 MB)
     assert params == [{"deployment": "fp16/channels_last/fp8_dynamic/compile"},
                       {"deployment": "fp16/channels_last/int8_weight_only/eager"}]
     # kept settings that make a whole product are sampled factor by factor: so are the winners
     result = replay_run2().result()
-    assert first_trials(narrow(every_choice(), result), result) == [{"quantization": "fp8_dynamic", "runtime": "compile"}]
+    assert [t.params for t in first_trials(narrow(every_choice(), result), result)] == [
+        {"quantization": "fp8_dynamic", "runtime": "compile"}]
 
 
 class _Timed:
