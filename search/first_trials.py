@@ -78,18 +78,23 @@ def _setting_params(space: SearchSpace, setting: tuple) -> dict[str, Any]:
 
 
 def _top_rung(space: SearchSpace, result: dict[str, Any], rows: list[dict[str, Any]]) -> FirstTrial | None:
-    """The kept setting fastest at the screen's top ratio (on its first cost axis), at that
-    ratio and in the shape it was timed in; None when nothing was measured pruned."""
+    """The kept setting and ratio the screen timed fastest pruned (on its first cost axis: the
+    top ratio, or a step or two below it where the screen timed one setting there too), in the
+    shape it was timed in; None when nothing was measured pruned."""
     if len(result["ratios"]) < 2 or space.prune_ratio is None:
         return None
-    pruned = [r for r in rows if r["pruned"] and "error" not in r["pruned"]]
-    if not pruned:
-        return None
     axis = result["axes"][0]
-    best = min(pruned, key=lambda r: r["pruned"][axis])
-    setting = tuple(best["setting"][f] for f in DEPLOYMENT_FIELDS)
+    timed = [(r["pruned"][axis], -result["ratios"][1], tuple(r["setting"][f] for f in DEPLOYMENT_FIELDS))
+             for r in rows if r["pruned"] and "error" not in r["pruned"]]
+    if not timed:
+        return None
+    below = result.get("ladder")  # screens stored before it have none
+    kept = {t[2] for t in timed}
+    if below is not None and axis == "latency_ms" and tuple(below["setting"]) in kept:
+        timed += [(latency, -float(ratio), tuple(below["setting"])) for ratio, latency in below["latency_ms"].items()]
+    _, negative, setting = min(timed)  # the fastest; at a tie, the higher ratio
     low, high = space.prune_ratio
-    ratio = min(max(result["ratios"][1], low), high)
+    ratio = min(max(-negative, low), high)
     params = {**_setting_params(space, setting), "prune_ratio": ratio}
     for name, value in (result.get("prune_shape") or {}).items():  # screens stored before it have none
         if len(getattr(space, name)) > 1 and value in getattr(space, name):

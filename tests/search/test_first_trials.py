@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from slimtune.search.first_trials import LADDER_ATTR, LADDER_RUNGS, PruneLadder, first_trials, next_rung
-from slimtune.search.screen import Screen, narrow
+from slimtune.search.screen import Screen, narrow, table
 from slimtune.spaces import Recipe, SearchSpace
 from slimtune.spaces.runtime import RUNTIME_CHOICES
 
@@ -51,6 +51,35 @@ def test_the_first_trial_is_the_pruned_winner_at_the_top_ratio_in_its_timed_shap
     old = {k: v for k, v in result.items() if k != "prune_shape"}
     top = first_trials(space, old)[0]
     assert top.params["prune_ratio"] == 0.85 and "prune_round_to" not in top.params
+
+
+class _Kinked(_Launched):
+    """Latency is not monotone in the ratio: at the top, channel widths fall onto slow kernels."""
+
+    def __init__(self):
+        self.built: list[Recipe] = []
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        self.built.append(recipe)
+        figures = super().screen(recipe, accuracy=accuracy, timeout_s=timeout_s)
+        figures["latency_ms"] *= 3.0 if recipe.prune_ratio > 0.82 else 1.0
+        return figures
+
+
+def test_the_ladder_starts_below_the_top_where_the_screen_timed_it_faster() -> None:
+    evaluator = _Kinked()
+    result = Screen(evaluator, SPACE, objectives={"latency_ms": "minimize", "peak_memory_mb": "minimize"},
+                    max_accuracy_drop=0.01, budget_s=60, setting_timeout_s=5, margin=0.05, log=lambda line: None).run()
+    # the first setting timed pruned is timed a step and two below the top as well, and only that one
+    below = [r for r in evaluator.built if 0.5 < r.prune_ratio < 0.85]  # (the shapes are timed at 0.475)
+    assert [r.prune_ratio for r in below] == [0.8, 0.75] and len({(r.precision, r.runtime) for r in below}) == 1
+    assert set(result["ladder"]["latency_ms"]) == {"0.85", "0.8", "0.75"}
+    top = first_trials(narrow(SPACE, result), result)[0]
+    assert top.params["prune_ratio"] == 0.8 and top.params["runtime"] == "compile+cudagraphs"
+    assert top.user_attrs[LADDER_ATTR]["high"] == 0.8
+    assert "Below the top ratio, in fp16 contiguous compile+cudagraphs: " in "\n".join(table(result))
+    # without the kink the top ratio is the fastest, and the ladder starts there
+    assert _screened()[1]["ladder"]["latency_ms"]["0.85"] < _screened()[1]["ladder"]["latency_ms"]["0.8"]
 
 
 def test_a_screen_without_a_pruned_measurement_starts_no_ladder() -> None:
