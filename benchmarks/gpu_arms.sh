@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The target screen's arms (issue 22), each with the same wall budget:
-#   bash benchmarks/gpu_arms.sh studies/resnet18-b256.toml [ARM_BUDGET_S] [ARMS]
-# ARMS defaults to curated,every-choice,no-space. First the baseline is trained and cached once
+#   bash benchmarks/gpu_arms.sh studies/resnet18-b256.toml [ARM_BUDGET_S] [ARMS] [SCREEN_BUDGET_S]
+# ARMS defaults to curated,every-choice,no-space; the broad arms' screen budget to 60 s. First the baseline is trained and cached once
 # (two arms training it at the same time took 97 s each on an H200 pair and the first arms ran
 # past the call's limit). On two GPUs or more the first arm runs on GPU 0 beside the second on
 # GPU 1, then the third on GPU 0; on one GPU the arms run one after another. --merge-arms then
@@ -11,10 +11,11 @@ set -u
 study=$1
 budget=${2:-150}
 IFS=, read -r -a arms <<< "${3:-curated,every-choice,no-space}"
+screen=${4:-60}
 out=${OUT:-/tmp}/arms
 mkdir -p "$out"
 export SLIMTUNE_CACHE=${SLIMTUNE_CACHE:-/tmp/slimtune-cache} PYTHONUNBUFFERED=1
-args="--arm-budget-s $budget --screen-budget-s 60 --setting-timeout-s 60"
+args="--arm-budget-s $budget --screen-budget-s $screen --setting-timeout-s 60"
 limit=$(( budget * 2 + 120 ))  # setup, the budget, one trial past it
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 arm() {  # gpu arm folder
