@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     # New trials start until the budget is spent; one that starts late may run past it.
     search_budget = args.budget_s - (time.perf_counter() - started) - 30.0 - SEED_S * (args.baseline_seeds - 1)
     if config.refine is not None:  # each refined point: its fine-tune plus a compile
-        search_budget -= config.refine.top * config.refine.seeds * REFINE_S
+        search_budget -= config.refine.top * config.refine.seeds * REFINE_S * (1.5 if config.refine.control else 1.0)
     storage = f"sqlite:///{tempfile.mkdtemp()}/study.db"
     log(f"search: {search_budget:.0f} s for new trials")
     search_started = time.perf_counter()
@@ -231,9 +231,10 @@ def refine_front(config, storage: str, baseline: dict, log) -> list[dict]:
     rows = []
     kept: dict[int, tuple[float, dict]] = {}  # trial -> the run the front and export take (chosen_refined's rule)
     for refined in refine(config.study.name, storage, top=config.refine.top, steps=config.refine.steps,
-                          order=config.refine.order, seeds=config.refine.seeds, log=log):
+                          order=config.refine.order, seeds=config.refine.seeds, control=config.refine.control, log=log):
         build = (refined.long or {}).get("build") or {}
         row = {"trial": refined.trial, "steps": refined.steps, "status": refined.status, "reason": refined.reason,
+               "control": refined.control,
                "short_steps": refined.short.get("finetune_steps_run"), "seed": refined.seed,
                "selected_step": build.get("selected_step"), "selection_score": build.get("selection_score")}
         for key in ("accuracy", "balanced_accuracy", "latency_ms"):
@@ -544,17 +545,34 @@ def _balanced_lines(results: dict) -> list[str]:
                 continue
             kept = f" ({r['selected_step']})" if r.get("selected_step") is not None else ""
             score = f"{100 * r['selection_score']:.2f}" if r.get("selection_score") is not None else "-"
+            steps = f"{r['steps']}{kept}, control" if r.get("control") else f"{r['short_steps']} -> {r['steps']}{kept}"
             lines.append(f"| {r['trial']}{' **kept**' if r.get('kept') else ''} | {r.get('seed', '-')} | "
-                         f"{r['short_steps']} -> {r['steps']}{kept} | {score} | {100 * r['short_accuracy']:.2f} -> "
+                         f"{steps} | {score} | {100 * r['short_accuracy']:.2f} -> "
                          f"{100 * r['long_accuracy']:.2f} | {100 * r['short_balanced_accuracy']:.2f} -> "
                          f"{100 * r['long_balanced_accuracy']:.2f} | {100 * r.get('short_balanced_accuracy_drop', 0):+.2f} -> "
                          f"{100 * r.get('long_balanced_accuracy_drop', 0):+.2f} |")
+        lines += _control_lines(results["refine"])
     if results.get("baseline_seeds"):
         seeds = results["baseline_seeds"]
         lines += ["", "Baseline over seeds: " + ", ".join(
             f"seed {r['seed']} {100 * r['balanced_accuracy']:.2f}%" for r in seeds["runs"])
             + f" (balanced; spread {seeds['balanced_accuracy_spread_pts']:.2f} pts)"]
     return lines
+
+
+def _control_lines(refined: list[dict]) -> list[str]:
+    """With `[refine] control`: per point, the long run against the search's fine-tune re-run
+    with the same seed and held-back split (the short figures above are the front's, selected)."""
+    lines = []
+    for trial in dict.fromkeys(r["trial"] for r in refined):
+        runs = [r for r in refined if r["trial"] == trial and r["status"] == "complete"]
+        pairs = [(c, l) for c in runs if c.get("control") for l in runs if not l.get("control") and l["seed"] == c["seed"]]
+        if pairs:
+            gains = [100 * (l["long_balanced_accuracy"] - c["long_balanced_accuracy"]) for c, l in pairs]
+            lines.append(f"- trial {trial}: {pairs[0][1]['steps']} steps against a control of {pairs[0][0]['steps']}, same "
+                         f"seeds and held-back split: balanced {sum(gains) / len(gains):+.2f} pts on average "
+                         f"({' / '.join(f'{g:+.2f}' for g in gains)})")
+    return ["", "Longer fine-tune against its control:"] + lines if lines else []
 
 
 def _row(what: str, recipe: str, row: dict) -> str:

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     refine.add_argument("--seeds", type=int, default=1, metavar="S",
                         help="refine each point S times with different seeds; the front and export take the best "
                              "on the held-back training images (default: 1)")
+    refine.add_argument("--control", action="store_true",
+                        help="each seed also re-runs the search's short fine-tune under the same held-back split: a "
+                             "short vs long comparison the front's selection does not bias, and a candidate to keep")
     plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
     plot.add_argument("study")
     plot.add_argument("--storage", default=DEFAULT_STORAGE)

@@ -78,7 +78,7 @@ def refine_after_search(config: StudyConfig, storage: str) -> None:
     from slimtune.search.refine import refine as refine_front
 
     refine_front(config.study.name, storage, top=config.refine.top, steps=config.refine.steps,
-                 order=config.refine.order, seeds=config.refine.seeds, log=print)
+                 order=config.refine.order, seeds=config.refine.seeds, control=config.refine.control, log=print)
 
 
 def quiet() -> None:
@@ -284,7 +284,7 @@ def refine(args: argparse.Namespace) -> int:
     try:
         with handle_signals():
             refine_front(args.study, args.storage, top=args.top, trial=args.trial, steps=args.steps,
-                         order=args.order, seeds=args.seeds, log=print)
+                         order=args.order, seeds=args.seeds, control=args.control, log=print)
     except KeyboardInterrupt as error:
         print(INTERRUPTED, file=sys.stderr)
         return exit_code(error)

@@ -103,12 +103,15 @@ class RefineSection(_Section):
     """After the search, fine-tune `top` points of the feasible front for `steps` steps each
     and measure them again (`slimtune refine` does the same on demand). `order`: which points
     come first: "fastest" (the ones likely shipped), or "most_pruned" (the most to recover).
-    `seeds`: runs per point; the best on the held-back training images is the one kept."""
+    `seeds`: runs per point; the best on the held-back training images is the one kept.
+    `control`: each seed also re-runs the search's short fine-tune under the same held-back
+    split, for a comparison the front's selection does not bias (and a candidate to keep)."""
 
     top: PositiveInt = 3
     steps: PositiveInt = 2000
     order: Literal["fastest", "most_pruned"] = "fastest"
     seeds: PositiveInt = 1
+    control: bool = False
 
 
 def _range(low: float, high: float):

@@ -15,6 +15,12 @@ front are left as they were: the short figures stay what the search compared.
 - `seeds` > 1 refines each point several times (the trial's seed, then others): one seed's
   held-out figure on a few hundred images moves by a point or more. Every run is stored; the
   one that export and the front show is the best on the held-back images.
+- `control`: the front keeps the trials whose one held-out draw came out high (on ELPV both
+  points of an H200 run scored above the baseline after 200 steps and below their short figures
+  after 1000), so short vs refined figures overstate what the short fine-tune gives. With
+  `control`, each seed also re-runs the search's short fine-tune the way the long one runs (same
+  seed, same held-back split, best step kept): the paired difference is what the longer
+  fine-tune buys, and the control is a candidate for what the front and export take.
 - No hopeless stop: a refined point is already feasible, and the long run is what is asked for.
 - Time limit: the study's `trial_timeout_s` scaled by `steps / finetune_steps` (never less).
 - Export rebuilds the same model from the stored record (`slimtune export --refined`): the same
@@ -53,6 +59,7 @@ class Refined:
     short: dict[str, Any]  # the trial's own measurement
     long: dict[str, Any] | None  # the refined measurement
     seed: int | None = None
+    control: bool = False  # the search's short fine-tune re-run under the refine's conditions
 
 
 def refine_timeout_s(config: StudyConfig, steps: int) -> float:
@@ -137,13 +144,14 @@ def refine(
     trial: int | None = None,
     order: str = "fastest",
     seeds: int = 1,
+    control: bool = False,
     log: Log = print,
     evaluator_factory: str = DEFAULT_FACTORY,
 ) -> list[Refined]:
     """Refine `trial` or `top` pruned front points of a study (in `order`, see `choose`) with
-    `steps` fine-tuning steps each, `seeds` times each; every result (complete, failed or
-    stopped) is stored before the next starts. Raises `RefineError` for bad input (nothing
-    refined)."""
+    `steps` fine-tuning steps each, `seeds` times each (with `control`, each seed's short
+    fine-tune too, first); every result (complete, failed or stopped) is stored before the next
+    starts. Raises `RefineError` for bad input (nothing refined)."""
     if steps < 1:
         raise RefineError(f"steps = {steps}: must be at least 1")
     if seeds < 1:
@@ -176,35 +184,62 @@ def refine(
         for number in numbers:
             record = records[number]
             short = record.measurement or {}
-            recipe = refined_recipe(record.recipe, steps)
-            runs = []
+            short_steps = Recipe.from_dict(record.recipe).finetune_steps
+            runs, pairs = [], []
             for seed in refine_seeds(frozen[number].user_attrs.get("seed", config.study.seed + number), seeds):
-                try:
-                    measurement = evaluator.evaluate(recipe, seed=seed).to_dict()
-                except (TrialStopped, WorkerFailed) as error:
-                    status = "stopped" if isinstance(error, TrialStopped) else "failed"
-                    repository.record_refined(study_name, number, steps=steps, seed=seed, status=status,
-                                              recipe=recipe.to_dict(), reason=str(error))
-                    results.append(Refined(number, steps, status, str(error), short, None, seed))
-                    log(f"refine: trial {number} seed {seed} {status}: {error}")
-                    continue
-                drop = base["accuracy"] - measurement["accuracy"] if "accuracy" in base else None
-                if "balanced_accuracy" in base:
-                    measurement["balanced_accuracy_drop"] = base["balanced_accuracy"] - measurement["balanced_accuracy"]
-                repository.record_refined(study_name, number, steps=steps, seed=seed, status="complete",
-                                          recipe=recipe.to_dict(), measurement=measurement, accuracy_drop=drop)
-                results.append(Refined(number, steps, "complete", None, short, measurement, seed))
-                runs.append(measurement)
-                chosen = measurement.get("build", {})
-                log(f"refine: trial {number} seed {seed} ({recipe.describe()}): accuracy "
-                    f"{short.get('accuracy', float('nan')):.4f} after {short.get('finetune_steps_run', 0)} steps -> "
-                    f"{measurement['accuracy']:.4f} at step {chosen.get('selected_step', measurement['finetune_steps_run'])}"
-                    f" of {measurement['finetune_steps_run']}; balanced {short.get('balanced_accuracy', float('nan')):.4f}"
-                    f" -> {measurement['balanced_accuracy']:.4f}; latency {measurement['latency_ms']:.3f} ms "
-                    f"({measurement['seconds']:.0f} s)")
+                paired = {}
+                plan = ([(short_steps, True)] if control and short_steps != steps else []) + [(steps, False)]
+                for run_steps, is_control in plan:
+                    done = _run_once(evaluator, repository, study_name, number, record, run_steps, seed, base, short,
+                                     control=is_control, log=log)
+                    results.append(done)
+                    if done.long is not None:
+                        paired[done.control] = done.long
+                        runs.append(done.long)
+                if len(paired) == 2:
+                    pairs.append((paired[True][score], paired[False][score]))
             if len(runs) > 1:
                 log(f"refine: trial {number}: {spread_line(runs, score)}")
+            if pairs:
+                log(f"refine: trial {number}: {paired_line(pairs, score, short_steps, steps)}")
     return results
+
+
+def _run_once(evaluator: IsolatedEvaluator, repository: Repository, study_name: str, number: int, record: Any,
+              steps: int, seed: int, base: dict[str, Any], short: dict[str, Any], *, control: bool, log: Log) -> Refined:
+    """One refined run of trial `number` with `steps` steps: measured, stored, logged."""
+    recipe = refined_recipe(record.recipe, steps)
+    what = f"seed {seed}" + (f" control ({steps} steps, as the search)" if control else "")
+    try:
+        measurement = evaluator.evaluate(recipe, seed=seed).to_dict()
+    except (TrialStopped, WorkerFailed) as error:
+        status = "stopped" if isinstance(error, TrialStopped) else "failed"
+        repository.record_refined(study_name, number, steps=steps, seed=seed, status=status,
+                                  recipe=recipe.to_dict(), reason=str(error))
+        log(f"refine: trial {number} {what} {status}: {error}")
+        return Refined(number, steps, status, str(error), short, None, seed, control)
+    drop = base["accuracy"] - measurement["accuracy"] if "accuracy" in base else None
+    if "balanced_accuracy" in base:
+        measurement["balanced_accuracy_drop"] = base["balanced_accuracy"] - measurement["balanced_accuracy"]
+    repository.record_refined(study_name, number, steps=steps, seed=seed, status="complete",
+                              recipe=recipe.to_dict(), measurement=measurement, accuracy_drop=drop)
+    chosen = measurement.get("build", {})
+    log(f"refine: trial {number} {what} ({recipe.describe()}): accuracy "
+        f"{short.get('accuracy', float('nan')):.4f} after {short.get('finetune_steps_run', 0)} steps -> "
+        f"{measurement['accuracy']:.4f} at step {chosen.get('selected_step', measurement['finetune_steps_run'])}"
+        f" of {measurement['finetune_steps_run']}; balanced {short.get('balanced_accuracy', float('nan')):.4f}"
+        f" -> {measurement['balanced_accuracy']:.4f}; latency {measurement['latency_ms']:.3f} ms "
+        f"({measurement['seconds']:.0f} s)")
+    return Refined(number, steps, "complete", None, short, measurement, seed, control)
+
+
+def paired_line(pairs: list[tuple[float, float]], score: str, short_steps: int, steps: int) -> str:
+    """What the longer fine-tune bought over the short one, seed by seed (same seed, same
+    held-back split, best step kept in both): free of the front's selection."""
+    gains = [100 * (long - short) for short, long in pairs]
+    return (f"{steps} steps against the search's {short_steps} under the same seeds and held-back split: held-out "
+            f"{score.replace('_', ' ')} {sum(gains) / len(gains):+.2f} pts on average "
+            f"({' / '.join(f'{g:+.2f}' for g in gains)} per seed)")
 
 
 def spread_line(runs: list[dict[str, Any]], score: str) -> str:

@@ -75,3 +75,17 @@ def test_arms_run_side_by_side_on_two_gpus_are_joined_and_compared(gpu_study, tm
     other = _arms_run(tmp_path / "g3", {"no-space": _arm([(60, 2.0)], 100)}, 100, budget=120.0)
     with pytest.raises(SystemExit, match="differ in study or budgets"):
         gpu_study.main(["--merge-arms", str(first), str(other), "--out", str(tmp_path / "bad")])
+
+
+def test_a_control_run_is_paired_with_the_long_run_of_its_seed(gpu_study) -> None:
+    def run(seed, steps, balanced, control):
+        return {"trial": 4, "seed": seed, "steps": steps, "status": "complete", "control": control,
+                "long_balanced_accuracy": balanced}
+
+    refined = [run(4, 200, 0.760, True), run(4, 1000, 0.775, False), run(1004, 200, 0.770, True),
+               run(1004, 1000, 0.765, False), {**run(9, 1000, 0.7, False), "trial": 2}]
+    assert gpu_study._control_lines(refined) == [
+        "", "Longer fine-tune against its control:",
+        "- trial 4: 1000 steps against a control of 200, same seeds and held-back split: balanced +0.50 pts on average "
+        "(+1.50 / -0.50)"]
+    assert gpu_study._control_lines([r for r in refined if not r["control"]]) == []

@@ -212,3 +212,33 @@ def test_a_refined_record_without_a_selection_score_ranks_below_one_with_it(stud
         repository.record_refined("tiny", 99, steps=10, seed=len(name), status="complete", recipe=recipe,
                                   measurement=measurement, accuracy_drop=0.0)  # a number no other test refines
     assert chosen_refined(repository, "tiny")[99].measurement == new  # the held-out 0.9 never decides
+
+
+def test_control_reruns_the_short_fine_tune_beside_each_seed_and_pairs_them(study, tmp_path, capsys):
+    """`--control`: per seed, the search's fine-tune (TINY_STUDY's 20 steps) re-run as the long
+    one runs (same seed, held-back split, best step kept), stored and paired with it."""
+    from tests.conftest import TINY_STUDY
+
+    _, _, folder = study
+    storage = _copy(folder, tmp_path)
+    number = _pruned_front(storage)[0]
+    before = len(open_study("tiny", storage)[1].refined("tiny"))
+    assert main(["refine", "tiny", "--storage", storage, "--trial", str(number), "--steps", "30", "--seeds", "2",
+                 "--control"]) == 0
+    out = capsys.readouterr().out
+    optuna_study, repository = open_study("tiny", storage)
+    runs = repository.refined("tiny")[before:]
+    short = TINY_STUDY["budget"]["finetune_steps"]
+    seed = optuna_study.trials[number].user_attrs["seed"]
+    assert [(r.steps, r.seed) for r in runs] == [(short, seed), (30, seed), (short, seed + 1000), (30, seed + 1000)]
+    assert all(r.status == "complete" and r.measurement["build"].get("selected_step") for r in runs)
+    assert f"refine: trial {number} seed {seed} control ({short} steps, as the search)" in out
+    gains = [100 * (runs[i + 1].measurement["balanced_accuracy"] - runs[i].measurement["balanced_accuracy"]) for i in (0, 2)]
+    line = next(l for l in out.splitlines() if "under the same seeds and held-back split" in l)
+    assert line == (f"refine: trial {number}: 30 steps against the search's {short} under the same seeds and held-back "
+                    f"split: held-out balanced accuracy {sum(gains) / 2:+.2f} pts on average "
+                    f"({gains[0]:+.2f} / {gains[1]:+.2f} per seed)")
+    # the study file asks for it the same way
+    from slimtune.search.config import RefineSection
+
+    assert RefineSection(control=True).control and not RefineSection().control
