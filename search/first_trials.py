@@ -44,8 +44,8 @@ class FirstTrial:
 
 def first_trials(space: SearchSpace, result: dict[str, Any]) -> list[FirstTrial]:
     """The first trials after the baseline: the prune ladder's top rung, then each cost axis's
-    best kept setting as measured unpruned (deduplicated, at most FIRST_TRIALS in all); the sampler
-    fills in the rest. Among dozens of kept settings, a sampler's first random draws rarely land
+    best kept setting as measured, unpruned and pruned, the ratio left to the sampler
+    (deduplicated, at most FIRST_TRIALS in all); the sampler fills in the rest. Among dozens of kept settings, a sampler's first random draws rarely land
     on the one the screen found fastest; an expert would start there, so the search does."""
     rows = [r for r in result["settings"] if r["kept"]]
     top = _top_rung(space, result, rows)
