@@ -40,38 +40,113 @@ RUN_STUDIES = {
 }
 
 
+#: seconds the slowest tests (setup included) took in a full `pytest -q -n 3` run on the 2-core
+#: development machine (2026-12-01; benchmarks/results/test-suite/): the schedule below starts
+#: the longest work first. Only the order depends on these figures; a test missing here counts
+#: as DEFAULT_PROCESSES_S when it starts processes and as DEFAULT_S otherwise.
+EXPECTED_S = {
+    "tests/search/workers/test_workers.py::test_sigterm_on_launch_interrupts_its_workers_leaves_another_study_alone_and_resumes": 84,
+    "tests/search/workers/test_workers.py::test_four_workers_finish_exactly_n_trials_even_when_one_is_killed_mid_trial": 70,
+    "tests/search/test_isolation.py::test_every_fault_fails_its_trial_and_the_study_goes_on": 68,
+    "tests/search/web/test_service.py::test_launch_and_stop": 62,
+    "tests/benchmarks/test_multi_gpu.py::test_one_and_two_workers_finish_exactly_n_trials_each": 58,
+    "tests/search/export/test_export.py::test_export_pt2_verified_in_a_fresh_process": 44,
+    "tests/search/test_screen.py::test_a_hanging_setting_is_dropped_with_its_reason_and_the_study_goes_on": 38,
+    # the first test to ask for the served study builds it (tests/search/conftest.py), the other
+    # served tests wait for it: built early, while the other workers run long tests
+    "tests/search/report/test_html_report.py::test_report_is_self_contained": 32,
+    "tests/search/test_screen.py::test_a_study_without_space_runs_and_the_screen_prints": 32,
+    "tests/search/workers/test_workers.py::test_when_the_last_worker_dies_a_new_worker_fails_its_trial_and_retries_it": 31,
+    "tests/search/test_refine.py::test_refine_stores_shows_and_exports_the_refined_model": 30,
+    "tests/benchmarks/test_search_efficiency.py::test_measure_resume_isolated_and_replay": 29,
+    "tests/search/export/test_export.py::test_pt2_of_a_pruned_model_runs_with_torch_alone": 26,
+    "tests/search/test_signals.py::test_a_signal_on_run_interrupts_the_trial_and_the_same_command_resumes[SIGTERM]": 23,
+    "tests/search/test_signals.py::test_a_signal_on_run_interrupts_the_trial_and_the_same_command_resumes[SIGINT]": 9,
+    "tests/search/web/test_browser.py::test_click_a_pareto_point_to_open_its_trial": 19,
+    "tests/search/test_refine.py::test_the_study_files_refine_section_runs_after_the_search": 19,
+    "tests/search/test_end_to_end.py::test_the_same_command_with_more_trials_resumes": 18,
+    "tests/search/test_warm_start.py::test_a_bad_warm_start_is_one_line_and_creates_nothing": 18,
+    "tests/search/test_end_to_end.py::test_run_exits_0_and_prints_the_pareto_table": 17,
+    "tests/search/test_confirm.py::test_a_study_is_confirmed_when_its_run_ends": 16,
+    "tests/search/test_isolation.py::test_a_combination_that_fails_unpruned_too_fails_later_trials_at_once": 16,
+    "tests/search/test_warm_start.py::test_warm_start_enqueues_the_front_after_the_baseline": 16,
+    "tests/search/web/test_service.py::test_export_a_trial": 15,
+    "tests/objectives/test_elpv_workload.py::test_binary_split_from_the_package_holds_out_a_stratified_quarter": 15,
+    "tests/search/test_runner.py::test_baseline_outside_the_space_is_still_trial_0": 14,
+    "tests/search/export/test_export.py::test_a_verification_mismatch_marks_the_files_unverified": 14,
+    "tests/search/export/test_export.py::test_export_state_dict_through_the_python_api": 14,
+    "tests/search/test_screen.py::test_a_resumed_study_and_a_second_worker_reuse_the_stored_screen": 14,
+    "tests/search/test_confirm.py::test_export_verifies_its_latency_against_the_confirmed_figure": 14,
+    "tests/search/test_warnings.py::test_a_warning_repeated_in_every_quantized_trial_is_shown_once": 13,
+    "tests/search/test_end_to_end.py::test_a_short_study_on_postgresql": 13,
+    "tests/search/test_retries.py::test_a_live_trial_judged_lost_keeps_its_measurement_and_the_study_goes_on": 13,
+    "tests/search/test_refine.py::test_several_seeds_are_all_stored_and_the_best_on_held_back_images_is_kept": 13,
+    "tests/search/test_refine.py::test_balanced_accuracy_is_measured_constrained_and_reported": 12,
+    "tests/search/test_confirm.py::test_confirm_command_flags_a_planted_outlier": 10,
+    "tests/search/export/test_export.py::test_a_verifier_that_hangs_is_stopped_and_the_files_marked_unverified": 10,
+}
+DEFAULT_PROCESSES_S = 5.0
+DEFAULT_S = 0.1
+
+
 def _module(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
+def _unit(nodeid: str) -> str:
+    """What pytest-xdist hands to one worker at once (the scheduler below): a SHARED_SETUP
+    module whole, any other test alone."""
+    return _module(nodeid) if _module(nodeid) in SHARED_SETUP else nodeid
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start real slimtune processes (seconds to a minute each) run first, the
-    modules that share a study before them: with pytest-xdist the workers then share the slow
-    work, instead of one of them ending the run alone on the last slow test. The order within
-    each group is kept."""
+    """The longest work first (EXPECTED_S; a SHARED_SETUP module counts as the sum of its
+    tests): with pytest-xdist the workers then share the slow tests, and short ones fill in at
+    the end, instead of one worker ending the run alone on a long test. Ties keep the
+    collection order."""
     for item in items:
         if _module(item.nodeid) in RUN_STUDIES:
             item.add_marker(pytest.mark.processes)
 
-    def order(item: pytest.Item) -> int:
-        slow = item.get_closest_marker("processes") is not None
-        return 0 if slow and _module(item.nodeid) in SHARED_SETUP else 1 if slow else 2
+    def expected(item: pytest.Item) -> float:
+        for nodeid in (item.nodeid, item.nodeid.split("[", 1)[0]):  # a parametrized test, or all of them
+            if nodeid in EXPECTED_S:
+                return EXPECTED_S[nodeid]
+        return DEFAULT_PROCESSES_S if item.get_closest_marker("processes") is not None else DEFAULT_S
 
-    items.sort(key=order)
+    units: dict[str, float] = {}
+    for item in items:
+        units[_unit(item.nodeid)] = units.get(_unit(item.nodeid), 0.0) + expected(item)
+    position = {id(item): index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (-units[_unit(item.nodeid)], position[id(item)]))
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: without it, never called
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`-n N` (xdist's `--dist load`): tests are handed out one at a time in the order above,
     except that the tests of a SHARED_SETUP module go to one worker together. (xdist's
-    `--dist loadgroup` would do this with marks, but with pytest 9 its marks group nothing.)"""
+    `--dist loadgroup` would do this with marks, but with pytest 9 its marks group nothing.)
+    A worker holds its running test and the next one, no more (xdist's own keeps up to three
+    pending), so that a long test is not queued behind another while a worker goes idle."""
     if config.getvalue("dist") != "load":
         return None  # another --dist asked for by name: xdist's own
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedSetupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _module(nodeid) if _module(nodeid) in SHARED_SETUP else nodeid
+            return _unit(nodeid)
+
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            # a worker runs a test once it has the next (pytest's teardown needs `nextitem`):
+            # one pending beyond the running test is the least that never stalls it
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
 
     config.option.loadscopereorder = False  # the collection order above is the schedule
     return SharedSetupScheduling(config, log)

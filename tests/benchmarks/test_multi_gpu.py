@@ -22,7 +22,10 @@ def _benchmark():
 
 def test_one_and_two_workers_finish_exactly_n_trials_each(write_study, tmp_path):
     benchmark = _benchmark()
+    # a worker with no trial left to claim waits heartbeat_interval_s before it looks again
+    # (10 s by default) while the other finishes: 1 s, so the two-worker run ends when its trials do
     study = write_study({"study": {"name": "scaling", "n_trials": 3}, "target": {"threads": 1},
+                         "workers": {"heartbeat_interval_s": 1},
                          "space": {"quantization": ["none"]}})  # no torchao imports in the workers
     with temporary_database() as url:
         code = benchmark.main([str(study), "--n-trials", "3", "--counts", "1,2", "--storage", url,

@@ -31,7 +31,8 @@ def _run(write_study, tmp_path, factory, changes=None):
 def test_every_fault_fails_its_trial_and_the_study_goes_on(write_study, tmp_path):
     study, rows = _run(write_study, tmp_path, "one_fault_per_trial", {
         "study": {"n_trials": 9},
-        "budget": {"trial_timeout_s": 20, "memory_limit_mb": 1500},  # the hang costs 20 s + 10 s grace
+        # the hang costs the timeout + 10 s grace; a trial here takes 1-3 s on a loaded 2-core machine
+        "budget": {"trial_timeout_s": 12, "memory_limit_mb": 1500},
     })
     expected = {
         1: "worker process exited with code 3 during injected exit",
