@@ -195,7 +195,8 @@ def refine(
                     results.append(done)
                     if done.long is not None:
                         paired[done.control] = done.long
-                        runs.append(done.long)
+                        if not done.control:  # the seeds' spread is the long runs'
+                            runs.append(done.long)
                 if len(paired) == 2:
                     pairs.append((paired[True][score], paired[False][score]))
             if len(runs) > 1:
