@@ -563,15 +563,16 @@ def _balanced_lines(results: dict) -> list[str]:
 def _control_lines(refined: list[dict]) -> list[str]:
     """With `[refine] control`: per point, the long run against the search's fine-tune re-run
     with the same seed and held-back split (the short figures above are the front's, selected)."""
+    from slimtune.search.refine import paired_line
+
     lines = []
     for trial in dict.fromkeys(r["trial"] for r in refined):
         runs = [r for r in refined if r["trial"] == trial and r["status"] == "complete"]
         pairs = [(c, l) for c in runs if c.get("control") for l in runs if not l.get("control") and l["seed"] == c["seed"]]
-        if pairs:
-            gains = [100 * (l["long_balanced_accuracy"] - c["long_balanced_accuracy"]) for c, l in pairs]
-            lines.append(f"- trial {trial}: {pairs[0][1]['steps']} steps against a control of {pairs[0][0]['steps']}, same "
-                         f"seeds and held-back split: balanced {sum(gains) / len(gains):+.2f} pts on average "
-                         f"({' / '.join(f'{g:+.2f}' for g in gains)})")
+        if pairs:  # the line `slimtune refine` logs
+            scores = [(c["long_balanced_accuracy"], l["long_balanced_accuracy"]) for c, l in pairs]
+            lines.append(f"- trial {trial}: "
+                         + paired_line(scores, "balanced_accuracy", pairs[0][0]["steps"], pairs[0][1]["steps"]))
     return ["", "Longer fine-tune against its control:"] + lines if lines else []
 
 

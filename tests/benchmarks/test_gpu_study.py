@@ -86,6 +86,6 @@ def test_a_control_run_is_paired_with_the_long_run_of_its_seed(gpu_study) -> Non
                run(1004, 1000, 0.765, False), {**run(9, 1000, 0.7, False), "trial": 2}]
     assert gpu_study._control_lines(refined) == [
         "", "Longer fine-tune against its control:",
-        "- trial 4: 1000 steps against a control of 200, same seeds and held-back split: balanced +0.50 pts on average "
-        "(+1.50 / -0.50)"]
+        "- trial 4: 1000 steps against the search's 200 under the same seeds and held-back split: held-out balanced "
+        "accuracy +0.50 pts on average (+1.50 / -0.50 per seed)"]
     assert gpu_study._control_lines([r for r in refined if not r["control"]]) == []
