@@ -23,6 +23,7 @@ from torch.utils.data import Subset
 from slimtune.spaces.errors import first_line
 
 from .batching import training_batches
+from .cache import cache_root, save_atomically
 from .workloads import Workload, WorkloadError
 
 
@@ -42,7 +43,7 @@ class Baseline:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SLIMTUNE_CACHE", Path.home() / ".cache" / "slimtune")) / "baselines"
+    return cache_root() / "baselines"
 
 
 def cache_key(workload: Workload, recipe: TrainingRecipe) -> str:
@@ -129,8 +130,5 @@ def get_baseline(
     started = time.perf_counter()
     model = train(workload, recipe, device, progress).cpu()
     seconds = time.perf_counter() - started
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")  # workers starting together each write their own
-    torch.save(model.state_dict(), partial)
-    partial.replace(path)  # atomic: a killed run never leaves a half-written cache entry
+    save_atomically(model.state_dict(), path)  # a killed run never leaves a half-written cache entry
     return Baseline(model, f"trained:{path}", seconds)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import textwrap
 import uuid
 
@@ -35,6 +38,37 @@ def test_digits_split_is_the_same_every_time(digits_workload):
     assert torch.equal(again.val.tensors[0], digits_workload.data.val.tensors[0])
     assert torch.equal(again.train.tensors[1], digits_workload.data.train.tensors[1])
     assert again.fingerprint == digits_workload.data.fingerprint
+
+
+def test_digits_are_read_from_the_cache_without_importing_scikit_learn(tmp_path, digits_workload):
+    """The first load prepares the split and caches it; a later worker process reads it back,
+    identical, and never pays for importing scikit-learn. A damaged entry is prepared again."""
+    script = textwrap.dedent("""
+        import sys, torch
+        from slimtune.objectives.workloads import load_data
+        data = load_data("sklearn:digits", (1, 8, 8))
+        torch.save({"val": data.val.tensors[0], "train_y": data.train.tensors[1], "fingerprint": data.fingerprint},
+                   sys.argv[1])
+        print("sklearn" in sys.modules)
+    """)
+    env = {**os.environ, "SLIMTUNE_CACHE": str(tmp_path / "cache")}
+
+    def load(name: str) -> tuple[bool, dict]:
+        out = subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        return out.strip() == "True", torch.load(tmp_path / name)
+
+    imported_first, first = load("first.pt")
+    imported_again, again = load("again.pt")
+    assert imported_first and not imported_again
+    for data in (first, again):
+        assert torch.equal(data["val"], digits_workload.data.val.tensors[0])
+        assert torch.equal(data["train_y"], digits_workload.data.train.tensors[1])
+        assert data["fingerprint"] == digits_workload.data.fingerprint
+    [entry] = (tmp_path / "cache" / "data").iterdir()
+    entry.write_bytes(b"not a tensor file")
+    imported, damaged = load("damaged.pt")
+    assert imported and torch.equal(damaged["val"], first["val"])
 
 
 def test_digits_builtin_model_runs(digits_workload):
