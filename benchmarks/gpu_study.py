@@ -51,7 +51,7 @@ from slimtune.search.config import load_config  # noqa: E402
 from slimtune.search.isolated import IsolatedEvaluator
 from slimtune.search.results import open_study, pareto_front
 from slimtune.search.runner import run_study, worker_spec
-from slimtune.search.screen import choices_line
+from slimtune.search.screen.tables import choices_line
 from slimtune.spaces import Recipe
 
 BASELINE_REPEATS = 5

@@ -296,7 +296,7 @@ def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
     ]
     if summary.get("screened"):
         kept, dropped = summary["screened"]["kept"], summary["screened"]["dropped"]
-        lines += [f"**Screened space**: the target screen (search/screen.py) answered from the grid's rows kept "
+        lines += [f"**Screened space**: the target screen (search/screen/) answered from the grid's rows kept "
                   f"{len(kept)} of {len(kept) + len(dropped)} deployment settings, searched as one choice: "
                   f"{', '.join(kept)}. Dropped: " + "; ".join(f"{k}: {v}" for k, v in dropped.items()) + ".", ""]
     lines += [

@@ -5,7 +5,7 @@ Latency, peak memory and weight bytes do not depend on fine-tuning, so the scree
 what a precision, memory format, quantization and runtime do on this target in seconds per
 setting, where a trial takes minutes. It runs in the trial worker process (objectives/worker.py
 serves the request), so the driver's hard per-setting timeout can kill a setting that hangs.
-The driver's side (search/screen.py) decides what the figures mean.
+The driver's side (search/screen/) decides what the figures mean.
 """
 
 from __future__ import annotations

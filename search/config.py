@@ -175,7 +175,7 @@ class BudgetSection(_Section):
 
 
 class ScreenSection(_Section):
-    """The target screen (search/screen.py): before the first trial, measure every deployment
+    """The target screen (search/screen/): before the first trial, measure every deployment
     setting the space allows without fine-tuning, and search only the ones that pay.
 
     `enabled` absent: on when the space holds more than one deployment setting. `budget_s`: the

@@ -158,7 +158,7 @@ class RefinedTrial(Base):
 
 
 class TargetScreen(Base):
-    """What a study's target screen measured and decided (search/screen.py), once per study:
+    """What a study's target screen measured and decided (search/screen/), once per study:
     a resumed study and every worker read it instead of screening again. `result` holds every
     setting's figures, its verdict and reason, and the choices the search kept."""
 

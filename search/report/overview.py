@@ -293,9 +293,9 @@ class StudyView:
         return baseline_record(self.records())
 
     def screen(self) -> dict[str, Any] | None:
-        """The target screen stored with the study (search/screen.py), its settings kept ones
+        """The target screen stored with the study (search/screen/), its settings kept ones
         first and fastest first; None for a study that was not screened."""
-        from slimtune.search.screen import ordered
+        from slimtune.search.screen.tables import ordered
 
         stored = self.repository.screen(self.name) if self.repository.has_tables() else None
         return None if stored is None else {**stored.result, "settings": ordered(stored.result["settings"])}

@@ -14,7 +14,8 @@ from slimtune.search.cli import main
 from slimtune.search.config import load_config, parse_config
 from slimtune.search.report.html_report import write_report
 from slimtune.search.runner import run_study
-from slimtune.search.screen import narrow, settings_of, wanted
+from slimtune.search.screen import narrow
+from slimtune.search.screen.settings import settings_of, wanted
 from slimtune.spaces import Recipe, SearchSpace
 from slimtune.storage import Repository, connect
 from tests.conftest import TINY_STUDY

@@ -11,7 +11,9 @@ import optuna
 import pytest
 
 from slimtune.search.first_trials import first_trials
-from slimtune.search.screen import DEPLOYMENT, FAILED_VALUE_PROBES, Screen, label, narrow
+from slimtune.search.screen import Screen, narrow
+from slimtune.search.screen.settings import DEPLOYMENT, label
+from slimtune.search.screen.target import FAILED_VALUE_PROBES
 from slimtune.spaces import Recipe, SearchSpace
 from slimtune.spaces.precision import PRECISION_CHOICES
 from slimtune.spaces.quantization import QUANTIZATION_CHOICES
