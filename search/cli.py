@@ -18,6 +18,7 @@ from slimtune.search.samplers import SAMPLERS
 
 EXIT_BAD_INPUT = 2
 EXIT_STORAGE_FAILED = 1
+STUDY_HELP = "the study's name, or the study file it was run from"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--warm-storage", metavar="URL", help="where the --warm-start study is (default: --storage)")
 
     worker = commands.add_parser("worker", help="join an existing study from any machine (its configuration is in storage)")
-    worker.add_argument("study", help="the study's name")
+    worker.add_argument("study", help=STUDY_HELP)
     worker.add_argument("--storage", default=DEFAULT_STORAGE)
     worker.add_argument("--device", help="measure on this device instead of the study's target.device (same type)")
     worker.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
 
     confirm = commands.add_parser("confirm", help="re-measure the baseline and the front interleaved; store confirmed figures")
-    confirm.add_argument("study", help="the study's name")
+    confirm.add_argument("study", help=STUDY_HELP)
     confirm.add_argument("--storage", default=DEFAULT_STORAGE)
     confirm.add_argument("--rounds", type=int, help="interleaved rounds (default: the study's confirm_rounds, else 6)")
 
@@ -59,15 +60,15 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (("pareto", "the feasible Pareto front of a study"), ("trials", "every trial of a study")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("study")
+        sub.add_argument("study", help=STUDY_HELP)
         sub.add_argument("--storage", default=DEFAULT_STORAGE)
         sub.add_argument("--format", choices=["table", "json", "csv"], default="table")
     sub = commands.add_parser("screen", help="the study's target screen: each deployment setting measured, kept or dropped and why")
-    sub.add_argument("study")
+    sub.add_argument("study", help=STUDY_HELP)
     sub.add_argument("--storage", default=DEFAULT_STORAGE)
     sub.add_argument("--format", choices=["table", "json"], default="table")
     sub = commands.add_parser("export", help="export a trial as a deployable model, verified in a fresh process")
-    sub.add_argument("study")
+    sub.add_argument("study", help=STUDY_HELP)
     sub.add_argument("--storage", default=DEFAULT_STORAGE)
     which = sub.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, help="the trial number")
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--refined", action="store_true",
                      help="the trial's refined model (`slimtune refine`; of several, the best on the held-back images) instead of its short fine-tune")
     refine = commands.add_parser("refine", help="fine-tune front points for longer and measure them again")
-    refine.add_argument("study")
+    refine.add_argument("study", help=STUDY_HELP)
     refine.add_argument("--storage", default=DEFAULT_STORAGE)
     chosen = refine.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--top", type=int, metavar="K", help="K pruned points of the feasible front (see --order)")
@@ -96,12 +97,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="each seed also re-runs the search's short fine-tune under the same held-back split: a "
                              "short vs long comparison the front's selection does not bias, and a candidate to keep")
     plot = commands.add_parser("plot", help="draw the Pareto front to an .html (or, with kaleido, .png/.svg) file")
-    plot.add_argument("study")
+    plot.add_argument("study", help=STUDY_HELP)
     plot.add_argument("--storage", default=DEFAULT_STORAGE)
     plot.add_argument("--out", required=True, help="output file: .html, .png or .svg")
 
     report = commands.add_parser("report", help="the study's dashboard page as one self-contained .html file")
-    report.add_argument("study")
+    report.add_argument("study", help=STUDY_HELP)
     report.add_argument("--storage", default=DEFAULT_STORAGE)
     report.add_argument("-o", "--out", required=True, help="output .html file")
 
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from slimtune.objectives import WorkloadError
     from slimtune.storage import StorageError
 
-    from slimtune.search.config import StudyFileError
+    from slimtune.search.config import StudyFileError, study_name
     from slimtune.search.export import ExportError
     from slimtune.search.refine import RefineError
     from slimtune.search.results import StudyNotFound
@@ -139,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # third-party warnings once per run, one line each (the worker process sends its own here)
     show_once(lambda line: print(line, file=sys.stderr))
     try:
+        if getattr(args, "study", None) and args.command != "launch":  # launch creates a study from its file
+            args.study = study_name(args.study)
         return getattr(commands, args.command)(args)
     except (StudyFileError, WorkloadError, StorageError, StudyNotFound, ExportError, RefineError) as error:
         if args.verbose:  # the user's code's own traceback where a factory raised, else ours

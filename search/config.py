@@ -335,3 +335,14 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
                 raw[section][name] = value
     _resolve_paths(raw, path.parent)
     return parse_config(raw, str(path))
+
+
+def names_a_study_file(study: str) -> bool:
+    """Whether a command's STUDY argument is a study file rather than a study's name."""
+    return study.endswith(".toml") or Path(study).is_file()
+
+
+def study_name(study: str) -> str:
+    """The study a command's STUDY argument means: its name, or the name in the study file it
+    names (`slimtune pareto studies/digits.toml` after `slimtune run studies/digits.toml`)."""
+    return load_config(study).study.name if names_a_study_file(study) else study

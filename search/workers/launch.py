@@ -20,14 +20,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from slimtune.storage import StorageError, is_sqlite
 from slimtune.storage.sqlite import POSTGRES_HINT
 
 from slimtune.search import signals
-from slimtune.search.config import StudyConfig, StudyFileError, load_config
+from slimtune.search.config import StudyConfig, StudyFileError, load_config, names_a_study_file
 
 Log = Callable[[str], None]
 
@@ -76,7 +75,7 @@ def prepare(study: str, storage_url: str, gpus: list[str] | None, log: Log) -> S
     from slimtune.search.runner import run_study
     from slimtune.search.workers.joining import stored_config
 
-    if study.endswith(".toml") or Path(study).is_file():
+    if names_a_study_file(study):
         config = load_config(study)
         _check_device(config, gpus)
         run_study(config, storage_url, log=log, progress=False, prepare_only=True)

@@ -227,6 +227,15 @@ def test_pareto_as_json_and_csv(finished: Run) -> None:
     assert finished.out.splitlines()[-1] == out.splitlines()[-1]  # `run` ends with it too
 
 
+def test_a_study_is_named_by_its_study_file_too(finished: Run, tmp_path: Path) -> None:
+    """After `slimtune run studies/x.toml`, the commands that read a study take the same path."""
+    by_name = run_cli("pareto", NAME, "--storage", finished.url, "--format", "json")
+    by_file = run_cli("pareto", str(finished.study_file), "--storage", finished.url, "--format", "json")
+    assert by_file == by_name and by_file[0] == 0
+    code, out, err = run_cli("trials", str(tmp_path / "missing.toml"), "--storage", finished.url)
+    assert code == 2 and out == "" and err == f"slimtune: error: {tmp_path / 'missing.toml'}: study file not found\n"
+
+
 def test_trials_as_json_and_csv(finished: Run) -> None:
     study = finished.study()
     code, out, err = run_cli("trials", NAME, "--storage", finished.url, "--format", "json")
