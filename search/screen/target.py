@@ -17,7 +17,7 @@ reason, as a failed trial is, and the screen goes on.
 2. Pruned at the top of the study's range, not fine-tuned: the settings again, fastest first,
    while the budget lasts (a setting that loses unpruned may win where the model is
    launch-bound); the first of them also a step and two below the top, where the search's
-   prune ladder may start (search/first_trials.py).
+   prune ladder may start (search/first_trials.py); those two may use the whole budget.
 3. The pruning shape (`prune_round_to` x `prune_scope`) at the top and the middle of the range,
    in the fastest setting run without compiling (a compile per shape would eat the budget),
    latency only.
@@ -347,7 +347,8 @@ class Screen:
                 if self._elapsed() > shares[1]:
                     break
                 if "error" not in self._measure(index, self.high) and self.ladder is None:
-                    self._time_below_the_top(index, shares[1])
+                    # these decide where the search's first trial starts: the whole budget, shapes after
+                    self._time_below_the_top(index, self.budget_s)
         if self.shapes:
             self._screen_shapes()
         return self.result()

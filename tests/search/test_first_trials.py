@@ -82,6 +82,36 @@ def test_the_ladder_starts_below_the_top_where_the_screen_timed_it_faster() -> N
     assert _screened()[1]["ladder"]["latency_ms"]["0.85"] < _screened()[1]["ladder"]["latency_ms"]["0.8"]
 
 
+class _SlowCompiles(_Kinked):
+    """Every setting takes 8 s of a fake clock to build and time (a cold compile on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        self.now += 8.0
+        return super().screen(recipe, accuracy=accuracy, timeout_s=timeout_s)
+
+
+def test_the_timings_below_the_top_may_use_the_whole_budget(monkeypatch) -> None:
+    """They decide where the first trial starts: past the pruned phase's share of the budget
+    (85%, 51 of 60 s here) they still run, and the shapes get what is left."""
+    from slimtune.search.screen import target
+
+    evaluator = _SlowCompiles()
+    monkeypatch.setattr(target, "time", evaluator)  # the screen's clock is the fake one
+    result = Screen(evaluator, SPACE, objectives={"latency_ms": "minimize", "peak_memory_mb": "minimize"},
+                    max_accuracy_drop=0.01, budget_s=60, setting_timeout_s=5, margin=0.05, log=lambda line: None).run()
+    # unpruned until past 60% (40 s), the top at 48 s, a step below at 56 s (past 51), two steps below at 64 s
+    assert set(result["ladder"]["latency_ms"]) == {"0.85", "0.8", "0.75"}
+    assert [r.prune_ratio for r in evaluator.built if r.prune_ratio > 0] == [0.85, 0.8, 0.75]  # nothing after
+    assert first_trials(narrow(SPACE, result), result)[0].params["prune_ratio"] == 0.8
+
+
 def test_a_screen_without_a_pruned_measurement_starts_no_ladder() -> None:
     space = SearchSpace(runtime=RUNTIME_CHOICES)
     result = Screen(_Launched(), space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=0.01, budget_s=60,
