@@ -295,10 +295,12 @@ class StudyView:
     def screen(self) -> dict[str, Any] | None:
         """The target screen stored with the study (search/screen/), its settings kept ones
         first and fastest first; None for a study that was not screened."""
-        from slimtune.search.screen.tables import ordered
+        from slimtune.search.screen.tables import ladder_line, ordered
 
         stored = self.repository.screen(self.name) if self.repository.has_tables() else None
-        return None if stored is None else {**stored.result, "settings": ordered(stored.result["settings"])}
+        if stored is None:
+            return None
+        return {**stored.result, "settings": ordered(stored.result["settings"]), "ladder_line": ladder_line(stored.result)}
 
     def accuracy_floor(self) -> float | None:
         baseline = self.baseline()

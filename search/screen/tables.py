@@ -74,13 +74,22 @@ def table(result: dict[str, Any]) -> list[str]:
             cells = [row["label"]] + [_figures(row["latency"].get(str(r)))[0] for r in ratios]
             shape_rows.append(cells + ["kept" if row["kept"] else "dropped", row["reason"]])
         lines += ["", f"Pruning shapes, pruned and not fine-tuned, in {result['shape_setting']}:"] + _aligned(shape_rows)
-    below = result.get("ladder")
-    if below and len(below["latency_ms"]) > 1:
-        timed = ", ".join(f"{latency:.3f} ms at prune {ratio}" for ratio, latency in below["latency_ms"].items())
-        lines += ["", f"Below the top ratio, in {label(dict(zip(DEPLOYMENT, below['setting'])))}: {timed} "
-                      "(the search's prune ladder starts at the fastest setting and ratio timed pruned)"]
+    below = ladder_line(result)
+    if below:
+        lines += ["", below]
     lines += ["", "Search choices: " + choices_line(result)]
     return lines
+
+
+def ladder_line(result: dict[str, Any]) -> str | None:
+    """The first pruned setting timed at and below the top ratio, where the search's first trial
+    starts (the study page shows it too); None when the screen timed it at one ratio only."""
+    below = result.get("ladder")
+    if not below or len(below["latency_ms"]) < 2:
+        return None
+    timed = ", ".join(f"{latency:.3f} ms at prune {ratio}" for ratio, latency in below["latency_ms"].items())
+    return (f"Below the top ratio, in {label(dict(zip(DEPLOYMENT, below['setting'])))}: {timed} "
+            "(the search's prune ladder starts at the fastest setting and ratio timed pruned)")
 
 
 def ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

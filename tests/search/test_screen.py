@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+import markupsafe
 import optuna
 import pytest
 
@@ -15,6 +16,7 @@ from slimtune.search.config import load_config, parse_config
 from slimtune.search.report.html_report import write_report
 from slimtune.search.runner import run_study
 from slimtune.search.screen import narrow
+from slimtune.search.screen.tables import ladder_line
 from slimtune.search.screen.settings import settings_of, wanted
 from slimtune.spaces import Recipe, SearchSpace
 from slimtune.storage import Repository, connect
@@ -128,6 +130,10 @@ def test_a_study_without_space_runs_and_the_screen_prints(write_study, tmp_path,
     assert out.startswith("Target screen: ") and "fp32 contiguous eager" in out and "Search choices:" in out
     page = write_report("tiny", url, tmp_path / "report.html").read_text()  # the study page, as one file
     assert "<h2>Target screen</h2>" in page and "fp32 contiguous eager" in page
+    # where the prune ladder starts, on the page as in the CLI's table, when the screen timed below the top
+    below = ladder_line(result)
+    assert (below is not None) == (len((result.get("ladder") or {}).get("latency_ms", {})) > 1)
+    assert below is None or (below in out and str(markupsafe.escape(below)) in page)
 
 
 def test_an_absent_field_means_every_value() -> None:
