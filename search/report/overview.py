@@ -308,6 +308,34 @@ class StudyView:
             return None
         return baseline.measurement["accuracy"] - self.max_accuracy_drop
 
+    def headline(self) -> dict[str, dict[str, Any]]:
+        """Each objective's best value on the feasible front, the baseline's and their ratio, as
+        the trial table below them shows them: where `confirm` re-measured the front interleaved
+        with the baseline, those latencies (and the confirmed speed-up) replace the trials' own,
+        so the study page does not state two figures for one thing. Empty before the baseline."""
+        points = self.points()
+        if points.empty or not points["is_baseline"].any():
+            return {}
+        base = points[points["is_baseline"]].iloc[0]
+        front = points[points["on_front"]]
+        cards: dict[str, dict[str, Any]] = {}
+        for name, direction in self.objectives.items():
+            values = front[name].dropna() if name in front else pd.Series(dtype=float)
+            baseline = base.get(name)
+            if values.empty:
+                cards[name] = {"best": None, "baseline": baseline, "ratio": None, "confirmed": False}
+                continue
+            best = front.loc[values.idxmax() if direction == "maximize" else values.idxmin()]
+            confirmed = name == "latency_ms" and bool(best.get("confirmed")) and bool(base.get("confirmed"))
+            if confirmed:
+                ratio = best["speedup_x"]
+            elif baseline and best[name]:
+                ratio = baseline / best[name] if direction == "minimize" else best[name] / baseline
+            else:
+                ratio = None
+            cards[name] = {"best": best[name], "baseline": baseline, "ratio": ratio, "confirmed": confirmed}
+        return cards
+
     def front_numbers(self) -> list[int]:
         return [point["trial_number"] for point in self._snapshot.front] if self._snapshot else []
 

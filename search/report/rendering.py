@@ -126,5 +126,5 @@ def study_context(view: StudyView, chosen: tuple[str, str, str | None], plots: d
         view=view, summary=view.summary, plots=plots, axes=chosen, axis_choices=list(view.objectives),
         baseline=view.baseline(), floor=view.accuracy_floor(), describe=describe,
         front_size=int(points["on_front"].sum()) if not points.empty else 0, screen=view.screen(),
-        refined=view.refined_rows(),
+        refined=view.refined_rows(), headline=view.headline(),
     )

@@ -10,6 +10,9 @@ import pytest
 from slimtune.search.cli import main
 from slimtune.search.config import load_config
 from slimtune.search.confirm import summarise
+from slimtune.search.report.html_report import write_report
+from slimtune.search.report.overview import Catalog
+from slimtune.search.report.rendering import number
 from slimtune.search.results import format_table, open_study, pareto_front, trials_frame, trials_table
 from slimtune.search.runner import run_study
 from slimtune.storage import TrialRecord
@@ -64,6 +67,26 @@ def confirmed_study(tmp_path_factory):
     lines: list[str] = []
     run_study(load_config(str(path)), storage, log=lines.append, progress=False)
     return storage, lines
+
+
+def test_the_study_pages_headline_states_the_confirmed_figures_the_table_states(confirmed_study, tmp_path):
+    """The cards above the trial table: the front's fastest latency and its speed-up as confirmed,
+    against the confirmed baseline; the other objectives are the trials' own."""
+    storage, _ = confirmed_study
+    study, repository = open_study("confirm", storage)
+    confirmed = repository.confirmations("confirm")
+    front = pareto_front(study, repository)
+    fastest = front.iloc[0]
+    cards = Catalog(storage).study("confirm").headline()
+    assert cards["latency_ms"] == {"best": fastest["latency_ms"], "baseline": confirmed[0]["latency_ms"],
+                                   "ratio": fastest["speedup_x"], "confirmed": True}
+    best_accuracy = front["accuracy"].max()
+    baseline_accuracy = repository.trial("confirm", 0).measurement["accuracy"]
+    assert cards["accuracy"] == {"best": best_accuracy, "baseline": baseline_accuracy,
+                                 "ratio": best_accuracy / baseline_accuracy, "confirmed": False}
+    page = write_report("confirm", storage, tmp_path / "report.html").read_text()
+    assert (f"best on the front, confirmed · baseline {number('latency_ms', confirmed[0]['latency_ms'])}" in page
+            and f"<b>{fastest['speedup_x']:.2f}×</b>" in page)
 
 
 def test_a_study_is_confirmed_when_its_run_ends(confirmed_study):
