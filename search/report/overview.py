@@ -74,6 +74,8 @@ class StudySummary:
     best: dict[str, float]  # best feasible value of each objective (the front's extremes)
     front_size: int
     last_update: datetime | None
+    #: whether `best`'s latency is the confirmed one (`slimtune confirm` re-measured the whole front)
+    confirmed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -175,6 +177,12 @@ class Catalog:
             values = [point["values"][index] for point in front]
             if values:
                 best[name] = max(values) if direction == "maximize" else min(values)
+        confirmed = False
+        if "latency_ms" in best:  # as the study page and `slimtune pareto` state it, once confirmed
+            rows = repository.confirmations(study.study_name)
+            latencies = [rows[p["trial_number"]]["latency_ms"] for p in front if p["trial_number"] in rows]
+            if len(latencies) == len(front):
+                best["latency_ms"], confirmed = min(latencies), True
         n_trials = study.user_attrs.get(N_TRIALS_ATTR)
         finished = sum(n for status, n in counts.items() if status != "interrupted")  # a result, not a stop
         if running or study.study_name in launched:
@@ -187,7 +195,7 @@ class Catalog:
             name=study.study_name, state=state, device=config.get("target", {}).get("device"),
             device_name=fingerprint.device_name if fingerprint else None, objectives=objectives, n_trials=n_trials,
             complete=counts.get("complete", 0), failed=sum(counts.get(s, 0) for s in FAILED_STATUSES),
-            running=running, best=best, front_size=len(front), last_update=last_update,
+            running=running, best=best, front_size=len(front), last_update=last_update, confirmed=confirmed,
         ), snapshot
 
 

@@ -77,7 +77,9 @@ def test_the_study_pages_headline_states_the_confirmed_figures_the_table_states(
     confirmed = repository.confirmations("confirm")
     front = pareto_front(study, repository)
     fastest = front.iloc[0]
-    cards = Catalog(storage).study("confirm").headline()
+    view = Catalog(storage).study("confirm")
+    cards = view.headline()
+    assert view.summary.best["latency_ms"] == fastest["latency_ms"] and view.summary.confirmed  # the studies list
     assert cards["latency_ms"] == {"best": fastest["latency_ms"], "baseline": confirmed[0]["latency_ms"],
                                    "ratio": fastest["speedup_x"], "confirmed": True}
     best_accuracy = front["accuracy"].max()
