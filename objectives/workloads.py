@@ -152,11 +152,11 @@ def _digits_split() -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
     images = (images - 0.5) / 0.5
     labels = torch.tensor(digits.target, dtype=torch.long)
     # A fixed split, independent of the study seed, so studies on digits are comparable.
-    train_idx, val_idx = train_test_split(
+    train_idx, val_idx = map(list, train_test_split(
         range(len(labels)), test_size=0.2, random_state=0, stratify=digits.target
-    )
-    save_atomically({"images": images, "labels": labels, "train": list(train_idx), "val": list(val_idx)}, path)
-    return images, labels, list(train_idx), list(val_idx)
+    ))
+    save_atomically({"images": images, "labels": labels, "train": train_idx, "val": val_idx}, path)
+    return images, labels, train_idx, val_idx
 
 
 def _sklearn_digits(input_shape: tuple[int, ...]) -> DataSplits:

@@ -144,7 +144,7 @@ class SnapshotCallback:
 
 def worker_spec(config: StudyConfig, factory: str = DEFAULT_FACTORY) -> WorkerSpec:
     """What the worker process needs from the study file, as plain data."""
-    from slimtune.objectives.baseline import cache_dir
+    from slimtune.objectives.cache import cache_root
 
     budget = config.budget
     return WorkerSpec(
@@ -163,7 +163,7 @@ def worker_spec(config: StudyConfig, factory: str = DEFAULT_FACTORY) -> WorkerSp
         checkpoint=config.baseline.checkpoint,
         training=dict(epochs=config.baseline.epochs, batch_size=config.baseline.batch_size,
                       lr=config.baseline.lr, seed=config.study.seed),
-        inductor_cache_dir=str(cache_dir().parent / "inductor" / config.study.name),
+        inductor_cache_dir=str(cache_root() / "inductor" / config.study.name),
         factory=factory,
     )
 

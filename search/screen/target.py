@@ -347,21 +347,22 @@ class Screen:
                 if self._elapsed() > shares[1]:
                     break
                 if "error" not in self._measure(index, self.high) and self.ladder is None:
-                    # these decide where the search's first trial starts: the whole budget, shapes after
-                    self._time_below_the_top(index, self.budget_s)
+                    self._time_below_the_top(index)
         if self.shapes:
             self._screen_shapes()
         return self.result()
 
-    def _time_below_the_top(self, index: int, budget_s: float) -> None:
+    def _time_below_the_top(self, index: int) -> None:
         """The first setting measured pruned (the one predicted fastest) timed again a step or two
         below the top ratio: latency is not monotone in the ratio where channel widths fall onto
         slow kernels (on an H200 a ResNet-18 in fp16 compile+cudagraphs ran 2.41 ms at prune 0.9
-        and 1.44 ms at 0.85), and the search's prune ladder starts at the fastest of these."""
+        and 1.44 ms at 0.85), and the search's prune ladder starts at the fastest of these. These
+        timings decide where the first trial starts, so they may use the whole budget (the shapes
+        get what is left), not only the pruned phase's share."""
         low = self.space.prune_ratio[0]
         self.ladder = {"setting": [self.settings[index][f] for f in DEPLOYMENT], "latency_ms": {}}
         for ratio in [self.high] + [round(self.high - k * BELOW_THE_TOP, 4) for k in (1, 2)]:
-            if ratio < low or (ratio != self.high and self._elapsed() > budget_s):
+            if ratio < low or (ratio != self.high and self._elapsed() > self.budget_s):
                 break
             figures = self._measure(index, ratio)
             if "error" not in figures:
