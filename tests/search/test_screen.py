@@ -149,8 +149,9 @@ def test_an_absent_field_means_every_value() -> None:
 
 
 def test_the_search_starts_with_a_prune_ladder_from_the_screens_pruned_winner(write_study, tmp_path) -> None:
-    """The first trial is the screened setting at the top ratio; it loses its accuracy there, so
-    the next bisects down to the middle, and the one after bisects again from what that showed."""
+    """The first trial is the screened setting at the ratio the screen timed it fastest (the top,
+    or a step or two below); it loses its accuracy there, so the next bisects down to the middle,
+    and the one after bisects again from what that showed."""
     # one deployment setting: the screen is asked for, to time it pruned
     path = write_study({"study": {"n_trials": 4}, "constraints": {"max_accuracy_drop": 0.3},
                         "space": {"prune_ratio": [0.1, 0.9], "quantization": ["none"], "kd_temperature": []},
@@ -158,9 +159,15 @@ def test_the_search_starts_with_a_prune_ladder_from_the_screens_pruned_winner(wr
     url = f"sqlite:///{tmp_path / 'ladder.db'}"
     study, lines = _run(path, url, "tests.search.faults:loses_accuracy_past_0_6")
     ratios = [t.params.get("prune_ratio") for t in study.trials]
-    assert ratios[1:3] == [0.9, 0.5] and ratios[3] in (0.3, 0.7)  # 0.5 holds or gives: either way, a bisection
+    # the screen timed the setting at 0.9, 0.85 and 0.8: on a busy CPU any of them can be fastest
+    timed = Repository(connect(url)).screen("tiny").result["ladder"]["latency_ms"]
+    top = ratios[1]
+    assert "0.9" in timed and set(timed) <= {"0.9", "0.85", "0.8"} and timed[str(top)] == min(timed.values())
+    middle = round((0.1 + top) / 2, 4)
+    # the middle holds or gives: either way, a bisection
+    assert ratios[2] == middle and ratios[3] in (round((0.1 + middle) / 2, 4), round((middle + top) / 2, 4))
     assert all(t.user_attrs.get("prune_ladder") for t in study.trials[1:])
-    assert "prune ladder: trial 1 at prune 0.9 gave; next rung at prune 0.5" in lines
+    assert f"prune ladder: trial 1 at prune {top:g} gave; next rung at prune {middle:g}" in lines
     # it gave: infeasible, or stopped as hopeless before its fine-tune ended
     one = study.trials[1]
     assert one.state == optuna.trial.TrialState.FAIL or one.constraints["accuracy_drop"] > 0
