@@ -361,7 +361,7 @@ def write_report(folder: Path, summary: dict[str, Any], tag: str) -> None:
                   "are complete, infeasible trials here."]
     (folder / f"results{tag}.md").write_text("\n".join(lines) + "\n")
     figure = hypervolume_figure(results, trials, best, objectives, max_drop, summary)
-    figure.write_html(folder / f"hypervolume{tag}.html", include_plotlyjs=True)
+    figure.write_html(folder / f"hypervolume{tag}.html", include_plotlyjs="cdn")  # 4.7 MB of plotly.js per file otherwise
     try:
         figure.write_image(folder / f"hypervolume{tag}.png", scale=2)
     except Exception as error:  # kaleido or a Chrome missing: the HTML is the figure
