@@ -57,7 +57,18 @@ from slimtune.spaces import Recipe
 BASELINE_REPEATS = 5
 
 
-def by_hand_recipes(finetune_steps: int) -> dict[str, Recipe]:
+def by_hand_recipes(finetune_steps: int, text: bool = False) -> dict[str, Recipe]:
+    """What an expert writes by hand. Text: torchao's documented BERT recipe (bf16 + SDPA +
+    torch.compile, then + int8 dynamic quantization) and DistilBERT's idea (the top two layers
+    dropped, fine-tuned with distillation for a trial's budget)."""
+    if text:
+        compiled = dict(precision="bf16", runtime="compile")
+        return {
+            "bf16+compile": Recipe(**compiled),
+            "bf16+int8_dynamic+compile": Recipe(**compiled, quantization="int8_dynamic"),
+            "bf16+drop2+compile": Recipe(**compiled, drop_layers=2, finetune_steps=finetune_steps,
+                                         kd_temperature=4.0, kd_alpha=0.5),
+        }
     half = dict(precision="bf16", memory_format="channels_last")
     pruned = dict(prune_ratio=0.5, prune_round_to=8, finetune_steps=finetune_steps, kd_temperature=4.0, kd_alpha=0.5)
     return {
@@ -67,14 +78,16 @@ def by_hand_recipes(finetune_steps: int) -> dict[str, Recipe]:
     }
 
 
-def compared(point: dict, baseline: dict, batch: int) -> dict:
-    """The keys every row of the results carries, against the fp32 eager baseline."""
+def compared(point: dict, baseline: dict, batch: int, seq_len: int | None = None) -> dict:
+    """The keys every row of the results carries, against the fp32 eager baseline; text
+    workloads (`seq_len`) count sequences and tokens per second instead of images."""
+    per_s = batch * 1000.0 / point["latency_ms_median"]
     return {
         "speedup_vs_fp32_eager": baseline["latency_ms_median"] / point["latency_ms_median"],
         "weights_reduction": baseline["weight_mb"] / point["weight_mb"],
         "accuracy_drop": baseline["accuracy"] - point["accuracy"],
-        "images_per_s": batch * 1000.0 / point["latency_ms_median"],
-    } | ({"balanced_accuracy_drop": baseline["balanced_accuracy"] - point["balanced_accuracy"]}
+    } | ({"images_per_s": per_s} if seq_len is None else {"sequences_per_s": per_s, "tokens_per_s": per_s * seq_len}
+         ) | ({"balanced_accuracy_drop": baseline["balanced_accuracy"] - point["balanced_accuracy"]}
          if point.get("balanced_accuracy") is not None and baseline.get("balanced_accuracy") is not None else {})
 
 
@@ -105,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--n-trials", type=int, help="cap on the search's trials (default: the study file's)")
     parser.add_argument("--data-root", help="workload.data_root for this machine (an absolute path)")
+    parser.add_argument("--model", help="workload.model for this machine (hf:PATH where the package is not installed)")
     parser.add_argument("--baseline-seeds", type=int, default=1, help="train the baseline with this many seeds (spread)")
     parser.add_argument("--arms", help="comma-separated: curated, every-choice, no-space (see above)")
     parser.add_argument("--arm-budget-s", type=float, default=120.0, help="wall budget of each arm's study")
@@ -118,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.arms:
         return run_arms(args)
     started = time.perf_counter()
-    config = load_config(args.study_file, {"study.n_trials": args.n_trials, "workload.data_root": args.data_root})
+    config = load_config(args.study_file, {"study.n_trials": args.n_trials, "workload.data_root": args.data_root,
+                                           "workload.model": args.model})
     batch = config.workload.batch_sizes[0]
+    seq_len = config.workload.input_shape[0] if len(config.workload.input_shape) == 1 else None
     log = lambda line: print(f"[{time.perf_counter() - started:6.1f} s] {line}", flush=True)  # noqa: E731
 
     results: dict = {
@@ -155,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         baseline["latency_ms_runs"] = medians
         baseline["spread_pct"] = 100.0 * (max(medians) / min(medians) - 1.0)
         results["baseline"] = baseline
-        results["baseline_compared"] = compared(baseline, baseline, batch)
+        results["baseline_compared"] = compared(baseline, baseline, batch, seq_len)
         log(f"baseline fp32 eager: {medians} ms, spread {baseline['spread_pct']:.2f}%")
         save()
         results["by_hand"] = {}
-        for name, recipe in by_hand_recipes(config.budget.finetune_steps).items():
+        for name, recipe in by_hand_recipes(config.budget.finetune_steps, text=seq_len is not None).items():
             try:
                 measurement = evaluator.evaluate(recipe, seed=config.study.seed)
             except Exception as error:  # a by-hand recipe that fails is reported, not hidden
@@ -167,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"by hand {name}: failed: {error}")
                 continue
             point = _point(measurement)
-            results["by_hand"][name] = {"recipe": recipe.to_dict(), **point, **compared(point, baseline, batch)}
+            results["by_hand"][name] = {"recipe": recipe.to_dict(), **point, **compared(point, baseline, batch, seq_len)}
             log(f"by hand {name}: {point['latency_ms_median']:.3f} ms, "
                 f"{results['by_hand'][name]['speedup_vs_fp32_eager']:.2f}x, drop {results['by_hand'][name]['accuracy_drop']:.4f}")
             save()
@@ -201,9 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         results["front"].append({
             "trial": row.trial_number, "recipe": row.recipe, "describe": Recipe.from_dict(row.recipe).describe(),
-            **point, **compared(point, baseline, batch),
+            **point, **compared(point, baseline, batch, seq_len),
         })
     results["front"].sort(key=lambda p: p["latency_ms_median"])
+    results["trial_points"] = [  # every completed trial, for the quantization test
+        {"trial": row.trial_number, "quantization": row.recipe.get("quantization", "none"),
+         "latency_ms_median": row.measurement["latency_ms"], "accuracy": row.measurement["accuracy"]}
+        for row in rows.values() if row.measurement and row.measurement.get("latency_ms") is not None]
     save()
     if config.refine is not None:
         results["refine"] = refine_front(config, storage, baseline, log)
@@ -492,9 +512,25 @@ def targets(results: dict) -> dict:
         "front_at_least_as_fast_as_best_by_hand": best_front is not None and best_hand is not None and best_front >= best_hand,
         "best_weights_reduction_at_1pt": max((p["weights_reduction"] for p in ok), default=None),
         "front_4x_smaller_weights": any(p["weights_reduction"] >= 4 for p in ok),
-        "best_images_per_s_at_1pt": max((p["images_per_s"] for p in ok), default=None),
+        "best_per_s_at_1pt": max((_per_s(p) for p in ok), default=None),
         "baseline_spread_within_3pct": results["baseline"]["spread_pct"] <= 3.0,
+        "quantized_point_beats_every_unquantized": quantization_pays(results["front"], results.get("trial_points", [])),
     }
+
+
+def quantization_pays(front: list[dict], points: list[dict]) -> bool | None:
+    """Issue 32's test: the front holds a quantized point faster than every unquantized trial of
+    the study at equal or better accuracy (None: the front holds no quantized point)."""
+    quantized = [p for p in front if p["recipe"].get("quantization", "none") != "none"]
+    if not quantized:
+        return None
+    return any(all(q["latency_ms_median"] < p["latency_ms_median"] for p in points
+                   if p["quantization"] == "none" and p["accuracy"] >= q["accuracy"])
+               for q in quantized)
+
+
+def _per_s(row: dict) -> float:
+    return row["images_per_s"] if "images_per_s" in row else row["sequences_per_s"]
 
 
 def markdown(results: dict) -> str:
@@ -507,7 +543,8 @@ def markdown(results: dict) -> str:
         f"Baseline fp32 (TF32 off) eager measured {len(base['latency_ms_runs'])} times: "
         f"{', '.join(f'{v:.3f}' for v in base['latency_ms_runs'])} ms (spread {base['spread_pct']:.2f}%).",
         "",
-        "| what | recipe | latency ms (median / p95) | img/s | speed-up | weights | accuracy drop (pts) | compile s |",
+        f"| what | recipe | latency ms (median / p95) | {'img/s' if 'images_per_s' in results['baseline_compared'] else 'seq/s'}"
+        " | speed-up | weights | accuracy drop (pts) | compile s |",
         "|---|---|---|---|---|---|---|---|",
         f"| baseline | fp32 eager | {base['latency_ms_median']:.3f} / {base['latency_ms_p95']:.3f} | "
         f"{results['batch'] * 1000 / base['latency_ms_median']:,.0f} | 1.00x | 1.00x | 0.00 | - |",
@@ -579,7 +616,7 @@ def _control_lines(refined: list[dict]) -> list[str]:
 def _row(what: str, recipe: str, row: dict) -> str:
     compile_s = f"{row['compile_s']:.0f}" if row.get("compile_s") is not None else "-"
     return (f"| {what} | {recipe} | {row['latency_ms_median']:.3f} / {row['latency_ms_p95']:.3f} | "
-            f"{row['images_per_s']:,.0f} | {row['speedup_vs_fp32_eager']:.2f}x | {row['weights_reduction']:.2f}x | "
+            f"{_per_s(row):,.0f} | {row['speedup_vs_fp32_eager']:.2f}x | {row['weights_reduction']:.2f}x | "
             f"{100 * row['accuracy_drop']:+.2f} | {compile_s} |")
 
 

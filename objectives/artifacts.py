@@ -113,6 +113,15 @@ def _architecture(model: nn.Module, fresh: nn.Module) -> dict[str, Any]:
     return {"shapes": shapes, "attributes": attributes}
 
 
+def _dynamic_dims(example: torch.Tensor) -> dict[int, Any]:
+    """The batch is dynamic; so is the sequence length of token ids ([batch, seq_len] integers),
+    up to the length the study measured (a shorter text is a shorter, cheaper sequence)."""
+    dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
+    if not example.is_floating_point() and example.dim() == 2:
+        dims[1] = torch.export.Dim("seq_len", min=2, max=int(example.shape[1]))
+    return dims
+
+
 def write_artifact(
     model: nn.Module, fmt: str, folder: Path, example: torch.Tensor, *,
     fresh_model: Callable[[], nn.Module] | None = None, on_stage: Callable[[str], None] = lambda name: None,
@@ -129,13 +138,13 @@ def write_artifact(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MODEL_FILE[fmt]
     info: dict[str, Any] = {"batch": "dynamic"}
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
     small = example[:EXAMPLE_ROWS].clone()  # clone: a view would carry the whole batch's storage
+    dims = _dynamic_dims(small)
     with torch.no_grad():
         if fmt in ("pt2", "aoti"):
             on_stage("trace")
             try:
-                program = torch.export.export(model, (small,), dynamic_shapes=({0: batch},))
+                program = torch.export.export(model, (small,), dynamic_shapes=(dims,))
             except Exception:  # some graphs specialise the batch: export at the trial's size
                 program = torch.export.export(model, (example,))
                 info["batch"] = int(example.shape[0])
@@ -154,7 +163,7 @@ def write_artifact(
             torch.jit.save(traced, str(path))
         elif fmt == "onnx":
             on_stage("trace")
-            torch.onnx.export(model, (small,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
+            torch.onnx.export(model, (small,), str(path), dynamo=True, dynamic_shapes=(dims,),
                               input_names=["input"], output_names=["logits"], verbose=False)
         elif fmt == "state_dict":
             if fresh_model is None:

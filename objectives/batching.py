@@ -91,4 +91,4 @@ def eval_batches(
         inputs = inputs.to(device)
         if transform is not None:
             inputs = transform(inputs)
-        yield inputs.to(dtype=dtype), labels.to(device), real
+        yield (inputs.to(dtype=dtype) if inputs.is_floating_point() else inputs), labels.to(device), real

@@ -148,8 +148,8 @@ class Evaluator:
         return accuracy_scores(model, self._check_split, self.batch_sizes[0], self.device)
 
     def _example(self, batch_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(batch_size)
-        return torch.randn(batch_size, *self.workload.input_shape, generator=generator).to(self.device, dtype)
+        batch = self.workload.example(batch_size)
+        return batch.to(self.device, dtype) if batch.is_floating_point() else batch.to(self.device)
 
     # -- what the knobs may use while building (spaces.knob.BuildContext) --------------------
     @property

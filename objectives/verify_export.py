@@ -55,7 +55,7 @@ def verify(folder: str) -> dict:
         run, runtime = _with_runtime(exported, manifest["recipe"]["runtime"])
         _stage("measuring accuracy")
         accuracy = top1_accuracy(run, workload.data.val, batch_size, exported.device, prepare=exported.inputs)
-        example = torch.randn(batch_size, *workload.input_shape, generator=torch.Generator().manual_seed(batch_size))
+        example = workload.example(batch_size)
         _stage("measuring latency")
         latency = measure_latency(run, exported.inputs(example), warmup=measure["latency_warmup"],
                                   repeats=measure["latency_repeats"], max_seconds=measure.get("latency_max_s", 3.0))

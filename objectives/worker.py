@@ -117,7 +117,7 @@ def export_candidate(evaluator, workload, recipe, seed: int, fmt: str, folder: s
                               f"formats that can: {', '.join(others)}") from error
     memory_format = "channels_last" if candidate.memory_format == torch.channels_last else "contiguous"
     return {
-        **info, "rebuilt_accuracy": accuracy, "dtype": str(candidate.input_dtype).removeprefix("torch."),
+        **info, "rebuilt_accuracy": accuracy, "dtype": str(example.dtype).removeprefix("torch."),
         "memory_format": memory_format, "num_classes": workload.num_classes,
         "quantized_layers": candidate.record.get("quantized_layers", []),
         "quantized_weight_share": candidate.record.get("quantized_weight_share", 0.0),
@@ -193,7 +193,7 @@ def serve(conn, spec: WorkerSpec) -> None:
                     )
                     source, seconds, model = baseline.source, baseline.train_seconds, baseline.model
                 evaluator = _factory(spec.factory)(spec, workload, model)
-                space, removals = probe(space, device, tuple(spec.input_shape))
+                space, removals = probe(space, device, tuple(spec.input_shape), model)
                 send("ready", {
                     "source": source, "train_seconds": seconds, "baseline_accuracy": evaluator.baseline_accuracy,
                     "baseline_balanced_accuracy": getattr(evaluator, "baseline_balanced_accuracy", None),

@@ -1,11 +1,13 @@
 """A workload is model + data + metric, named by strings in the study file.
 
 Models: `slimtune:<builtin>`, `torchvision:<name>` (classes and input channels adapted),
-or `package.module:function` called as `function(num_classes=..., input_shape=...)`.
+`hf:minilm` / `hf:PATH` (a Hugging Face encoder checkpoint, objectives/text.py), or
+`package.module:function` called as `function(num_classes=..., input_shape=...)`.
 Data: `sklearn:digits` (ships with scikit-learn), `torchvision:CIFAR10` and friends from a
 local `data_root` (never downloaded), `imagefolder:PATH`, `elpv` / `elpv:4class` (solar-cell
 defects from the optional `elpv-dataset` package; objectives/elpv.py), or `package.module:function`
-returning `(train_dataset, val_dataset, num_classes)`. The metrics are top-1 and balanced accuracy.
+returning `(train_dataset, val_dataset, num_classes)`; text: `reviews:rotten_tomatoes`,
+`reviews:imdb`, `textcsv:PATH` (objectives/text.py), whose `input_shape` is `[seq_len]`. The metrics are top-1 and balanced accuracy.
 """
 
 from __future__ import annotations
@@ -61,10 +63,31 @@ class Workload:
     input_shape: tuple[int, ...]
     data: DataSplits
     make_model: Callable[[], nn.Module]
+    #: text workloads: the tokenizer's vocabulary; the model takes token ids [batch, seq_len]
+    vocab_size: int | None = None
 
     @property
     def num_classes(self) -> int:
         return self.data.num_classes
+
+    @property
+    def is_text(self) -> bool:
+        return self.vocab_size is not None
+
+    def example(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A seeded batch as the model takes it in float32: images from a normal distribution,
+        token ids drawn from the vocabulary (objectives/text.example_tokens says which)."""
+        generator = generator or torch.Generator().manual_seed(batch_size)
+        return example_batch(batch_size, self.input_shape, self.vocab_size, generator)
+
+
+def example_batch(batch_size: int, input_shape: tuple[int, ...], vocab_size: int | None,
+                  generator: torch.Generator) -> torch.Tensor:
+    if vocab_size is not None:
+        from .text import example_tokens
+
+        return example_tokens(batch_size, input_shape[0], vocab_size, generator)
+    return torch.randn(batch_size, *input_shape, generator=generator)
 
 
 def _import_function(spec: str, field: str) -> Callable:
@@ -97,9 +120,23 @@ def _adapt_input_channels(model: nn.Module, channels: int) -> None:
                 return
 
 
+def _text_error(error: Exception) -> WorkloadError:
+    return WorkloadError(error.field, error.message)
+
+
 def model_factory(spec: str, num_classes: int, input_shape: tuple[int, ...]) -> Callable[[], nn.Module]:
     """Resolve a model spec now (so a bad one fails before the study exists); build later."""
     namespace, _, name = spec.partition(":")
+    if namespace == "hf":
+        from .text import TextWorkloadError, hf_model_factory
+
+        if len(input_shape) != 1:
+            raise WorkloadError("workload.input_shape", f"a Hugging Face text model takes [seq_len] (e.g. [64]), "
+                                f"not {list(input_shape)}")
+        try:
+            return hf_model_factory(name, num_classes, input_shape[0])
+        except TextWorkloadError as error:
+            raise _text_error(error) from None
     if namespace == "slimtune":
         if name not in BUILTIN_MODELS:
             raise WorkloadError("workload.model", f"unknown built-in {name!r}; allowed: {sorted(BUILTIN_MODELS)}")
@@ -309,8 +346,32 @@ def _elpv(name: str, input_shape: tuple[int, ...], data_root: str | None) -> Dat
     return DataSplits(train, val, 4 if four else 2, fingerprint)
 
 
-def load_data(spec: str, input_shape: tuple[int, ...], data_root: str | None = None) -> DataSplits:
+def _text_data(spec: str, input_shape: tuple[int, ...], model: str | None) -> DataSplits:
+    from .text import TextWorkloadError, token_splits
+
+    if model is None or not model.startswith("hf:"):
+        raise WorkloadError("workload.data", f"{spec!r} is text: it needs a Hugging Face model (workload.model = "
+                            "'hf:minilm' or 'hf:PATH'), whose tokenizer reads it")
+    if len(input_shape) != 1:
+        raise WorkloadError("workload.input_shape", f"text data takes [seq_len] (e.g. [64]), not {list(input_shape)}")
+    try:
+        train, held_out, classes, fingerprint = token_splits(spec, model.partition(":")[2], input_shape[0])
+    except TextWorkloadError as error:
+        raise _text_error(error) from None
+    return DataSplits(train, held_out, classes, fingerprint)
+
+
+def load_data(spec: str, input_shape: tuple[int, ...], data_root: str | None = None,
+              model: str | None = None) -> DataSplits:
+    """`model` is the study's model spec: text data is tokenized by that model's tokenizer."""
+    from .text import is_text_data
+
     namespace, _, name = spec.partition(":")
+    if is_text_data(spec):
+        return _text_data(spec, input_shape, model)
+    if len(input_shape) != 3:
+        raise WorkloadError("workload.input_shape", f"{spec!r} is image data: input_shape is [C, H, W], "
+                            f"not {list(input_shape)}")
     if namespace == "sklearn":
         if name != "digits":
             raise WorkloadError("workload.data", f"unknown sklearn dataset {name!r}; allowed: ['digits']")
@@ -356,7 +417,8 @@ def _checked_splits(spec: str, result: object) -> DataSplits:
     return DataSplits(train, val, classes, f"{spec}:{len(train)}:{len(val)}")
 
 
-def check_model(spec: str, make_model: Callable[[], nn.Module], input_shape: tuple[int, ...]) -> None:
+def check_model(spec: str, make_model: Callable[[], nn.Module], input_shape: tuple[int, ...],
+                vocab_size: int | None = None) -> None:
     """Build the model once and run a batch of two through it, so a factory that raises, returns
     something else than a module, or a model that cannot take `input_shape` is a one-line error
     before anything is stored, not a traceback from the baseline's training. The global RNG is
@@ -373,7 +435,7 @@ def check_model(spec: str, make_model: Callable[[], nn.Module], input_shape: tup
                                                   "not a torch.nn.Module")
         try:
             with torch.no_grad():
-                model.eval()(torch.zeros(2, *input_shape))
+                model.eval()(example_batch(2, input_shape, vocab_size, torch.Generator().manual_seed(2)))
         except Exception as error:
             raise WorkloadError("workload.model", f"{spec!r} cannot run a batch of input_shape {list(input_shape)}: "
                                                   f"{one_line(error)}", "".join(traceback.format_exception(error))) from None
@@ -385,10 +447,20 @@ def load_workload(
     """Load the data, resolve the model and run it once; raises `WorkloadError` naming the bad
     field (and, for a user's factory that raised, the factory and its exception)."""
     input_shape = tuple(input_shape)
-    splits = load_data(data, input_shape, data_root)
+    splits = load_data(data, input_shape, data_root, model)
     make_model = model_factory(model, splits.num_classes, input_shape)
-    check_model(model, make_model, input_shape)
-    return Workload(model, data, input_shape, splits, make_model)
+    vocab_size = None
+    if model.startswith("hf:"):
+        from .text import checkpoint_folder, read_config
+
+        vocab_size = int(read_config(checkpoint_folder(model[3:])).get("vocab_size", 0)) or None
+        if vocab_size is None:
+            raise WorkloadError("workload.model", f"{model}: config.json has no vocab_size")
+    elif len(input_shape) != 3:
+        raise WorkloadError("workload.input_shape", f"{model} is an image model: input_shape is [C, H, W], "
+                            f"not {list(input_shape)}")
+    check_model(model, make_model, input_shape, vocab_size)
+    return Workload(model, data, input_shape, splits, make_model, vocab_size)
 
 
 def check_quantization(workload: Workload, choices: tuple[str, ...] | list[str]) -> None:

@@ -79,7 +79,8 @@ class WorkloadSection(_Section):
     model: str = Field(min_length=1)
     data: str = Field(min_length=1)
     data_root: str | None = None
-    input_shape: list[PositiveInt] = Field(min_length=3, max_length=3)
+    #: [C, H, W] for images; [seq_len] for text (token ids)
+    input_shape: list[PositiveInt] = Field(min_length=1, max_length=3)
     batch_sizes: list[PositiveInt] = Field(default=[64], min_length=1)
 
 
@@ -259,6 +260,8 @@ class StudyConfig(_Section):
         })
         if identity["constraints"].get("max_balanced_accuracy_drop") is None:  # as studies stored before it existed
             identity["constraints"].pop("max_balanced_accuracy_drop", None)
+        if identity["space"].get("drop_layers") is None:  # as studies stored before layer dropping
+            identity["space"].pop("drop_layers", None)
         return identity
 
 

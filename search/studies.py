@@ -46,7 +46,7 @@ def create_study(config: StudyConfig, storage_url: str) -> optuna.Study:
     storage = optuna_storage(storage_url)
     if config.study.name in optuna.get_all_study_names(storage):
         raise StudyExists(f"study.name = {config.study.name!r}: a study of that name is already in {safe_url(storage_url)!r}")
-    space, removals = probe(config.search_space(), device)
+    space, removals = probe(config.search_space(), device, tuple(config.workload.input_shape), workload.make_model())
 
     repository.create_schema()
     study = optuna.create_study(

@@ -11,7 +11,9 @@ the prune ratio.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
+from torch import nn
 
 from .errors import one_line
 from .joint import SearchSpace
@@ -29,15 +31,24 @@ class Removal:
 
 
 def probe(
-    space: SearchSpace, device: torch.device, input_shape: tuple[int, ...] = (3, 32, 32)
+    space: SearchSpace, device: torch.device, input_shape: tuple[int, ...] = (3, 32, 32),
+    model: nn.Module | None = None,
 ) -> tuple[SearchSpace, list[Removal]]:
-    """Remove from `space` every categorical choice the device cannot run; say why."""
+    """Remove from `space` every categorical choice the device (or, given it, the workload's
+    `model`) cannot run; say why. Values removed for one model-level reason are one removal."""
     removals: list[Removal] = []
     defaults = recipe_defaults()
     for knob in KNOBS:
         field = knob.probed_field()
         if field is None:
             continue
+        if model is not None:
+            unfit: dict[str, list[str]] = {}
+            for value in getattr(space, field.name):
+                if value != defaults.get(field.name) and (reason := knob.unavailable_on(value, model)):
+                    unfit.setdefault(reason, []).append(value)
+                    space = space.without(field.name, value)
+            removals += [Removal(field.name, ",".join(map(str, values)), reason) for reason, values in unfit.items()]
         for value in getattr(space, field.name):
             if value == defaults.get(field.name):
                 continue

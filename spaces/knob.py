@@ -34,7 +34,10 @@ class StudyField:
 def deployed_inputs(batch: torch.Tensor, device: torch.device, dtype: torch.dtype,
                     memory_format: torch.memory_format) -> torch.Tensor:
     """A float32 batch as a deployed model takes it: the candidate when measured and its export
-    when loaded must convert the same way, or the export measures another model."""
+    when loaded must convert the same way, or the export measures another model. Token ids
+    (integers) keep their dtype: precision is the weights' and activations', not the ids'."""
+    if not batch.is_floating_point():
+        return batch.to(device=device)
     batch = batch.to(device=device, dtype=dtype)
     if batch.dim() == 4:
         batch = batch.contiguous(memory_format=memory_format)
@@ -127,6 +130,11 @@ class Knob:
 
     def unavailable(self, value: Any, device: torch.device, input_shape: tuple[int, ...]) -> str | None:
         """Why `value` cannot run on this target, known without running it (None: try it)."""
+        return None
+
+    def unavailable_on(self, value: Any, model: nn.Module) -> str | None:
+        """Why `value` cannot apply to this workload's model (None: it can); the probe asks
+        when it is given the model."""
         return None
 
     def try_on_tiny_model(self, value: Any, device: torch.device) -> None:

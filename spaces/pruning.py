@@ -77,6 +77,7 @@ def prune(
     if ratio == 0.0:
         return model
     head_counts = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    encoder = encoder_pruning(model, ratio)
     was_training = model.training
     model.eval()
     with warnings.catch_warnings():
@@ -88,15 +89,52 @@ def prune(
             example_inputs,
             importance=IMPORTANCES[importance](),
             pruning_ratio=ratio,
-            ignored_layers=classifier_layers(model, num_classes),
+            ignored_layers=classifier_layers(model, num_classes) + encoder.get("ignored_layers", []),
             round_to=math.lcm(round_to, *head_counts) if head_counts or round_to > 1 else None,
             global_pruning=scope == "global",
             max_pruning_ratio=global_layer_cap(ratio),
+            **{key: value for key, value in encoder.items() if key != "ignored_layers"},
         )
         pruner.step()
     _refresh_cached_widths(model)
     model.train(was_training)
     return model
+
+
+def _self_attentions(model: nn.Module) -> list[nn.Module]:
+    """Hugging Face BERT-style self-attention modules: separate `query`, `key` and `value`
+    Linear layers, with `num_attention_heads` and `attention_head_size` read by their forward."""
+    return [m for m in model.modules()
+            if all(isinstance(getattr(m, name, None), nn.Linear) for name in ("query", "key", "value"))
+            and hasattr(m, "num_attention_heads") and hasattr(m, "attention_head_size")]
+
+
+def encoder_pruning(model: nn.Module, ratio: float) -> dict:
+    """MetaPruner settings for a Hugging Face encoder (empty for other models): whole attention
+    heads go (torch-pruning groups q, k and v by head; each head keeps its width) and the MLP
+    loses neurons, both by the prune ratio; the hidden width, the residual stream that every
+    layer, LayerNorm and the embeddings share, is kept: every Linear writing into it and the
+    embeddings are left out of the ranking."""
+    attentions = _self_attentions(model)
+    if not attentions:
+        return {}
+    heads = {}
+    projections = set()
+    for attention in attentions:
+        for name in ("query", "key", "value"):
+            heads[getattr(attention, name)] = attention.num_attention_heads
+            projections.add(getattr(attention, name))
+    hidden = attentions[0].query.in_features
+    writers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == hidden
+               and m not in projections]
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    return {"num_heads": heads, "prune_num_heads": True, "prune_head_dims": False, "head_pruning_ratio": ratio,
+            "ignored_layers": writers + embeddings}
+
+
+def attention_heads(model: nn.Module) -> list[int]:
+    """Heads left in each BERT-style self-attention module, in order (empty for other models)."""
+    return [m.num_attention_heads for m in _self_attentions(model)]
 
 
 def global_layer_cap(ratio: float) -> float:
@@ -148,6 +186,8 @@ class PruningKnob(Knob):
                 recipe.prune_importance, round_to=recipe.prune_round_to, scope=recipe.prune_scope,
             )
             candidate.record["channel_widths"] = channel_widths(candidate.model)
+            if heads := attention_heads(candidate.model):
+                candidate.record["attention_heads"] = heads
 
     def describe(self, recipe) -> list[str]:
         if recipe.prune_ratio <= 0:
@@ -168,3 +208,6 @@ def _refresh_cached_widths(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, VisionTransformer):
             module.hidden_dim = module.conv_proj.out_channels
+    for attention in _self_attentions(model):  # heads removed whole: each keeps its width
+        attention.num_attention_heads = attention.query.out_features // attention.attention_head_size
+        attention.all_head_size = attention.query.out_features

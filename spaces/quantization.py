@@ -188,6 +188,23 @@ class QuantizationReport:
     layer_count: int = 0
 
 
+#: CUDA choices that quantize activations too, and so run int8 / fp8 matrix products
+MATMUL_CHOICES = ("int8_dynamic", "fp8_dynamic")
+
+
+def _misaligned(module: nn.Module, choice: str, device: torch.device) -> str | None:
+    """Why a Linear layer stays in float under an int8 / fp8 matrix-product choice on CUDA: those
+    kernels (torch._int_mm, torch._scaled_mm) take only dimensions that are multiples of 16, and
+    torchao quantizes such a layer anyway, to fail at the first forward (measured on an H100: a
+    2-class head, 384 -> 2, failed every int8_dynamic recipe of a MiniLM)."""
+    if device.type != "cuda" or choice not in MATMUL_CHOICES or not isinstance(module, nn.Linear):
+        return None
+    if module.in_features % 16 or module.out_features % 16:
+        return (f"{module.in_features} -> {module.out_features}: {choice}'s CUDA matrix kernels need both "
+                "dimensions a multiple of 16; it stays in float")
+    return None
+
+
 def quantize(model: nn.Module, choice: str, device: torch.device) -> QuantizationReport:
     """Quantize `model` in place, one layer at a time.
 
@@ -209,6 +226,9 @@ def quantize(model: nn.Module, choice: str, device: torch.device) -> Quantizatio
     for config, selects in _plan(choice, device):
         for name, module in list(model.named_modules()):
             if not selects(module, name):
+                continue
+            if (reason := _misaligned(module, choice, device)) is not None:
+                report.skipped[name] = reason
                 continue
             try:
                 quantize_(module, config, filter_fn=selects)

@@ -1,5 +1,5 @@
 """The registered knobs, in the order they are sampled and applied to a candidate:
-prune -> fine-tune (KD) -> precision -> memory format -> quantize -> runtime.
+drop layers -> prune -> fine-tune (KD) -> precision -> memory format -> quantize -> runtime.
 
 Adding a knob: write its module (fields, suggest, apply, describe, probe hooks), its tests,
 and add one line here.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .distillation import DistillationKnob
 from .knob import Knob, StudyField
+from .layers import LayersKnob
 from .memory_format import MemoryFormatKnob
 from .precision import PrecisionKnob
 from .pruning import PruningKnob
@@ -16,6 +17,7 @@ from .quantization import QuantizationKnob
 from .runtime import RuntimeKnob
 
 KNOBS: tuple[Knob, ...] = (
+    LayersKnob(),
     PruningKnob(),
     DistillationKnob(),
     PrecisionKnob(),
