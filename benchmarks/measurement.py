@@ -13,7 +13,8 @@ each process measures every case both ways, alternating which goes first:
   95% interval is within +-1% (or 3 s), each sample a block of k calls lasting >= 1 ms; on
   the CPU the process is pinned to `threads` cores, as the trial worker now is.
 Cases: on the CPU, the embedded demo's baseline (slimtune:small_cnn, digits [1, 8, 8], batch
-64, 2 threads) and its knee recipe (the README front's trial 12: prune 0.59, bf16); on the GPU,
+64, 2 threads) and its knee recipe (trial 12 of the demo's front as the README showed it
+then: prune 0.59, bf16); on the GPU,
 torchvision resnet18 (random weights: timing does not depend on their values) at 3x224x224,
 fp32 with TF32 off, eager, batch 1 and batch 256.
 Per case and rule: the medians of the runs, their spread (max/min - 1), the mean width of the

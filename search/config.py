@@ -34,28 +34,48 @@ class StudyFileError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a string under a field is its description: docs/study-file.md is generated from them
+    # (`python -m slimtune.search.study_file_doc`), and the HTTP API's schema shows them
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class StopWhen(_Section):
     """End the study once the front stops improving (search/stopping.py says how)."""
 
-    hypervolume_gain_below: float = Field(gt=0.0, lt=1.0)  # a fraction: 0.005 = 0.5%
+    hypervolume_gain_below: float = Field(gt=0.0, lt=1.0)
+    """Stop when the hypervolume rose by less than this fraction (0.005 = 0.5%) ..."""
     over_trials: PositiveInt
+    """... over the last this many finished trials (failed ones count)."""
 
 
 class StudySection(_Section):
+    """The study: its name in the database and how it searches."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)
+    """The study's name in the database; the commands take it as STUDY."""
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    """The Optuna sampler (`--sampler` overrides); docs/search.md says why TPE is the default."""
     n_trials: PositiveInt = 30
+    """Trials that finish with a result (complete, failed, stopped), however many workers run the study
+    (`--n-trials` overrides)."""
     seed: int = 0
+    """Seeds the sampler; trial N fine-tunes with seed + N (`--seed` overrides)."""
     stop_when: StopWhen | None = None
+    """End the study early once the front stops improving, e.g. `{ hypervolume_gain_below = 0.005,
+    over_trials = 10 }`; absent: run every trial."""
 
 
 class TargetSection(_Section):
+    """The device the study measures on, and how the deployed model may be executed there."""
+
     device: str = "cpu"
+    """`cpu`, `cuda` or `cuda:N`."""
     threads: PositiveInt | None = None
+    """CPU threads of the trial worker, which is pinned to that many cores on a CPU target; absent:
+    torch's default."""
     runtimes: list[Literal[RUNTIME_CHOICES]] = Field(default=["eager"], min_length=1)  # type: ignore[valid-type]
+    """The runtimes the search may choose (the runtime knob's choices); `cudagraphs` and
+    `compile+cudagraphs` need a CUDA device."""
 
     @field_validator("device")
     @classmethod
@@ -76,19 +96,37 @@ class TargetSection(_Section):
 
 
 class WorkloadSection(_Section):
+    """The model, its data and its input (objectives/workloads.py)."""
+
     model: str = Field(min_length=1)
+    """`slimtune:NAME` (built in), `torchvision:NAME`, `hf:minilm` or `hf:PATH` (a Hugging Face
+    encoder checkpoint folder, fine-tuned as a classifier), or `package.module:function` called as
+    `function(num_classes=..., input_shape=...)`."""
     data: str = Field(min_length=1)
+    """`sklearn:digits`, `torchvision:DATASET` (from `data_root`, never downloaded),
+    `imagefolder:PATH`, `elpv`, `elpv:4class`, `elpv:flips`, `package.module:function` returning
+    `(train, val, num_classes)`; text (with an `hf:` model): `reviews:imdb`, `reviews:rotten_tomatoes`,
+    `textcsv:PATH`, each with `:train=N`, `:test=N`, `:seed=N`."""
     data_root: str | None = None
-    #: [C, H, W] for images; [seq_len] for text (token ids)
+    """Where the data set's files are (a path relative to the study file is taken from there)."""
     input_shape: list[PositiveInt] = Field(min_length=1, max_length=3)
+    """One input's shape: `[channels, height, width]` for images, `[seq_len]` (token ids) for text."""
     batch_sizes: list[PositiveInt] = Field(default=[64], min_length=1)
+    """The batch sizes latency is measured at; the first is the one the objectives use."""
 
 
 class BaselineSection(_Section):
+    """The baseline (trial 0 and the distillation teacher): loaded from a checkpoint, or trained once
+    and cached."""
+
     checkpoint: str | None = None
+    """A trained model's weights to start from; absent: train the baseline (cached by content)."""
     epochs: PositiveInt = 20
+    """Training epochs when there is no checkpoint."""
     batch_size: PositiveInt = 64
+    """Training batch size."""
     lr: PositiveFloat = 3e-3
+    """Training learning rate."""
 
 
 class ConstraintsSection(_Section):
@@ -97,7 +135,9 @@ class ConstraintsSection(_Section):
     `max_balanced_accuracy_drop` of the baseline's; either, both or neither (fractions)."""
 
     max_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Top-1 accuracy may fall this far below the baseline's (0.01 = one point); absent: no bound."""
     max_balanced_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Balanced accuracy may fall this far below the baseline's; absent: no bound."""
 
 
 class RefineSection(_Section):
@@ -109,10 +149,17 @@ class RefineSection(_Section):
     split, for a comparison the front's selection does not bias (and a candidate to keep)."""
 
     top: PositiveInt = 3
+    """How many front points to refine."""
     steps: PositiveInt = 2000
+    """Fine-tuning steps of each refined run."""
     order: Literal["fastest", "most_pruned"] = "fastest"
+    """Which points come first: the fastest (the ones likely shipped) or the most pruned (the most to
+    recover)."""
     seeds: PositiveInt = 1
+    """Runs per point; the one best on the held-back training images is kept."""
     control: bool = False
+    """Also re-run the search's short fine-tune under each seed's held-back split, for an unbiased
+    comparison."""
 
 
 def _range(low: float, high: float):
@@ -147,32 +194,44 @@ def _space_section() -> type[_Section]:
         name = knob_field.name
         if name == "runtime":
             continue
+        described = Field(default=None, description=knob_field.help or None)
         if knob_field.kind == "range":
-            fields[name] = (list[float] | None, None)
+            fields[name] = (list[float] | None, described)
             validators[f"_check_{name}"] = field_validator(name)(_range(*knob_field.bounds))
         else:
-            fields[name] = (list[Literal[knob_field.allowed]] | None, None)  # type: ignore[valid-type]
+            fields[name] = (list[Literal[knob_field.allowed]] | None, described)  # type: ignore[valid-type]
             validators[f"_check_{name}"] = field_validator(name)(_distinct)
-    return create_model("SpaceSection", __base__=_Section, __validators__=validators, **fields)
+    return create_model("SpaceSection", __base__=_Section, __validators__=validators,
+                        __doc__=_space_section.__doc__, **fields)
 
 
 SpaceSection = _space_section()
 
 
 class BudgetSection(_Section):
+    """What one trial may spend: fine-tuning, time, memory, and how firmly latency is measured
+    (docs/measurement.md)."""
+
     finetune_steps: int = Field(default=200, ge=0)
+    """Fine-tuning (with distillation where sampled) steps after pruning."""
     finetune_lr: PositiveFloat = 1e-3
+    """Fine-tuning learning rate."""
     trial_timeout_s: PositiveFloat = 60.0
-    #: the worker process is killed (and its trial failed) past this resident memory
+    """A trial running longer is stopped and recorded with the reason."""
     memory_limit_mb: PositiveFloat | None = None
+    """The worker process is killed (and its trial failed) past this resident memory; absent: no limit."""
     latency_warmup: int = Field(default=10, ge=0)
-    #: the least number of timed samples; more are taken until the median's 95% interval is
-    #: within +-latency_rel_tol (0 = exactly latency_repeats) or latency_max_s passes
+    """Untimed forwards before timing."""
     latency_repeats: PositiveInt = 50
+    """The least number of timed samples; more are taken until the median's 95% interval is within
+    +-latency_rel_tol or latency_max_s passes."""
     latency_rel_tol: float = Field(default=0.01, ge=0.0, le=0.5)
+    """The relative half-width of the median's 95% interval to reach (0 = exactly latency_repeats
+    samples)."""
     latency_max_s: PositiveFloat = 3.0
-    #: interleaved rounds re-measuring the baseline and the front when the study ends (0 = none)
+    """Time cap of one latency measurement."""
     confirm_rounds: int = Field(default=6, ge=0, le=100)
+    """Interleaved rounds re-measuring the baseline and the front when the study ends (0 = none)."""
 
 
 class ScreenSection(_Section):
@@ -186,9 +245,14 @@ class ScreenSection(_Section):
     """
 
     enabled: bool | None = None
+    """Absent: on when the space holds more than one deployment setting."""
     budget_s: PositiveFloat | None = None
+    """The screen's wall time; settings it could not measure in time are judged on an estimate. Absent:
+    a quarter of the run's `--timeout`, or 180 s."""
     setting_timeout_s: PositiveFloat | None = None
+    """The hard limit on one setting; absent: the trial timeout, at most 120 s."""
     margin: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """How much better another setting must be to drop one (0.05 = 5%)."""
 
 
 class WorkersSection(_Section):
@@ -201,8 +265,13 @@ class WorkersSection(_Section):
     """
 
     heartbeat_interval_s: PositiveInt = 10
+    """How often a running trial records a heartbeat."""
     grace_period_s: PositiveInt = 60
+    """A trial silent this long is failed as lost and retried; at least twice heartbeat_interval_s.
+    Keep it well above the longest database stall: a live trial judged dead keeps its measurement,
+    but is measured again."""
     max_retries: int = Field(default=2, ge=0)
+    """Retries of one recipe whose worker died."""
 
     @field_validator("grace_period_s")
     @classmethod
@@ -222,12 +291,14 @@ class StudyConfig(_Section):
     workload: WorkloadSection
     baseline: BaselineSection = BaselineSection()
     objectives: dict[str, Literal["minimize", "maximize"]] = Field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
+    """What the study optimises: `objective = "minimize"` or `"maximize"` per line."""
     constraints: ConstraintsSection = ConstraintsSection()
     space: SpaceSection = SpaceSection()
     budget: BudgetSection = BudgetSection()
     screen: ScreenSection = ScreenSection()
     workers: WorkersSection = WorkersSection()
     refine: RefineSection | None = None
+    """Absent: no refine after the search."""
 
     @field_validator("objectives")
     @classmethod

@@ -116,8 +116,10 @@ class DistillationKnob(Knob):
 
     name = "distillation"
     fields = (
-        StudyField("kd_temperature", "range", None, bounds=KD_TEMPERATURE_RANGE, help="log-uniform"),
-        StudyField("kd_alpha", "range", None, bounds=KD_ALPHA_RANGE),
+        StudyField("kd_temperature", "range", None, bounds=KD_TEMPERATURE_RANGE,
+                   help="distillation temperature, sampled log-uniform; only after pruning"),
+        StudyField("kd_alpha", "range", None, bounds=KD_ALPHA_RANGE,
+                   help="weight of the distillation loss against cross-entropy on the labels"),
     )
     recipe_fields = {"kd_temperature": None, "kd_alpha": 0.0, "finetune_steps": 0}
 

@@ -16,7 +16,8 @@ MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.
 
 class MemoryFormatKnob(Knob):
     name = "memory_format"
-    fields = (StudyField("memory_format", "choices", ("contiguous",), allowed=tuple(MEMORY_FORMATS)),)
+    fields = (StudyField("memory_format", "choices", ("contiguous",), allowed=tuple(MEMORY_FORMATS),
+                         help="layout of weights and 4-D inputs"),)
     recipe_fields = {"memory_format": "contiguous"}
 
     def suggest(self, trial, space, recipe: dict) -> None:

@@ -56,7 +56,8 @@ def math_mode(precision: str) -> Iterator[None]:
 
 class PrecisionKnob(Knob):
     name = "precision"
-    fields = (StudyField("precision", "choices", ("fp32",), allowed=PRECISION_CHOICES),)
+    fields = (StudyField("precision", "choices", ("fp32",), allowed=PRECISION_CHOICES,
+                         help="numeric precision (fp32 with TF32 off; tf32 is CUDA only)"),)
     recipe_fields = {"precision": "fp32"}
 
     def suggest(self, trial, space, recipe: dict) -> None:

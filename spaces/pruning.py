@@ -156,10 +156,14 @@ def channel_widths(model: nn.Module) -> dict[str, int]:
 class PruningKnob(Knob):
     name = "pruning"
     fields = (
-        StudyField("prune_ratio", "range", None, bounds=PRUNE_RATIO_RANGE, help="share of channels removed"),
-        StudyField("prune_importance", "choices", ("l2",), allowed=tuple(IMPORTANCES)),
-        StudyField("prune_round_to", "choices", (1,), allowed=ROUND_TO_CHOICES),
-        StudyField("prune_scope", "choices", ("uniform",), allowed=SCOPES),
+        StudyField("prune_ratio", "range", None, bounds=PRUNE_RATIO_RANGE,
+                   help="share of channels removed (structured: the model gets smaller)"),
+        StudyField("prune_importance", "choices", ("l2",), allowed=tuple(IMPORTANCES),
+                   help="how channels are ranked for removal (torch-pruning importance)"),
+        StudyField("prune_round_to", "choices", (1,), allowed=ROUND_TO_CHOICES,
+                   help="channel counts kept are multiples of this (tensor cores want multiples of 8)"),
+        StudyField("prune_scope", "choices", ("uniform",), allowed=SCOPES,
+                   help="uniform: every layer loses the ratio; global: channels ranked across layers"),
     )
     recipe_fields = {"prune_ratio": 0.0, "prune_importance": "l2", "prune_round_to": 1, "prune_scope": "uniform"}
 

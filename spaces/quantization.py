@@ -245,7 +245,8 @@ def quantize(model: nn.Module, choice: str, device: torch.device) -> Quantizatio
 
 class QuantizationKnob(Knob):
     name = "quantization"
-    fields = (StudyField("quantization", "choices", ("none",), allowed=QUANTIZATION_CHOICES),)
+    fields = (StudyField("quantization", "choices", ("none",), allowed=QUANTIZATION_CHOICES,
+                         help="torchao quantization, applied after fine-tuning; each recipe says which layers it covered"),)
     recipe_fields = {"quantization": "none"}
 
     def suggest(self, trial, space, recipe: dict) -> None:

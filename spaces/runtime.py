@@ -133,7 +133,8 @@ class RuntimeKnob(Knob):
     that target), not in `[space]`."""
 
     name = "runtime"
-    fields = (StudyField("runtime", "choices", ("eager",), allowed=RUNTIME_CHOICES),)
+    fields = (StudyField("runtime", "choices", ("eager",), allowed=RUNTIME_CHOICES,
+                         help="how the deployed model runs; its choices are [target] runtimes"),)
     recipe_fields = {"runtime": "eager"}
 
     def suggest(self, trial, space, recipe: dict) -> None:
