@@ -224,11 +224,21 @@ def _stratified(indices: list[int], labels: list[int], count: int, seed: int) ->
     return sorted(kept)
 
 
+def split_indices(labels: list[int], options: dict[str, int]) -> tuple[list[int], list[int]]:
+    """(trained-on rows, held-out rows): 20% held out, stratified on the label and seeded; then
+    the `train` and `test` subsets, stratified too. The two never share a row."""
+    from sklearn.model_selection import train_test_split
+
+    seed = options.get("seed", 0)
+    train_idx, test_idx = train_test_split(list(range(len(labels))), test_size=TEXT_HELD_OUT, random_state=seed,
+                                           stratify=labels)
+    return (_stratified(sorted(train_idx), labels, options.get("train", 0), seed),
+            _stratified(sorted(test_idx), labels, options.get("test", 0), seed))
+
+
 def token_splits(spec: str, model_name: str, seq_len: int):
     """(train, held-out, num_classes, fingerprint) of a text data spec, tokenized by the model's
     tokenizer to `seq_len` (truncated, padded with the tokenizer's padding id)."""
-    from sklearn.model_selection import train_test_split
-
     name, texts, labels, options = _text_rows(spec)
     classes = sorted(set(labels))
     if len(classes) < 2 or classes != list(range(len(classes))):
@@ -236,10 +246,7 @@ def token_splits(spec: str, model_name: str, seq_len: int):
     if len(texts) < 10:
         raise TextWorkloadError("workload.data", f"{spec}: {len(texts)} rows; a split needs at least 10")
     seed = options["seed"]
-    train_idx, test_idx = train_test_split(list(range(len(texts))), test_size=TEXT_HELD_OUT, random_state=seed,
-                                           stratify=labels)
-    train_idx = _stratified(sorted(train_idx), labels, options["train"], seed)
-    test_idx = _stratified(sorted(test_idx), labels, options["test"], seed)
+    train_idx, test_idx = split_indices(labels, options)
     folder = checkpoint_folder(model_name)
     tokenizer = load_tokenizer(folder)
     train, held_out = _cached_tokens(name, folder, seq_len, texts, labels, train_idx, test_idx, tokenizer)

@@ -114,6 +114,13 @@ class WorkloadSection(_Section):
     batch_sizes: list[PositiveInt] = Field(default=[64], min_length=1)
     """The batch sizes latency is measured at; the first is the one the objectives use."""
 
+    @field_validator("input_shape")
+    @classmethod
+    def _input_shape(cls, value: list[int]) -> list[int]:
+        if len(value) == 2:
+            raise ValueError("must be [channels, height, width] (images) or [seq_len] (text)")
+        return value
+
 
 class BaselineSection(_Section):
     """The baseline (trial 0 and the distillation teacher): loaded from a checkpoint, or trained once

@@ -10,6 +10,7 @@ the prune ratio.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,9 @@ def probe(
     for knob in KNOBS:
         field = knob.probed_field()
         if field is None:
+            continue
+        if model is not None and not knob.applies_to(model):
+            space = dataclasses.replace(space, **{field.name: (defaults[field.name],)})
             continue
         if model is not None:
             unfit: dict[str, list[str]] = {}

@@ -132,6 +132,11 @@ class Knob:
         """Why `value` cannot run on this target, known without running it (None: try it)."""
         return None
 
+    def applies_to(self, model: nn.Module) -> bool:
+        """Whether this knob can change this model at all (layer dropping needs a transformer);
+        where it cannot, the probe fixes its field at the baseline value without a word."""
+        return True
+
     def unavailable_on(self, value: Any, model: nn.Module) -> str | None:
         """Why `value` cannot apply to this workload's model (None: it can); the probe asks
         when it is given the model."""

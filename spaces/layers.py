@@ -74,10 +74,11 @@ class LayersKnob(Knob):
     def probed_field(self) -> StudyField:
         return self.fields[0]
 
+    def applies_to(self, model: nn.Module) -> bool:
+        return encoder_layers(model) is not None
+
     def unavailable_on(self, value, model: nn.Module) -> str | None:
         layers = encoder_layers(model)
-        if layers is None:
-            return "the model has no transformer encoder layers"
         if value >= len(layers):
             return f"the encoder has {len(layers)} layers and keeps at least one"
         return None

@@ -238,3 +238,45 @@ def write_study(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+TINY_BERT_WORDS = ("good bad great awful fine boring superb dull film movie plot actor story the a is was very "
+                   "not").split()
+
+
+def write_tiny_bert(folder: Path, rows: int = 300, layers: int = 2) -> Path:
+    """A randomly initialised BERT (hidden 32, 4 heads of 8, `layers` layers) with its own
+    word-level tokenizer, saved as a Hugging Face checkpoint folder, and `reviews.csv`: `rows`
+    short sentences whose label the sentiment words decide (a model learns it in seconds)."""
+    import csv
+    import random
+
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_BERT_WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    rng = random.Random(0)
+    positive, negative = ["good", "great", "superb", "fine"], ["bad", "awful", "boring", "dull"]
+    with open(folder / "reviews.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["text", "label"])
+        for i in range(rows):
+            label = i % 2
+            words = rng.choices(TINY_BERT_WORDS[8:], k=5) + rng.choices(positive if label else negative, k=2)
+            rng.shuffle(words)
+            writer.writerow([" ".join(words), label])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT checkpoint folder with `reviews.csv` beside its files (see write_tiny_bert)."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

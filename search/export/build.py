@@ -139,9 +139,14 @@ def _check_out(out: Path) -> None:
         raise ExportError(f"out = {str(out)!r} exists and is not empty; name a new folder")
 
 
-def _load_code(fmt: str, dtype: str, memory_format: str, shape: list[int]) -> str:
+def _load_code(fmt: str, dtype: str, memory_format: str, shape: list[int], model: str = "") -> str:
     convert = f"x.to(torch.{dtype})" + (".contiguous(memory_format=torch.channels_last)" if memory_format == "channels_last" else "")
     example = f"x = torch.randn(8, {', '.join(map(str, shape))})  # a float32 batch, normalised as in training"
+    if len(shape) == 1:  # text: token ids from the model's own tokenizer, at most the study's length
+        convert = "x"
+        example = (f"from transformers import AutoTokenizer\ntokenizer = AutoTokenizer.from_pretrained(CHECKPOINT)  "
+                   f"# the folder {model!r} names\nx = tokenizer(texts, padding=True, truncation=True, "
+                   f"max_length={shape[0]}, return_tensors='pt')['input_ids']")
     body = {
         "pt2": 'model = torch.export.load("model.pt2").module()\nlogits = model(' + convert + ")",
         "aoti": 'model = torch._inductor.aoti_load_package("model.pt2")\nlogits = model(' + convert + ".cuda())",
@@ -288,7 +293,8 @@ def export(
         "quantized_layers": info["quantized_layers"],
         "quantized_weight_share": info["quantized_weight_share"],
         "rebuilt_accuracy": info["rebuilt_accuracy"],
-        "load": _load_code(fmt, info["dtype"], info["memory_format"], list(config.workload.input_shape)),
+        "load": _load_code(fmt, info["dtype"], info["memory_format"], list(config.workload.input_shape),
+                           config.workload.model),
         "files": file_hashes(partial),
         "file_bytes": file_sizes(partial),
         "weight_bytes": info.get("weight_bytes"),

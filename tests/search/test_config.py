@@ -37,7 +37,7 @@ def test_the_defaults_of_the_test_study_validate(write_study: Callable[..., Path
     "changes, expected",
     [
         pytest.param({"space": {"prune_sparsity": [0.0, 0.5]}},
-                     ["space.prune_sparsity: unknown field", "allowed: prune_ratio, prune_importance"],
+                     ["space.prune_sparsity: unknown field", "allowed: drop_layers, prune_ratio, prune_importance"],
                      id="unknown knob"),
         pytest.param({"spaces": {"prune_ratio": [0.0, 0.5]}},
                      ["spaces: unknown field", "allowed: study, target, workload"], id="unknown section"),

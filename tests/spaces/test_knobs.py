@@ -25,7 +25,7 @@ def test_every_registered_field_is_a_study_file_field_a_space_field_and_a_recipe
     assert {f.name for f in dataclasses.fields(Recipe)} == set(recipe_defaults())
     assert Recipe() == Recipe(**recipe_defaults()) and Recipe().is_baseline
     assert [knob.name for knob in KNOBS] == [
-        "pruning", "distillation", "precision", "memory_format", "quantization", "runtime",
+        "layers", "pruning", "distillation", "precision", "memory_format", "quantization", "runtime",
     ]
 
 
