@@ -133,3 +133,16 @@ def test_hopeless_candidate_is_stopped(digits_workload, digits_baseline):
     with pytest.raises(TrialStopped) as info:
         evaluator.evaluate(recipe, seed=0)
     assert str(info.value).startswith("hopeless")
+
+
+def test_the_extrapolation_takes_the_faster_of_the_recovery_since_the_start_and_the_recent_one():
+    from slimtune.objectives.evaluator import extrapolated
+
+    # a transformer's fine-tune: pruning left 0.88, it dipped to 0.85 and is climbing again
+    assert extrapolated(0.88, 0.83, 0.87, 150, 300, 600) == pytest.approx(0.87 + 0.04 / 150 * 300)  # 0.95: goes on
+    # since the start alone it would be 0.87 (no recovery): stopped below a 0.89 floor
+    assert extrapolated(0.88, 0.88, 0.87, 0, 300, 600) == pytest.approx(0.87)
+    # a steady climb: the rate since the start
+    assert extrapolated(0.50, 0.70, 0.80, 150, 300, 600) == pytest.approx(0.80 + 0.30 / 300 * 300)
+    # falling: nothing more is expected than what it has
+    assert extrapolated(0.90, 0.89, 0.85, 150, 300, 600) == pytest.approx(0.85)
