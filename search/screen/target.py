@@ -466,6 +466,7 @@ class Screen:
             unfailed = [row for row in rows if not row["reason"].startswith("failed")] or rows
             for row in unfailed:
                 row["kept"], row["reason"] = True, f"kept: no setting could be measured ({row['reason']})"
+        start = self._ladder_start(rows)
         shapes = self._shape_rows()
         kept = {f: [v for v in getattr(self.space, f) if any(r["kept"] and r["setting"][f] == v for r in rows)]
                 for f in DEPLOYMENT}
@@ -476,12 +477,39 @@ class Screen:
             "version": VERSION, "seconds": self._elapsed(), "budget_s": self.budget_s, "margin": self.margin,
             "setting_timeout_s": self.timeout_s, "axes": self.axes, "ratios": [0.0] + ([self.high] if self.high > 0 else []),
             "shape_ratios": [self.high, self.mid] if shapes else [], "shape_setting": getattr(self, "shape_setting", None),
-            "prune_shape": self.prune_shape if self.high > 0 else None, "ladder": self.ladder,
+            "prune_shape": self.prune_shape if self.high > 0 else None, "ladder": self.ladder, "ladder_start": start,
             "baseline_accuracy": self.baseline_accuracy, "accuracy_floor": self.floor,
             "baseline_balanced_accuracy": self.baseline_balanced, "balanced_accuracy_floor": self.balanced_floor,
             "settings": rows, "shapes": shapes, "kept": kept,
             "deployments": [[row["setting"][f] for f in DEPLOYMENT] for row in rows if row["kept"]],
         }
+
+    def _ladder_start(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Where the search's prune ladder starts (search/first_trials.py): the setting and ratio
+        timed fastest pruned on the first cost axis, among settings whose accuracy is not known to
+        fall short and that did not fail unpruned. Within the margin of the fastest a kept setting
+        is preferred (measurement noise does not bring back a setting the rules dropped); a setting
+        timed faster than that is kept for it, and its row says so. On an H100 the screen timed
+        fp16 channels_last fp8_dynamic compile+cudagraphs at 1.474 ms at prune 0.85 and dropped it
+        as tying with no quantization at 0.9 (2.610 against 2.617 ms), where the unquantized setting
+        was never timed below the top; the ladder, reading the kept settings only, started there
+        at 0.9. None when nothing was timed pruned."""
+        axis = self.axes[0]
+        timed = [(figures[axis], -ratio, index) for (index, ratio), figures in self.measured.items()
+                 if ratio > 0 and "error" not in figures and self._acceptable(self.settings[index]) is not False
+                 and not (rows[index]["unpruned"] and "error" in rows[index]["unpruned"])]
+        if not timed:
+            return None
+        best = min(timed)[0]
+        near = [t for t in timed if rows[t[2]]["kept"] and t[0] <= best * (1 + self.margin)]
+        value, negative, index = min(near or timed)
+        row = rows[index]
+        if not row["kept"]:
+            row["kept"] = True
+            unit = "ms" if axis == "latency_ms" else "MB"
+            row["reason"] = (f"the fastest timed pruned ({value:.3f} {unit} at prune {-negative:g}): the prune ladder "
+                             f"starts there (else {row['reason']})")
+        return {"setting": [self.settings[index][f] for f in DEPLOYMENT], "ratio": -negative, axis: value}
 
     def _row(self, index: int, setting: dict, at_zero: dict, at_high: dict,
              failed: dict[tuple[str, Any], list[int]]) -> dict[str, Any]:
