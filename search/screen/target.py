@@ -28,7 +28,8 @@ by more than the margin on one of the study's cost axes (latency, peak memory, w
 being no worse than the margin on the others, at any screened ratio; a setting that only ties
 there goes when one rival is within the margin of it at both ratios and beats it at one. A
 quantized setting within the margin of an unquantized one on every axis is dropped too (its
-quantization buys nothing). A shape survives unless, at every ratio it was timed at, another
+quantization buys nothing). The setting timed fastest pruned (at the top ratio or below it) is
+kept whatever else is said of it: the search's prune ladder starts there (`ladder_start`). A shape survives unless, at every ratio it was timed at, another
 shape is faster by more than the margin while keeping at least as many weights (at one nominal
 ratio a coarser rounding keeps more channels: it may be slower only for being bigger). The
 surviving settings become one categorical choice of the search (sampling each factor from the
