@@ -22,7 +22,8 @@ expertise in the study file unnecessary?):
 - curated: the study file as it is, with the screen off (what the file's author chose);
 - every-choice: the same file with `[space]` listing every value of every deployment knob and
   pruning shape, and all four runtimes;
-- no-space: the same file without `[space]` (every field absent: every value), all runtimes.
+- no-space: the same file without `[space]` and without `runtimes` (every field absent: every
+  value, every runtime the target supports).
 The broad arms run the target screen first (`--screen-budget-s` of their budget); the
 results give each arm's trials, best feasible speed-up at <= 1 point and the screen's time.
 On a machine with several GPUs, run one invocation per GPU (CUDA_VISIBLE_DEVICES, each its own
@@ -292,7 +293,13 @@ def arm_study(raw: dict, arm: str, screen_budget_s: float | None, setting_timeou
         raw["screen"] = {"enabled": False}
         return raw
     on_cpu = raw.get("target", {}).get("device", "cpu") == "cpu"  # a dry run of this script
-    raw.setdefault("target", {})["runtimes"] = ["eager"] if on_cpu else list(ALL_RUNTIMES)
+    target = raw.setdefault("target", {})
+    if on_cpu:  # a dry run: no compile on the 2-core machine
+        target["runtimes"] = ["eager"]
+    elif arm == "every-choice":
+        target["runtimes"] = list(ALL_RUNTIMES)
+    else:  # absent: every runtime the target supports, as a user's file without them
+        target.pop("runtimes", None)
     if arm == "every-choice":
         space = raw.setdefault("space", {})
         for field in study_fields():

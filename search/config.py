@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, create_model, field_validator,
@@ -55,7 +55,9 @@ class StudySection(_Section):
 class TargetSection(_Section):
     device: str = "cpu"
     threads: PositiveInt | None = None
-    runtimes: list[Literal[RUNTIME_CHOICES]] = Field(default=["eager"], min_length=1)  # type: ignore[valid-type]
+    #: absent: every runtime the target supports (the capability probe keeps what runs there, the
+    #: target screen what pays, dropping a compile that fails or takes too long with its reason)
+    runtimes: Annotated[list[Literal[RUNTIME_CHOICES]], Field(min_length=1)] | None = None  # type: ignore[valid-type]
 
     @field_validator("device")
     @classmethod
@@ -66,7 +68,9 @@ class TargetSection(_Section):
 
     @field_validator("runtimes")
     @classmethod
-    def _runtimes_for_device(cls, value: list[str], info: ValidationInfo) -> list[str]:
+    def _runtimes_for_device(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return value
         needs_cuda = [runtime for runtime in value if runtime in NEEDS_CUDA]
         if info.data.get("device") == "cpu" and needs_cuda:
             raise ValueError(f"{needs_cuda[0]!r} needs a CUDA device; allowed on cpu: eager, compile")
