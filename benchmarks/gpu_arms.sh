@@ -16,7 +16,7 @@ out=${OUT:-/tmp}/arms
 mkdir -p "$out"
 export SLIMTUNE_CACHE=${SLIMTUNE_CACHE:-/tmp/slimtune-cache} PYTHONUNBUFFERED=1
 args="--arm-budget-s $budget --screen-budget-s $screen --setting-timeout-s 60"
-limit=$(( budget * 2 + 120 ))  # setup, the budget, one trial past it
+limit=$(( budget * 2 + 120 ))  # a safety net only: each arm ends within its budget (run_study's bound)
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 arm() {  # gpu arm folder
   CUDA_VISIBLE_DEVICES=$1 timeout $limit python3 benchmarks/gpu_study.py "$study" --arms "$2" $args \

@@ -18,7 +18,9 @@ are then judged on it (`balanced_accuracy_drop`). `--data-root` overrides the st
 
 With `--arms curated,every-choice,no-space --arm-budget-s S` it instead runs, after the baseline,
 one study per arm with the same wall budget each (issue 22: does the target screen make
-expertise in the study file unnecessary?):
+expertise in the study file unnecessary?). The budget is the run's `--timeout` bound
+(search/deadline.py): each arm's worker start, screen and trials end within S (a trial still
+running then is stopped as interrupted), so equal budgets are equal wall times:
 - curated: the study file as it is, with the screen off (what the file's author chose);
 - every-choice: the same file with `[space]` listing every value of every deployment knob and
   pruning shape, and all four runtimes;
@@ -316,8 +318,8 @@ def arm_study(raw: dict, arm: str, screen_budget_s: float | None, setting_timeou
 
 def timeline(trials, rows: dict, baseline: dict, arm_started: datetime.datetime) -> list[dict]:
     """Each completed trial by when it finished (seconds since the arm started), with its
-    speed-up and whether it is within 1 point: what the arm had found by any wall time (the
-    budget is checked between trials, so arms end at different walls)."""
+    speed-up and whether it is within 1 point: what the arm had found by any wall time (arms end
+    by their budget; before the bound of issue 34 a trial could start at its last second)."""
     points = []
     for trial in trials:
         row = rows.get(trial.number)

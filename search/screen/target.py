@@ -46,6 +46,8 @@ from typing import Any
 
 from slimtune.spaces import Recipe, SearchSpace
 
+from slimtune.search.deadline import TimedOut
+
 from .settings import (COST_AXES, DEPLOYMENT, SHAPE, Log, cost_axes, dominates, exact_front, label, prunes,
                        settings_of, shape_label, shapes_of, why_dominated)
 
@@ -109,10 +111,22 @@ class Screen:
         self._skipped: set[int] = set()
         #: the setting timed below the top ratio, and its latency per ratio (`_time_below_the_top`)
         self.ladder: dict[str, Any] | None = None
+        #: set when the run's --timeout cut a measurement: the screen ends with what it has
+        self.stopped = False
 
     # -- measuring -----------------------------------------------------------------------
     def _elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+    def _time_up(self, limit_s: float) -> bool:
+        return self.stopped or self._elapsed() > limit_s
+
+    def _out_of_time(self, what: str) -> dict[str, Any]:
+        """The run's `--timeout` cut a measurement: nothing more is measured, and the setting in
+        flight is left unmeasured (judged as the budget leaves any setting), not failed."""
+        self.stopped = True
+        self.log(f"screen: stopped at the run's --timeout while measuring {what}; judged on what was measured")
+        return {"error": "not measured: the run's --timeout"}
 
     def _recipe(self, setting: dict[str, Any], ratio: float, shape: dict[str, Any] | None = None) -> Recipe:
         fields = dict(setting)
@@ -130,6 +144,8 @@ class Screen:
         try:
             figures = self.evaluator.screen(self._recipe(setting, ratio), accuracy=need_accuracy,
                                             timeout_s=self.timeout_s)
+        except TimedOut:
+            return self._out_of_time(label(setting))
         except KeyboardInterrupt:
             raise
         except Exception as error:  # a setting that fails is a result: dropped with its reason
@@ -184,7 +200,7 @@ class Screen:
             before = incumbent
             for factor in DEPLOYMENT:
                 for value in getattr(self.space, factor):
-                    if self._elapsed() > budget_s:
+                    if self._time_up(budget_s):
                         return incumbent
                     neighbour = dict(self.settings[incumbent], **{factor: value})
                     index = self.index[tuple(neighbour[f] for f in DEPLOYMENT)]
@@ -232,7 +248,7 @@ class Screen:
             if kept and self._acceptable(setting) is None and pair not in pairs:
                 pairs.append(pair)
         for pair in pairs:
-            if self._elapsed() > budget_s:
+            if self._time_up(budget_s):
                 return
             candidates = [i for i, s in enumerate(self.settings)
                           if (s["precision"], s["quantization"]) == pair and (i, 0.0) not in self.measured]
@@ -266,7 +282,7 @@ class Screen:
             candidates.sort(key=lambda i: (self.settings[i]["precision"] in failed_precisions,
                                            *self._cheap_and_near(i, near)))
             for index in candidates[:FAILED_VALUE_PROBES]:
-                if self._elapsed() > budget_s:
+                if self._time_up(budget_s):
                     return
                 if "error" not in self._measure(index, 0.0):
                     break
@@ -334,7 +350,7 @@ class Screen:
         order = sorted((i for i in range(len(self.settings)) if (i, 0.0) not in self.measured),
                        key=lambda i: (self.estimates[i] is None, (self.estimates[i] or {}).get("latency_ms", 0.0)))
         for index in order:
-            if self._elapsed() > shares[0]:
+            if self._time_up(shares[0]):
                 break
             self._measure(index, 0.0)
         fits = self._fit()  # refined by every setting measured since
@@ -345,7 +361,7 @@ class Screen:
             order = sorted((i for i, f in unpruned.items() if f is not None and self._acceptable(self.settings[i]) is not False),
                            key=lambda i: unpruned[i]["latency_ms"])
             for index in order:
-                if self._elapsed() > shares[1]:
+                if self._time_up(shares[1]):
                     break
                 if "error" not in self._measure(index, self.high) and self.ladder is None:
                     self._time_below_the_top(index)
@@ -363,7 +379,7 @@ class Screen:
         low = self.space.prune_ratio[0]
         self.ladder = {"setting": [self.settings[index][f] for f in DEPLOYMENT], "latency_ms": {}}
         for ratio in [self.high] + [round(self.high - k * BELOW_THE_TOP, 4) for k in (1, 2)]:
-            if ratio < low or (ratio != self.high and self._elapsed() > self.budget_s):
+            if ratio < low or (ratio != self.high and self._time_up(self.budget_s)):
                 break
             figures = self._measure(index, ratio)
             if "error" not in figures:
@@ -378,11 +394,14 @@ class Screen:
         self.shape_setting = label(setting)
         for ratio in (self.high, self.mid):
             for index, shape in enumerate(self.shapes):
-                if self._elapsed() > self.budget_s:
+                if self._time_up(self.budget_s):
                     return
                 try:
                     figures = self.evaluator.screen(self._recipe(setting, ratio, shape), accuracy=False,
                                                     timeout_s=self.timeout_s)
+                except TimedOut:
+                    self._out_of_time(f"shape {shape_label(shape)}")
+                    return
                 except KeyboardInterrupt:
                     raise
                 except Exception as error:
