@@ -28,9 +28,11 @@ if TYPE_CHECKING:  # the CLI imports this module for every command: Optuna loads
     from optuna.trial import FrozenTrial
 
 Clock = Callable[[], float]
-#: the confirmation's samples: per point and round, (warm-up + repeats) calls of at least this long
-#: (objectives/latency.py times blocks of about 1 ms: a faster forward is called k times per sample)
+#: the confirmation's samples last at least this long (objectives/latency.py times blocks of about
+#: 1 ms: a faster forward is called k times per sample)
 MIN_SAMPLE_S = 0.001
+#: samples taken whatever `latency_max_s` says (objectives/latency.py's floor)
+FLOOR_SAMPLES = 10
 #: the trials' durations that decide whether another fits: their 90th percentile
 TRIAL_QUANTILE = 0.9
 #: a stopped trial's stop comes this much before the confirmation's estimated time (killing the
@@ -132,7 +134,10 @@ class RunBudget:
 
     deadline: Deadline
     confirm_rounds: int
-    latency_samples: int
+    #: the study's latency settings: warm-up calls, samples, and the seconds after which sampling stops
+    latency_warmup: int = 10
+    latency_repeats: int = 50
+    latency_max_s: float = 3.0
     restart_s: float = 0.0
     objectives: Sequence[str] = ()
     log: Callable[[str], None] = print
@@ -169,10 +174,17 @@ class RunBudget:
         total = (self.restart_s if restart else 0.0) + extra_point_s
         for trial in points:
             latency_s = trial.values[index] / 1000 if index is not None and trial.values else 0.0
-            total += (self._seconds(trial) or 0.0) + self.confirm_rounds * self.latency_samples * max(latency_s, MIN_SAMPLE_S)
+            total += (self._seconds(trial) or 0.0) + self.confirm_rounds * self._round_s(latency_s)
         if extra_point_s:
-            total += self.confirm_rounds * self.latency_samples * MIN_SAMPLE_S
+            total += self.confirm_rounds * self._round_s(0.0)
         return total
+
+    def _round_s(self, latency_s: float) -> float:
+        """One point's share of a confirmation round: its warm-up, then its samples until
+        `latency_max_s` once the floor's were taken."""
+        sample = max(latency_s, MIN_SAMPLE_S)
+        timed = min(self.latency_repeats * sample, max(self.latency_max_s, min(FLOOR_SAMPLES, self.latency_repeats) * sample))
+        return self.latency_warmup * sample + timed
 
     # -- decisions ------------------------------------------------------------------------
     def may_start(self, study: optuna.Study) -> bool:

@@ -341,8 +341,8 @@ def _run_study(
     budget = None
     run_trial: Callable[[optuna.Trial], list[float]] = objective
     if deadline is not None:
-        budget = RunBudget(deadline, 0 if join else config.budget.confirm_rounds,
-                           config.budget.latency_warmup + config.budget.latency_repeats, restart_s=max(0.0, restart_s),
+        budget = RunBudget(deadline, 0 if join else config.budget.confirm_rounds, config.budget.latency_warmup,
+                           config.budget.latency_repeats, config.budget.latency_max_s, restart_s=max(0.0, restart_s),
                            objectives=list(config.objectives), log=objective.log)
         run_trial = budget.timed(objective, evaluator)
 

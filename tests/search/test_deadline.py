@@ -242,7 +242,7 @@ def test_the_trial_estimate_is_the_90th_percentile_of_the_trials_so_far() -> Non
     assert quantile([float(s) for s in range(1, 21)], 0.9) == 18.0
     clock = Clock()
     study = optuna.create_study(directions=["minimize"])
-    budget = RunBudget(Deadline(S, clock), confirm_rounds=0, latency_samples=60, log=lambda line: None)
+    budget = RunBudget(Deadline(S, clock), confirm_rounds=0, log=lambda line: None)
     assert budget.trial_estimate(study) is None and budget.may_start(study)
     for number, (seconds, status) in enumerate([(2.0, "complete"), (10.0, "complete"), (40.0, "interrupted")]):
         study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE if status == "complete" else TrialState.FAIL,
@@ -254,3 +254,6 @@ def test_the_trial_estimate_is_the_90th_percentile_of_the_trials_so_far() -> Non
     assert budget.may_start(study) and budget.trial_stop(study).left() == 10.0
     clock.now += 0.5
     assert not budget.may_start(study)
+    # a confirmation's round: each point's warm-up, then its samples up to latency_max_s (10 at least)
+    assert budget._round_s(0.0001) == pytest.approx(0.06) and budget._round_s(0.067) == pytest.approx(0.67 + 3.0)
+    assert budget._round_s(0.5) == pytest.approx(5.0 + 5.0)
