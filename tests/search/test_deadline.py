@@ -257,3 +257,25 @@ def test_the_trial_estimate_is_the_90th_percentile_of_the_trials_so_far() -> Non
     # a confirmation's round: each point's warm-up, then its samples up to latency_max_s (10 at least)
     assert budget._round_s(0.0001) == pytest.approx(0.06) and budget._round_s(0.067) == pytest.approx(0.67 + 3.0)
     assert budget._round_s(0.5) == pytest.approx(5.0 + 5.0)
+
+
+def test_a_confirmation_longer_than_a_quarter_of_s_does_not_hold_the_trials_back() -> None:
+    """Its six rounds of a 500-ms baseline (60 s) would leave the trials nothing: they keep the
+    time, and the confirmation is skipped at the end (`slimtune confirm` runs it later)."""
+    clock = Clock()
+    study = optuna.create_study(directions=["minimize"])
+    budget = RunBudget(Deadline(S, clock), confirm_rounds=6, restart_s=5.0, objectives=["latency_ms"],
+                       log=lambda line: None)
+    for number, latency in enumerate([500.0, 400.0]):  # the baseline, and a front point
+        study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[latency],
+                                                  user_attrs={"status": "complete", "baseline": number == 0}))
+        budget.durations[number] = 4.0
+    assert budget.confirmation_estimate(study) > 0.25 * S
+    clock.now += S - 5.5
+    assert budget.may_start(study) and budget.trial_stop(study).left() == pytest.approx(4.5)
+    fast = optuna.create_study(directions=["minimize"])  # a 1-ms model: its confirmation is reserved
+    for number, latency in enumerate([1.0, 0.5]):
+        fast.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[latency],
+                                                 user_attrs={"status": "complete", "baseline": number == 0}))
+        budget.durations[number] = 4.0
+    assert 0 < budget.confirmation_estimate(fast) <= 0.25 * S and not budget.may_start(fast)
