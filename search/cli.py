@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("study", help=STUDY_HELP)
     worker.add_argument("--storage", default=DEFAULT_STORAGE)
     worker.add_argument("--device", help="measure on this device instead of the study's target.device (same type)")
-    worker.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    worker.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="end this worker's trials within this many seconds (a trial still running then is "
+                             "interrupted and retried later)")
     worker.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     launch = commands.add_parser("launch", help="run N local workers on a study and wait for them")
@@ -52,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("--storage", default=DEFAULT_STORAGE)
     launch.add_argument("--workers", type=int, required=True)
     launch.add_argument("--gpus", type=lambda text: text.split(","), help="GPU indices, one per worker: 0,1,2")
-    launch.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    launch.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="each worker's --timeout (its trials end within this many seconds of its start)")
 
     confirm = commands.add_parser("confirm", help="re-measure the baseline and the front interleaved; store confirmed figures")
     confirm.add_argument("study", help=STUDY_HELP)
