@@ -7,7 +7,7 @@
    with 50% of channels pruned and fine-tuned with the budget a trial gets; and + CUDA graphs),
    measured by the same evaluator code in a worker process, outside the search;
 3. the search: the study file's study with nothing enqueued but the baseline, for the time
-   left in `--budget-s` (new trials stop starting then);
+   left in `--budget-s` (the run ends by then: search/deadline.py);
 4. the study file's `[refine]` (its fastest pruned front points fine-tuned for longer), and with
    `--baseline-seeds N` the baseline trained with N seeds (the spread of its held-out figures);
 5. writes <out>/<date>-<gpu>-<study>.json and .md.
