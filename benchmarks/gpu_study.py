@@ -51,6 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded from a file
 from multi_gpu import write_study_toml  # noqa: E402
 from slimtune.search.config import load_config  # noqa: E402
+from slimtune.search.deadline import TimedOut  # noqa: E402
 from slimtune.search.isolated import IsolatedEvaluator
 from slimtune.search.results import open_study, pareto_front
 from slimtune.search.runner import run_study, worker_spec
@@ -175,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{results['by_hand'][name]['speedup_vs_fp32_eager']:.2f}x, drop {results['by_hand'][name]['accuracy_drop']:.4f}")
             save()
 
-    # New trials start until the budget is spent; one that starts late may run past it.
+    # The search ends by its budget (search/deadline.py: a trial still running then is stopped).
     search_budget = args.budget_s - (time.perf_counter() - started) - 30.0 - SEED_S * (args.baseline_seeds - 1)
     if config.refine is not None:  # each refined point: its fine-tune plus a compile
         search_budget -= config.refine.top * config.refine.seeds * REFINE_S * (1.5 if config.refine.control else 1.0)
     storage = f"sqlite:///{tempfile.mkdtemp()}/study.db"
     log(f"search: {search_budget:.0f} s for new trials")
     search_started = time.perf_counter()
-    study = run_study(config, storage, timeout=max(1.0, search_budget), log=log, progress=False)
+    # at least the time to start a worker and measure the baseline trial
+    study = run_study(config, storage, timeout=max(60.0, search_budget), log=log, progress=False)
     study_obj, repository = open_study(config.study.name, storage)
     front = pareto_front(study_obj, repository)
     results["search"] = {
@@ -380,7 +382,7 @@ def run_arms(args: argparse.Namespace) -> int:
         arm_clock = datetime.datetime.now()  # Optuna's trial times are naive local datetimes
         try:
             study = run_study(arm_config, storage, timeout=args.arm_budget_s, log=log, progress=False)
-        except Exception as error:  # an arm that breaks is reported, and the next one runs
+        except (Exception, TimedOut) as error:  # an arm that breaks (or ends before its trials) is reported
             results["arms"][arm] = {"error": f"{type(error).__name__}: {error}"}
             log(f"arm {arm} failed: {error}")
             save()
