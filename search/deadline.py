@@ -8,7 +8,8 @@ user on a batch scheduler gets the run's end by S, not its last trial's start.
   the screen ends with what it measured; a confirmation is reported as stopped.
 - `RunBudget` says whether a trial may start: only when the trials so far say it can finish
   before the time the confirmation needs (an estimate from this study's own durations: the
-  90th percentile of its finished trials, the longest while fewer than ten have run), and when a
+  90th percentile of its finished trials, the longest while fewer than ten have run; an
+  interrupted one counts with the time it ran, a lower bound of its retry's), and when a
   trial starts, the time at which it is stopped (the run's end less that confirmation's time).
   The trials leave the confirmation at most a quarter of S; it runs only when its estimate fits
   in what is left (else it is skipped, said so), and is stopped at S.
@@ -155,12 +156,13 @@ class RunBudget:
         return self.durations.get(trial.number, trial_seconds(trial))
 
     def trial_estimate(self, study: optuna.Study) -> float | None:
-        """What the next trial will take: the 90th percentile of this study's finished trials
-        (interrupted and lost ones excluded: their time says nothing); None before any."""
+        """What the next trial will take: the 90th percentile of this study's finished trials,
+        an interrupted one with the time it ran (it needs at least that: its retry is often the
+        next trial), a lost one left out (its worker died: its time says nothing); None before any."""
         from optuna.trial import TrialState
 
         seconds = [s for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-                   if t.user_attrs.get("status") not in ("interrupted", "lost") and (s := self._seconds(t)) is not None]
+                   if t.user_attrs.get("status") != "lost" and (s := self._seconds(t)) is not None]
         return quantile(seconds, TRIAL_QUANTILE) if seconds else None
 
     def confirmation_estimate(self, study: optuna.Study, extra_point_s: float = 0.0, restart: bool = False) -> float:

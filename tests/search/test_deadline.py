@@ -244,12 +244,18 @@ def test_the_trial_estimate_is_the_90th_percentile_of_the_trials_so_far() -> Non
     study = optuna.create_study(directions=["minimize"])
     budget = RunBudget(Deadline(S, clock), confirm_rounds=0, log=lambda line: None)
     assert budget.trial_estimate(study) is None and budget.may_start(study)
-    for number, (seconds, status) in enumerate([(2.0, "complete"), (10.0, "complete"), (40.0, "interrupted")]):
+    for number, (seconds, status) in enumerate([(2.0, "complete"), (10.0, "complete"), (40.0, "lost")]):
         study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE if status == "complete" else TrialState.FAIL,
                                                   values=None if status != "complete" else [1.0],
                                                   user_attrs={"status": status}))
         budget.durations[number] = seconds
-    assert budget.trial_estimate(study) == 10.0  # the interrupted trial's time says nothing
+    assert budget.trial_estimate(study) == 10.0  # a lost trial's time says nothing (its worker died)
+    interrupted = optuna.create_study(directions=["minimize"])  # one stopped at 30 s needs at least that
+    for number, status in enumerate(["complete", "interrupted"]):
+        interrupted.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE if status == "complete" else TrialState.FAIL,
+                                                        values=[1.0] if status == "complete" else None,
+                                                        user_attrs={"status": status}))
+    assert RunBudget(Deadline(S, clock), confirm_rounds=0, durations={0: 2.0, 1: 30.0}).trial_estimate(interrupted) == 30.0
     clock.now += S - 11.0  # 10 s for the trial, 1 s for stopping it if it runs over: no confirmation here
     assert budget.may_start(study) and budget.trial_stop(study).left() == 10.0
     clock.now += 0.5
