@@ -7,7 +7,7 @@
    with 50% of channels pruned and fine-tuned with the budget a trial gets; and + CUDA graphs),
    measured by the same evaluator code in a worker process, outside the search;
 3. the search: the study file's study with nothing enqueued but the baseline, for the time
-   left in `--budget-s` (new trials stop starting then);
+   left in `--budget-s` (the run ends by then: search/deadline.py);
 4. the study file's `[refine]` (its fastest pruned front points fine-tuned for longer), and with
    `--baseline-seeds N` the baseline trained with N seeds (the spread of its held-out figures);
 5. writes <out>/<date>-<gpu>-<study>.json and .md.
@@ -18,11 +18,14 @@ are then judged on it (`balanced_accuracy_drop`). `--data-root` overrides the st
 
 With `--arms curated,every-choice,no-space --arm-budget-s S` it instead runs, after the baseline,
 one study per arm with the same wall budget each (issue 22: does the target screen make
-expertise in the study file unnecessary?):
+expertise in the study file unnecessary?). The budget is the run's `--timeout` bound
+(search/deadline.py): each arm's worker start, screen and trials end within S (a trial still
+running then is stopped as interrupted), so equal budgets are equal wall times:
 - curated: the study file as it is, with the screen off (what the file's author chose);
 - every-choice: the same file with `[space]` listing every value of every deployment knob and
   pruning shape, and all four runtimes;
-- no-space: the same file without `[space]` (every field absent: every value), all runtimes.
+- no-space: the same file without `[space]` and without `runtimes` (every field absent: every
+  value, every runtime the target supports).
 The broad arms run the target screen first (`--screen-budget-s` of their budget); the
 results give each arm's trials, best feasible speed-up at <= 1 point and the screen's time.
 On a machine with several GPUs, run one invocation per GPU (CUDA_VISIBLE_DEVICES, each its own
@@ -48,6 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded from a file
 from multi_gpu import write_study_toml  # noqa: E402
 from slimtune.search.config import load_config  # noqa: E402
+from slimtune.search.deadline import TimedOut  # noqa: E402
 from slimtune.search.isolated import IsolatedEvaluator
 from slimtune.search.results import open_study, pareto_front
 from slimtune.search.runner import run_study, worker_spec
@@ -188,14 +192,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{results['by_hand'][name]['speedup_vs_fp32_eager']:.2f}x, drop {results['by_hand'][name]['accuracy_drop']:.4f}")
             save()
 
-    # New trials start until the budget is spent; one that starts late may run past it.
+    # The search ends by its budget (search/deadline.py: a trial still running then is stopped).
     search_budget = args.budget_s - (time.perf_counter() - started) - 30.0 - SEED_S * (args.baseline_seeds - 1)
     if config.refine is not None:  # each refined point: its fine-tune plus a compile
         search_budget -= config.refine.top * config.refine.seeds * REFINE_S * (1.5 if config.refine.control else 1.0)
     storage = f"sqlite:///{tempfile.mkdtemp()}/study.db"
     log(f"search: {search_budget:.0f} s for new trials")
     search_started = time.perf_counter()
-    study = run_study(config, storage, timeout=max(1.0, search_budget), log=log, progress=False)
+    # at least the time to start a worker and measure the baseline trial
+    study = run_study(config, storage, timeout=max(60.0, search_budget), log=log, progress=False)
     study_obj, repository = open_study(config.study.name, storage)
     front = pareto_front(study_obj, repository)
     results["search"] = {
@@ -312,7 +317,13 @@ def arm_study(raw: dict, arm: str, screen_budget_s: float | None, setting_timeou
         raw["screen"] = {"enabled": False}
         return raw
     on_cpu = raw.get("target", {}).get("device", "cpu") == "cpu"  # a dry run of this script
-    raw.setdefault("target", {})["runtimes"] = ["eager"] if on_cpu else list(ALL_RUNTIMES)
+    target = raw.setdefault("target", {})
+    if on_cpu:  # a dry run: no compile on the 2-core machine
+        target["runtimes"] = ["eager"]
+    elif arm == "every-choice":
+        target["runtimes"] = list(ALL_RUNTIMES)
+    else:  # absent: every runtime the target supports, as a user's file without them
+        target.pop("runtimes", None)
     if arm == "every-choice":
         space = raw.setdefault("space", {})
         for field in study_fields():
@@ -329,8 +340,8 @@ def arm_study(raw: dict, arm: str, screen_budget_s: float | None, setting_timeou
 
 def timeline(trials, rows: dict, baseline: dict, arm_started: datetime.datetime) -> list[dict]:
     """Each completed trial by when it finished (seconds since the arm started), with its
-    speed-up and whether it is within 1 point: what the arm had found by any wall time (the
-    budget is checked between trials, so arms end at different walls)."""
+    speed-up and whether it is within 1 point: what the arm had found by any wall time (arms end
+    by their budget; before the bound of issue 34 a trial could start at its last second)."""
     points = []
     for trial in trials:
         row = rows.get(trial.number)
@@ -391,7 +402,7 @@ def run_arms(args: argparse.Namespace) -> int:
         arm_clock = datetime.datetime.now()  # Optuna's trial times are naive local datetimes
         try:
             study = run_study(arm_config, storage, timeout=args.arm_budget_s, log=log, progress=False)
-        except Exception as error:  # an arm that breaks is reported, and the next one runs
+        except (Exception, TimedOut) as error:  # an arm that breaks (or ends before its trials) is reported
             results["arms"][arm] = {"error": f"{type(error).__name__}: {error}"}
             log(f"arm {arm} failed: {error}")
             save()

@@ -107,7 +107,7 @@ def measure_on(study_file: Path, gpu: int | None) -> float:
         "if __name__ == '__main__':\n"
         f"  c = load_config({str(study_file)!r})\n"
         "  with IsolatedEvaluator(worker_spec(c), log=lambda _: None) as e:\n"
-        "    e.load(); e.prepare(); m = e.evaluate(Recipe(runtime=c.target.runtimes[0]))\n"
+        "    e.load(); e.prepare(); m = e.evaluate(Recipe(runtime=c.search_space().runtime[0]))\n"
         "  print(json.dumps(m.latency_ms))\n"
     )
     env = {**os.environ, **ENV}

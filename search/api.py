@@ -25,7 +25,9 @@ def run(study_file: str, storage: str = DEFAULT_STORAGE, *, timeout: float | Non
         progress: bool = False, warm_start: str | None = None, warm_storage: str | None = None,
         **overrides: Any) -> optuna.Study:
     """Run (or resume) the study a file describes; `overrides` are [study] fields, e.g. n_trials=5.
-    `warm_start` names a study (in `warm_storage`, default `storage`) whose front seeds a new study."""
+    `warm_start` names a study (in `warm_storage`, default `storage`) whose front seeds a new study.
+    `timeout` bounds the whole call as `slimtune run --timeout` does; when it ends the call before
+    any trial could run, `slimtune.search.deadline.TimedOut` (a KeyboardInterrupt) is raised."""
     config = load_config(study_file, {f"study.{k}": v for k, v in overrides.items()})
     source = WarmStart(warm_start, warm_storage) if warm_start else None
     return run_study(config, storage, timeout=timeout, progress=progress, log=lambda _: None, warm_start=source)

@@ -2,7 +2,9 @@
 parser and the dispatch; each command is one function in search/commands.py.
 Exit codes: 0 done, 2 bad input (study file, workload, database, unknown study; `--verbose` adds
 the traceback, e.g. of a user's model or data factory that raised), 130 interrupted by
-SIGINT (Ctrl-C), 143 by SIGTERM (the trials finished so far are kept; the same command resumes)."""
+SIGINT (Ctrl-C), 143 by SIGTERM (the trials finished so far are kept; the same command resumes),
+124 when `run --timeout` ended the run before its trials could start (a run whose trials the
+timeout ended exits 0)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("study_file")
     run.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
     run.add_argument("--n-trials", type=int, help="finished trials the study should have in all")
-    run.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="end the whole run (baseline, screen, trials, confirmation) within this many seconds; "
+                          "a trial still running then is interrupted and the same command resumes it")
     run.add_argument("--sampler", choices=SAMPLERS)
     run.add_argument("--seed", type=int)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -40,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("study", help=STUDY_HELP)
     worker.add_argument("--storage", default=DEFAULT_STORAGE)
     worker.add_argument("--device", help="measure on this device instead of the study's target.device (same type)")
-    worker.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    worker.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="end this worker's trials within this many seconds (a trial still running then is "
+                             "interrupted and retried later)")
     worker.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     launch = commands.add_parser("launch", help="run N local workers on a study and wait for them")
@@ -48,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("--storage", default=DEFAULT_STORAGE)
     launch.add_argument("--workers", type=int, required=True)
     launch.add_argument("--gpus", type=lambda text: text.split(","), help="GPU indices, one per worker: 0,1,2")
-    launch.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    launch.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="each worker's --timeout (its trials end within this many seconds of its start)")
 
     confirm = commands.add_parser("confirm", help="re-measure the baseline and the front interleaved; store confirmed figures")
     confirm.add_argument("study", help=STUDY_HELP)

@@ -6,14 +6,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import warnings
 
 from slimtune.storage import safe_url
 
 from slimtune.search.config import StudyConfig, StudyFileError, parse_config
+from slimtune.search.deadline import TimedOut
 from slimtune.search.signals import exit_code, handle_signals
 
 INTERRUPTED = "interrupted: finished trials are kept; run the same command to resume"
+
+
+def timed_out_line(error: TimedOut) -> str:
+    return f"stopped at {error.args[0]} before the trials could run; run the same command to resume"
 
 
 def plot(args: argparse.Namespace) -> int:
@@ -47,6 +53,10 @@ def _emit(frame, fmt: str, footer: str | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slimtune.search.deadline import Deadline, process_age_s
+
+    # --timeout bounds the whole command, from the process's start (search/deadline.py)
+    deadline = Deadline(args.timeout, started=time.monotonic() - process_age_s()) if args.timeout else None
     from slimtune.search.config import load_config
     from slimtune.search.runner import run_study
     from slimtune.search.warm_start import WarmStart
@@ -60,13 +70,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         warm_start = WarmStart(args.warm_start, args.warm_storage) if args.warm_start else None
         with handle_signals():
-            run_study(config, args.storage, timeout=args.timeout, log=print, progress=not args.no_progress,
+            run_study(config, args.storage, timeout=deadline, log=print, progress=not args.no_progress,
                       warm_start=warm_start)
-        with handle_signals():
-            refine_after_search(config, args.storage)
+        if deadline is not None and config.refine is not None:  # hundreds of steps a point: no estimate fits
+            print(f"refine skipped: --timeout bounds this run; `slimtune refine {config.study.name}` refines the front")
+        else:
+            with handle_signals():
+                refine_after_search(config, args.storage)
     except KeyboardInterrupt as error:
         interrupted = error
-        print(INTERRUPTED, file=sys.stderr)
+        print(timed_out_line(error) if isinstance(error, TimedOut) else INTERRUPTED, file=sys.stderr)
     return print_front(config.study.name, args.storage, interrupted)
 
 

@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, create_model, field_validator,
@@ -73,8 +73,10 @@ class TargetSection(_Section):
     threads: PositiveInt | None = None
     """CPU threads of the trial worker, which is pinned to that many cores on a CPU target; absent:
     torch's default."""
-    runtimes: list[Literal[RUNTIME_CHOICES]] = Field(default=["eager"], min_length=1)  # type: ignore[valid-type]
-    """The runtimes the search may choose (the runtime knob's choices); `cudagraphs` and
+    runtimes: Annotated[list[Literal[RUNTIME_CHOICES]], Field(min_length=1)] | None = None  # type: ignore[valid-type]
+    """The runtimes the search may choose (the runtime knob's choices); absent: every runtime the
+    target supports (the capability probe keeps what runs there, the target screen what pays,
+    dropping a compile that fails or takes too long with its reason); `cudagraphs` and
     `compile+cudagraphs` need a CUDA device."""
 
     @field_validator("device")
@@ -86,7 +88,9 @@ class TargetSection(_Section):
 
     @field_validator("runtimes")
     @classmethod
-    def _runtimes_for_device(cls, value: list[str], info: ValidationInfo) -> list[str]:
+    def _runtimes_for_device(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return value
         needs_cuda = [runtime for runtime in value if runtime in NEEDS_CUDA]
         if info.data.get("device") == "cpu" and needs_cuda:
             raise ValueError(f"{needs_cuda[0]!r} needs a CUDA device; allowed on cpu: eager, compile")

@@ -31,6 +31,7 @@ from slimtune.spaces import Recipe
 from slimtune.storage import Repository, TrialRecord
 
 from slimtune.search.config import STUDY_FILE_ATTR, StudyConfig
+from slimtune.search.deadline import RunBudget, TimedOut
 from slimtune.search.isolated import IsolatedEvaluator
 from slimtune.search.results import baseline_record
 
@@ -132,16 +133,28 @@ def confirm_study(study: optuna.Study, repository: Repository, config: StudyConf
 
 
 def confirm_at_end(study: optuna.Study, repository: Repository, config: StudyConfig, evaluator: IsolatedEvaluator,
-                   log: Log) -> None:
+                   log: Log, budget: RunBudget | None = None) -> None:
     """The runner's hook when a study's run ends: confirm unless the study file says
-    `confirm_rounds = 0`; a failure is reported, never raised (the trials are what the run was for)."""
+    `confirm_rounds = 0`; a failure is reported, never raised (the trials are what the run was for).
+    Under a `--timeout` (`budget`), it runs only when its estimate fits in the time left, and the
+    deadline stops it; `slimtune confirm STUDY` confirms later."""
     from slimtune.objectives import TrialStopped
     from slimtune.search.isolated import WorkerFailed
 
     rounds = config.budget.confirm_rounds
     if not rounds:
         return
+    if budget is not None:
+        needed = budget.confirmation_estimate(study, restart=not evaluator.alive)
+        left = budget.deadline.left()
+        if needed > left:
+            log(f"confirmation skipped: about {needed:.0f} s needed (estimated), {max(0.0, left):.0f} s left of "
+                f"{budget.deadline.timed_out().args[0]}; `slimtune confirm {study.study_name}` runs it")
+            return
     try:
-        confirm_study(study, repository, config, evaluator, rounds=rounds, log=log)
+        with evaluator.until(budget.deadline if budget is not None else None):
+            confirm_study(study, repository, config, evaluator, rounds=rounds, log=log)
     except (NothingToConfirm, WorkerFailed, TrialStopped) as error:
         log(f"confirmation skipped: {error}")
+    except TimedOut as stopped:
+        log(f"confirmation stopped at {stopped.args[0]}; `slimtune confirm {study.study_name}` runs it")

@@ -78,11 +78,16 @@ def _setting_params(space: SearchSpace, setting: tuple) -> dict[str, Any]:
 
 
 def _top_rung(space: SearchSpace, result: dict[str, Any], rows: list[dict[str, Any]]) -> FirstTrial | None:
-    """The kept setting and ratio the screen timed fastest pruned (on its first cost axis: the
-    top ratio, or a step or two below it where the screen timed one setting there too), in the
-    shape it was timed in; None when nothing was measured pruned."""
+    """The setting and ratio the screen timed fastest pruned (on its first cost axis: the top
+    ratio, or a step or two below it where the screen timed one setting there too), as the screen
+    chose it (`ladder_start`: it keeps that setting for it), in the shape it was timed in; None
+    when nothing was measured pruned. A screen stored before `ladder_start` is read as it was:
+    the fastest of its kept settings."""
     if len(result["ratios"]) < 2 or space.prune_ratio is None:
         return None
+    start = result.get("ladder_start")  # the screen's own choice; screens stored before it have none
+    if start is not None:
+        return _rung_at(space, result, tuple(start["setting"]), start["ratio"])
     axis = result["axes"][0]
     timed = [(r["pruned"][axis], -result["ratios"][1], tuple(r["setting"][f] for f in DEPLOYMENT_FIELDS))
              for r in rows if r["pruned"] and "error" not in r["pruned"]]
@@ -93,8 +98,12 @@ def _top_rung(space: SearchSpace, result: dict[str, Any], rows: list[dict[str, A
     if below is not None and axis == "latency_ms" and tuple(below["setting"]) in kept:
         timed += [(latency, -float(ratio), tuple(below["setting"])) for ratio, latency in below["latency_ms"].items()]
     _, negative, setting = min(timed)  # the fastest; at a tie, the higher ratio
+    return _rung_at(space, result, setting, -negative)
+
+
+def _rung_at(space: SearchSpace, result: dict[str, Any], setting: tuple, timed_ratio: float) -> FirstTrial:
     low, high = space.prune_ratio
-    ratio = min(max(-negative, low), high)
+    ratio = min(max(timed_ratio, low), high)
     params = {**_setting_params(space, setting), "prune_ratio": ratio}
     for name, value in (result.get("prune_shape") or {}).items():  # screens stored before it have none
         if len(getattr(space, name)) > 1 and value in getattr(space, name):

@@ -15,14 +15,16 @@ enforce what the worker itself cannot.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from slimtune.objectives import Measurement, TrialStopped, WorkloadError
 from slimtune.objectives.worker import WorkerSpec, serve
+from slimtune.search.deadline import Deadline
 from slimtune.spaces import Recipe, Removal, SearchSpace
 from slimtune.spaces.warnings_once import SHOWN
 
@@ -82,6 +84,8 @@ class IsolatedEvaluator:
         self._process: multiprocessing.Process | None = None
         self._conn = None
         self._serving = False  # set once a worker has loaded the baseline
+        #: the run's `--timeout` (or a stage's stop within it): a request still waiting then is cut
+        self.deadline: Deadline | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -141,15 +145,43 @@ class IsolatedEvaluator:
         self.restarts += 1
         self._start()
         self._serving = False
-        self._request(("load",), None, "loading the workload")
-        self._request(("baseline",), None, "the baseline")
-        self._serving = True
+        try:
+            self._request(("load",), None, "loading the workload")
+            self._request(("baseline",), None, "the baseline")
+        finally:  # a restart cut by the deadline leaves no worker: the next request starts one
+            self._serving = True
+
+    @property
+    def alive(self) -> bool:
+        """Whether a worker is running (none after a deadline or a signal killed it)."""
+        return self._process is not None
+
+    @contextlib.contextmanager
+    def until(self, deadline: Deadline | None) -> Iterator[None]:
+        """Requests within are cut at `deadline` (None: the one set before stays)."""
+        before = self.deadline
+        self.deadline = deadline if deadline is not None else before
+        try:
+            yield
+        finally:
+            self.deadline = before
+
+    def _cut(self) -> None:
+        """The deadline passed while a request waited: the worker is killed as a signal's stop
+        kills it (a compile or a CUDA call cannot be interrupted more gently), and the run's
+        `TimedOut` is raised; the next request starts a fresh worker."""
+        self._kill()
+        raise self.deadline.timed_out()
 
     # -- talking to the worker ------------------------------------------------------------
     def _request(self, message: tuple, timeout_s: float | None, stage: str,
                  on_stage: Callable[[str], None] | None = None) -> Any:
         """Send one request and wait for its answer, relaying log lines and stage names (to
         `on_stage` too, when given)."""
+        if self.deadline is not None and self.deadline.passed():
+            raise self.deadline.timed_out()
+        if self._process is None and self._serving:  # killed at a deadline or by a signal
+            self._restart()
         self._conn.send(message)
         started = time.perf_counter()
         while True:
@@ -191,6 +223,8 @@ class IsolatedEvaluator:
                 process.join()
                 reason = _death_reason(process.exitcode)
                 self._restart_after(f"{reason} during {stage}")
+            if self.deadline is not None and self.deadline.passed():
+                self._cut()
             elapsed = time.perf_counter() - started
             if timeout_s is not None and elapsed > timeout_s:
                 self._restart_after(f"timeout after {elapsed:.0f} s ({stage})")

@@ -32,6 +32,7 @@ from slimtune.storage.slots import counts_as_result
 
 from slimtune.search import signals
 from slimtune.search.config import WorkersSection
+from slimtune.search.deadline import TimedOut
 
 Log = Callable[[str], None]
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -226,7 +227,7 @@ class Worker:
             trial = self._trial(number)
         if trial.state != TrialState.FAIL:
             return
-        name = interrupt.args[0] if isinstance(interrupt, signals.Interrupted) else "Ctrl-C"
+        name = interrupt.args[0] if isinstance(interrupt, (signals.Interrupted, TimedOut)) else "Ctrl-C"
         retry = retry_trial(self.study, trial, self.settings.max_retries)
         then = f"; retried as trial {retry} when the study resumes" if retry is not None else ""
         self.repository.set_status(self.study.study_name, number, status="interrupted",

@@ -26,6 +26,7 @@ from slimtune.storage import DEFAULT_STORAGE, Repository, SlotBook, connect, is_
 from slimtune.search import screen, signals
 from slimtune.search.config import CONFIG_ATTR, STUDY_FILE_ATTR, StudyConfig, StudyFileError
 from slimtune.search.confirm import confirm_at_end
+from slimtune.search.deadline import Deadline, RunBudget, TimedOut
 from slimtune.search.fingerprint import fingerprint
 from slimtune.search.first_trials import PruneLadder, first_trials
 from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
@@ -172,7 +173,7 @@ def run_study(
     config: StudyConfig,
     storage_url: str = DEFAULT_STORAGE,
     *,
-    timeout: float | None = None,
+    timeout: float | Deadline | None = None,
     log: Log = print,
     progress: bool = True,
     join: bool = False,
@@ -186,7 +187,16 @@ def run_study(
     resume it and train the baseline, but run no trial (`slimtune launch`). `warm_start` enqueues
     another study's front as the first trials of a new study. Trials run in a worker process
     (`isolated.py`); `evaluator_factory` ("module:function") builds the evaluator there (tests
-    name one that injects faults)."""
+    name one that injects faults).
+
+    `timeout` (seconds from this call, or the caller's `Deadline`) bounds the whole run: the
+    baseline, the screen, the trials and the confirmation (search/deadline.py). A trial starts
+    only when the trials so far say it can finish in time; one still running at its stop is
+    stopped as SIGTERM stops it (interrupted, retried when the same command runs again), and the
+    run goes on to its confirmation. Anything else still running at the deadline raises
+    `TimedOut` (a KeyboardInterrupt, as a signal's stop is)."""
+    if timeout is not None and not isinstance(timeout, Deadline):
+        timeout = Deadline(timeout)
     with contextlib.ExitStack() as held:
         return _run_study(config, storage_url, held, timeout=timeout, log=log, progress=progress, join=join,
                           prepare_only=prepare_only, warm_start=warm_start, evaluator_factory=evaluator_factory)
@@ -197,7 +207,7 @@ def _run_study(
     storage_url: str,
     held: contextlib.ExitStack,
     *,
-    timeout: float | None,
+    timeout: Deadline | None,
     log: Log,
     progress: bool,
     join: bool,
@@ -213,6 +223,8 @@ def _run_study(
     evaluator = held.enter_context(IsolatedEvaluator(
         worker_spec(config, evaluator_factory), log=log, memory_limit_mb=config.budget.memory_limit_mb,
     ))
+    evaluator.deadline = deadline = timeout
+    setup_started = deadline.clock() if deadline is not None else 0.0
     # The workload (and a checkpoint) are checked in the worker before the database is touched;
     # training waits until the database has answered, so a wrong URL does not cost a training run.
     with signals.delivered():
@@ -243,6 +255,9 @@ def _run_study(
     with signals.delivered():
         evaluator.prepare()
     log(f"baseline: {evaluator.source}" + (f" ({evaluator.train_seconds:.1f} s)" if evaluator.train_seconds else ""))
+    # what a fresh worker costs (the baseline then comes from the cache): a trial stopped at the
+    # deadline leaves none, and the confirmation after it needs one
+    restart_s = deadline.clock() - setup_started - evaluator.train_seconds if deadline is not None else 0.0
     space, removals = evaluator.space, evaluator.removals
     for removal in removals:
         log(f"probe: {removal}")
@@ -250,13 +265,12 @@ def _run_study(
     with signals.delivered():  # the target screen: measured once per study, read back after
         screened = screen.for_study(config, space, evaluator, stored.result if stored else None,
                                     existing=existing is not None and bool(result_numbers(existing)),
-                                    log=log, run_timeout_s=timeout)
+                                    log=log, run_timeout_s=deadline.seconds if deadline else None,
+                                    time_left_s=deadline.left() if deadline else None)
     if screened is not None:
         space = screen.narrow(space, screened)
         for line in screen.summary(screened):
             log(line)
-        if timeout is not None and stored is None:  # the screen's time is the study's time
-            timeout = max(1.0, timeout - screened["seconds"])
     plan = plan_warm_start(*source, space, removals) if source is not None else None
 
     with signals.deferred():  # a study is created whole or not at all
@@ -324,13 +338,28 @@ def _run_study(
     if stop_when is not None:
         stopper = StopWhenFrontStalls(stop_when.hypervolume_gain_below, stop_when.over_trials, objective.log).start(study)
         callbacks.append(stopper)
-    worker = Worker(study, objective, slots, repository, config.workers, log, callbacks, catch=(TrialFailed,),
-                    should_stop=(lambda: stopper.stopped is not None) if stopper is not None else None)
+    budget = None
+    run_trial: Callable[[optuna.Trial], list[float]] = objective
+    if deadline is not None:
+        budget = RunBudget(deadline, 0 if join else config.budget.confirm_rounds, config.budget.latency_warmup,
+                           config.budget.latency_repeats, config.budget.latency_max_s, restart_s=max(0.0, restart_s),
+                           objectives=list(config.objectives), log=objective.log)
+        run_trial = budget.timed(objective, evaluator)
+
+    def should_stop() -> bool:
+        if stopper is not None and stopper.stopped is not None:
+            return True
+        return budget is not None and not budget.may_start(study)
+
+    worker = Worker(study, run_trial, slots, repository, config.workers, log, callbacks, catch=(TrialFailed,),
+                    should_stop=should_stop)
     try:
-        worker.run(timeout=timeout)
+        worker.run()
+    except TimedOut as stopped:  # a trial ran into its stop: interrupted, retried on resume
+        objective.log(f"{stopped.args[0]}: the running trial was stopped (interrupted; the same command retries it)")
     finally:
         if bar is not None:
             bar.close()
     if not join:  # the study's run ended: re-measure its front against the baseline (search/confirm.py)
-        confirm_at_end(study, repository, config, evaluator, log)
+        confirm_at_end(study, repository, config, evaluator, log, budget)
     return study

@@ -37,8 +37,9 @@ class Interrupted(KeyboardInterrupt):
 
 
 def exit_code(error: KeyboardInterrupt) -> int:
-    """130 for Ctrl-C (a plain KeyboardInterrupt too), 143 for SIGTERM."""
-    return error.exit_code if isinstance(error, Interrupted) else 128 + signal.SIGINT
+    """130 for Ctrl-C (a plain KeyboardInterrupt too), 143 for SIGTERM, 124 for a run stopped by
+    its --timeout before its trials (search/deadline.py)."""
+    return getattr(error, "exit_code", 128 + signal.SIGINT)
 
 
 class _State:

@@ -41,25 +41,33 @@ DEFAULT_BUDGET_S = 180.0
 BUDGET_SHARE = 0.25
 
 
-def budget_of(config: Any, run_timeout_s: float | None) -> tuple[float, float]:
-    """(the screen's budget, one setting's hard limit) for `config` and the run's timeout."""
+#: the share of the run's time left that the screen may take at most (when the baseline took long)
+SHARE_OF_LEFT = 0.9
+
+
+def budget_of(config: Any, run_timeout_s: float | None, time_left_s: float | None = None) -> tuple[float, float]:
+    """(the screen's budget, one setting's hard limit) for `config`, the run's timeout and the
+    time the run has left (the screen's time is the run's: the run's --timeout stops it too)."""
     budget = config.screen.budget_s or (BUDGET_SHARE * run_timeout_s if run_timeout_s else DEFAULT_BUDGET_S)
+    if time_left_s is not None:
+        budget = max(0.0, min(budget, SHARE_OF_LEFT * time_left_s))
     # a setting needs what a trial's compile needs (a cold ResNet-18 compile ran past 40 s on an H200)
     limit = config.screen.setting_timeout_s or min(config.budget.trial_timeout_s, 120.0)
     return budget, limit
 
 
 def screen_target(evaluator: Any, space: SearchSpace, config: Any, log: Log = print,
-                  run_timeout_s: float | None = None) -> dict[str, Any]:
+                  run_timeout_s: float | None = None, time_left_s: float | None = None) -> dict[str, Any]:
     """Run the screen for `config`'s study over `space` (the probed space) and return its result."""
-    budget, limit = budget_of(config, run_timeout_s)
+    budget, limit = budget_of(config, run_timeout_s, time_left_s)
     return Screen(evaluator, space, objectives=config.objectives, max_accuracy_drop=config.constraints.max_accuracy_drop,
                   max_balanced_accuracy_drop=config.constraints.max_balanced_accuracy_drop,
                   budget_s=budget, setting_timeout_s=limit, margin=config.screen.margin, log=log).run()
 
 
 def for_study(config: Any, space: SearchSpace, evaluator: Any, stored: dict[str, Any] | None, *,
-              existing: bool, log: Log = print, run_timeout_s: float | None = None) -> dict[str, Any] | None:
+              existing: bool, log: Log = print, run_timeout_s: float | None = None,
+              time_left_s: float | None = None) -> dict[str, Any] | None:
     """The study's screen: the stored one when there is one (a resumed study, a second
     worker), else a new one for a study without results yet (new, or created over HTTP) that
     wants it; None: search `space` as it is (a study that already has results without a screen
@@ -70,5 +78,5 @@ def for_study(config: Any, space: SearchSpace, evaluator: Any, stored: dict[str,
     if existing or not wanted(space, config.screen.enabled):
         return None
     log(f"screen: measuring {len(settings_of(space))} deployment settings "
-        f"(budget {budget_of(config, run_timeout_s)[0]:.0f} s)")
-    return screen_target(evaluator, space, config, log, run_timeout_s)
+        f"(budget {budget_of(config, run_timeout_s, time_left_s)[0]:.0f} s)")
+    return screen_target(evaluator, space, config, log, run_timeout_s, time_left_s)

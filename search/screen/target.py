@@ -28,7 +28,8 @@ by more than the margin on one of the study's cost axes (latency, peak memory, w
 being no worse than the margin on the others, at any screened ratio; a setting that only ties
 there goes when one rival is within the margin of it at both ratios and beats it at one. A
 quantized setting within the margin of an unquantized one on every axis is dropped too (its
-quantization buys nothing). A shape survives unless, at every ratio it was timed at, another
+quantization buys nothing). The setting timed fastest pruned (at the top ratio or below it) is
+kept whatever else is said of it: the search's prune ladder starts there (`ladder_start`). A shape survives unless, at every ratio it was timed at, another
 shape is faster by more than the margin while keeping at least as many weights (at one nominal
 ratio a coarser rounding keeps more channels: it may be slower only for being bigger). The
 surviving settings become one categorical choice of the search (sampling each factor from the
@@ -44,6 +45,8 @@ import time
 from typing import Any
 
 from slimtune.spaces import Recipe, SearchSpace
+
+from slimtune.search.deadline import TimedOut
 
 from .settings import (COST_AXES, DEPLOYMENT, SHAPE, Log, cost_axes, dominates, exact_front, label, prunes,
                        settings_of, shape_label, shapes_of, why_dominated)
@@ -108,10 +111,22 @@ class Screen:
         self._skipped: set[int] = set()
         #: the setting timed below the top ratio, and its latency per ratio (`_time_below_the_top`)
         self.ladder: dict[str, Any] | None = None
+        #: set when the run's --timeout cut a measurement: the screen ends with what it has
+        self.stopped = False
 
     # -- measuring -----------------------------------------------------------------------
     def _elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+    def _time_up(self, limit_s: float) -> bool:
+        return self.stopped or self._elapsed() > limit_s
+
+    def _out_of_time(self, what: str) -> dict[str, Any]:
+        """The run's `--timeout` cut a measurement: nothing more is measured, and the setting in
+        flight is left unmeasured (judged as the budget leaves any setting), not failed."""
+        self.stopped = True
+        self.log(f"screen: stopped at the run's --timeout while measuring {what}; judged on what was measured")
+        return {"error": "not measured: the run's --timeout"}
 
     def _recipe(self, setting: dict[str, Any], ratio: float, shape: dict[str, Any] | None = None) -> Recipe:
         fields = dict(setting)
@@ -129,6 +144,8 @@ class Screen:
         try:
             figures = self.evaluator.screen(self._recipe(setting, ratio), accuracy=need_accuracy,
                                             timeout_s=self.timeout_s)
+        except TimedOut:
+            return self._out_of_time(label(setting))
         except KeyboardInterrupt:
             raise
         except Exception as error:  # a setting that fails is a result: dropped with its reason
@@ -183,7 +200,7 @@ class Screen:
             before = incumbent
             for factor in DEPLOYMENT:
                 for value in getattr(self.space, factor):
-                    if self._elapsed() > budget_s:
+                    if self._time_up(budget_s):
                         return incumbent
                     neighbour = dict(self.settings[incumbent], **{factor: value})
                     index = self.index[tuple(neighbour[f] for f in DEPLOYMENT)]
@@ -231,7 +248,7 @@ class Screen:
             if kept and self._acceptable(setting) is None and pair not in pairs:
                 pairs.append(pair)
         for pair in pairs:
-            if self._elapsed() > budget_s:
+            if self._time_up(budget_s):
                 return
             candidates = [i for i, s in enumerate(self.settings)
                           if (s["precision"], s["quantization"]) == pair and (i, 0.0) not in self.measured]
@@ -265,7 +282,7 @@ class Screen:
             candidates.sort(key=lambda i: (self.settings[i]["precision"] in failed_precisions,
                                            *self._cheap_and_near(i, near)))
             for index in candidates[:FAILED_VALUE_PROBES]:
-                if self._elapsed() > budget_s:
+                if self._time_up(budget_s):
                     return
                 if "error" not in self._measure(index, 0.0):
                     break
@@ -333,7 +350,7 @@ class Screen:
         order = sorted((i for i in range(len(self.settings)) if (i, 0.0) not in self.measured),
                        key=lambda i: (self.estimates[i] is None, (self.estimates[i] or {}).get("latency_ms", 0.0)))
         for index in order:
-            if self._elapsed() > shares[0]:
+            if self._time_up(shares[0]):
                 break
             self._measure(index, 0.0)
         fits = self._fit()  # refined by every setting measured since
@@ -344,7 +361,7 @@ class Screen:
             order = sorted((i for i, f in unpruned.items() if f is not None and self._acceptable(self.settings[i]) is not False),
                            key=lambda i: unpruned[i]["latency_ms"])
             for index in order:
-                if self._elapsed() > shares[1]:
+                if self._time_up(shares[1]):
                     break
                 if "error" not in self._measure(index, self.high) and self.ladder is None:
                     self._time_below_the_top(index)
@@ -362,7 +379,7 @@ class Screen:
         low = self.space.prune_ratio[0]
         self.ladder = {"setting": [self.settings[index][f] for f in DEPLOYMENT], "latency_ms": {}}
         for ratio in [self.high] + [round(self.high - k * BELOW_THE_TOP, 4) for k in (1, 2)]:
-            if ratio < low or (ratio != self.high and self._elapsed() > self.budget_s):
+            if ratio < low or (ratio != self.high and self._time_up(self.budget_s)):
                 break
             figures = self._measure(index, ratio)
             if "error" not in figures:
@@ -377,11 +394,14 @@ class Screen:
         self.shape_setting = label(setting)
         for ratio in (self.high, self.mid):
             for index, shape in enumerate(self.shapes):
-                if self._elapsed() > self.budget_s:
+                if self._time_up(self.budget_s):
                     return
                 try:
                     figures = self.evaluator.screen(self._recipe(setting, ratio, shape), accuracy=False,
                                                     timeout_s=self.timeout_s)
+                except TimedOut:
+                    self._out_of_time(f"shape {shape_label(shape)}")
+                    return
                 except KeyboardInterrupt:
                     raise
                 except Exception as error:
@@ -466,6 +486,7 @@ class Screen:
             unfailed = [row for row in rows if not row["reason"].startswith("failed")] or rows
             for row in unfailed:
                 row["kept"], row["reason"] = True, f"kept: no setting could be measured ({row['reason']})"
+        start = self._ladder_start(rows)
         shapes = self._shape_rows()
         kept = {f: [v for v in getattr(self.space, f) if any(r["kept"] and r["setting"][f] == v for r in rows)]
                 for f in DEPLOYMENT}
@@ -476,12 +497,39 @@ class Screen:
             "version": VERSION, "seconds": self._elapsed(), "budget_s": self.budget_s, "margin": self.margin,
             "setting_timeout_s": self.timeout_s, "axes": self.axes, "ratios": [0.0] + ([self.high] if self.high > 0 else []),
             "shape_ratios": [self.high, self.mid] if shapes else [], "shape_setting": getattr(self, "shape_setting", None),
-            "prune_shape": self.prune_shape if self.high > 0 else None, "ladder": self.ladder,
+            "prune_shape": self.prune_shape if self.high > 0 else None, "ladder": self.ladder, "ladder_start": start,
             "baseline_accuracy": self.baseline_accuracy, "accuracy_floor": self.floor,
             "baseline_balanced_accuracy": self.baseline_balanced, "balanced_accuracy_floor": self.balanced_floor,
             "settings": rows, "shapes": shapes, "kept": kept,
             "deployments": [[row["setting"][f] for f in DEPLOYMENT] for row in rows if row["kept"]],
         }
+
+    def _ladder_start(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Where the search's prune ladder starts (search/first_trials.py): the setting and ratio
+        timed fastest pruned on the first cost axis, among settings whose accuracy is not known to
+        fall short and that did not fail unpruned. Within the margin of the fastest a kept setting
+        is preferred (measurement noise does not bring back a setting the rules dropped); a setting
+        timed faster than that is kept for it, and its row says so. On an H100 the screen timed
+        fp16 channels_last fp8_dynamic compile+cudagraphs at 1.474 ms at prune 0.85 and dropped it
+        as tying with no quantization at 0.9 (2.610 against 2.617 ms), where the unquantized setting
+        was never timed below the top; the ladder, reading the kept settings only, started there
+        at 0.9. None when nothing was timed pruned."""
+        axis = self.axes[0]
+        timed = [(figures[axis], -ratio, index) for (index, ratio), figures in self.measured.items()
+                 if ratio > 0 and "error" not in figures and self._acceptable(self.settings[index]) is not False
+                 and not (rows[index]["unpruned"] and "error" in rows[index]["unpruned"])]
+        if not timed:
+            return None
+        best = min(timed)[0]
+        near = [t for t in timed if rows[t[2]]["kept"] and t[0] <= best * (1 + self.margin)]
+        value, negative, index = min(near or timed)
+        row = rows[index]
+        if not row["kept"]:
+            row["kept"] = True
+            unit = "ms" if axis == "latency_ms" else "MB"
+            row["reason"] = (f"the fastest timed pruned ({value:.3f} {unit} at prune {-negative:g}): the prune ladder "
+                             f"starts there (else {row['reason']})")
+        return {"setting": [self.settings[index][f] for f in DEPLOYMENT], "ratio": -negative, axis: value}
 
     def _row(self, index: int, setting: dict, at_zero: dict, at_high: dict,
              failed: dict[tuple[str, Any], list[int]]) -> dict[str, Any]:

@@ -232,3 +232,31 @@ def test_the_cli_prints_a_control_character_escaped(tmp_path: Path, capsys: pyte
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "new\\nline.toml: study file not found" in err
+
+
+def test_absent_runtimes_mean_every_runtime_the_target_supports_probed_then_screened(
+        write_study: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 34: an absent `runtimes` meant eager alone, so the screen never timed a compiled
+    setting (ConvNeXt-tiny on an H100: 9.9x with it absent, 14.2x with the runtimes listed)."""
+    import torch
+
+    from slimtune.search.screen.settings import settings_of, wanted
+    from slimtune.spaces import probe
+    from slimtune.spaces.runtime import RUNTIME_CHOICES, RuntimeKnob
+
+    config = load_config(write_study({"target": {"runtimes": None}}))
+    assert config.target.runtimes is None
+    space = config.search_space()
+    assert space.runtime == RUNTIME_CHOICES
+    tried: list[str] = []  # a real compile on the tiny module takes 3-12 s here: tests/spaces covers it
+    monkeypatch.setattr(RuntimeKnob, "try_on_tiny_model", lambda self, value, device: tried.append(value))
+    kept, removals = probe(space, torch.device("cpu"))
+    assert kept.runtime == ("eager", "compile") and tried == ["compile"]
+    assert {(r.knob, r.value): r.reason for r in removals} == {
+        ("runtime", "cudagraphs"): "CUDA graphs need a CUDA device",
+        ("runtime", "compile+cudagraphs"): "CUDA graphs need a CUDA device"}
+    # the baseline is measured in eager, and compile is a deployment setting the screen judges
+    assert kept.baseline_recipe().runtime == "eager" and kept.baseline_params()["runtime"] == "eager"
+    assert {s["runtime"] for s in settings_of(kept)} == {"eager", "compile"} and wanted(kept, None)
+    # a file that lists its runtimes keeps them as its ceiling
+    assert load_config(write_study()).search_space().runtime == ("eager",)

@@ -168,3 +168,47 @@ def test_a_failed_rung_steps_down_like_an_infeasible_one() -> None:
                                       user_attrs={LADDER_ATTR: {"rung": 1, "low": 0.2, "high": 0.8}})
     assert next_rung(trial).params == {"prune_ratio": 0.5}
     assert next_rung(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL)) is None  # not a rung
+
+
+class _IssueTimings:
+    """The screen timings of issue 34 (ResNet-18 b256, H100): fp8_dynamic reaches the classifier
+    alone, so it ties with no quantization unpruned and at prune 0.9 (2.610 against 2.617 ms) and
+    the screen drops it as buying nothing; but fp8, timed first, was also timed below the top,
+    and at prune 0.85 it ran 1.474 ms, the fastest pruned figure the screen had."""
+
+    baseline_accuracy = 0.9
+    LATENCY = {  # (quantization, runtime) -> {prune ratio: ms}
+        ("fp8_dynamic", "compile+cudagraphs"): {0.0: 3.300, 0.9: 2.610, 0.85: 1.474, 0.8: 1.650},
+        ("none", "compile+cudagraphs"): {0.0: 3.310, 0.9: 2.617, 0.85: 1.480, 0.8: 1.655},
+        ("fp8_dynamic", "compile"): {0.0: 3.900, 0.9: 2.950, 0.85: 2.100, 0.8: 2.200},
+        ("none", "compile"): {0.0: 3.910, 0.9: 2.960, 0.85: 2.110, 0.8: 2.210},
+    }
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        fp8 = recipe.quantization == "fp8_dynamic"
+        weights = 44.7 * (1 - recipe.prune_ratio) ** 2 - (0.01 if fp8 else 0.0)
+        return {"latency_ms": self.LATENCY[(recipe.quantization, recipe.runtime)][recipe.prune_ratio],
+                "peak_memory_mb": 600.0, "weight_mb": weights, "quantized_layers": 1 if fp8 else 0,
+                "weight_layers": 21, "accuracy": 0.9}
+
+
+def test_the_ladder_starts_on_the_setting_and_ratio_timed_fastest_even_where_its_twin_ties_at_the_top() -> None:
+    """Issue 34: the first trial was the unquantized setting at 0.9 (2.617 ms), a ratio nobody had
+    timed faster than 1.474 ms, because the setting timed at 0.85 was dropped as an unquantized
+    twin and the ladder only read kept settings' timings."""
+    space = SearchSpace(runtime=("compile", "compile+cudagraphs"), precision=("fp16",),
+                        memory_format=("channels_last",), quantization=("none", "fp8_dynamic"),
+                        prune_ratio=(0.3, 0.9), prune_round_to=(16,), prune_scope=("global",))
+    result = Screen(_IssueTimings(), space, objectives={"latency_ms": "minimize", "weight_mb": "minimize"},
+                    max_accuracy_drop=0.01, budget_s=60, setting_timeout_s=5, margin=0.05, log=lambda line: None).run()
+    assert result["ladder"] == {"setting": ["fp16", "channels_last", "fp8_dynamic", "compile+cudagraphs"],
+                                "latency_ms": {"0.9": 2.610, "0.85": 1.474, "0.8": 1.650}}
+    narrowed = narrow(space, result)
+    top = first_trials(narrowed, result)[0]
+    fastest = ("fp16", "channels_last", "fp8_dynamic", "compile+cudagraphs")
+    assert top.params["prune_ratio"] == 0.85
+    assert top.user_attrs[LADDER_ATTR]["setting"] == fastest and top.user_attrs[LADDER_ATTR]["high"] == 0.85
+    # the setting it starts on is one the search can sample, and the screen says why it kept it
+    assert narrowed.suggest(optuna.trial.FixedTrial(top.params)).quantization == "fp8_dynamic"
+    row = next(r for r in result["settings"] if tuple(r["setting"].values()) == fastest)
+    assert row["kept"] and "1.474 ms at prune 0.85" in row["reason"]

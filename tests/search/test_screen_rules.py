@@ -412,3 +412,30 @@ def test_a_setting_that_loses_unpruned_but_wins_pruned_stays() -> None:
     result = Screen(_GraphsCostUnpruned(), space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=None,
                     budget_s=60, setting_timeout_s=5, margin=0.05, log=lambda line: None).run()
     assert result["kept"]["runtime"] == ["compile", "compile+cudagraphs"]
+
+
+class _CompileFailsOrHangs:
+    """A CPU target whose compile either fails (no working C++ compiler) or runs past the
+    setting's limit (the worker process is killed and the setting reported as a timeout)."""
+
+    baseline_accuracy = 0.9
+
+    def __init__(self, error: str):
+        self.error = error
+
+    def screen(self, recipe: Recipe, *, accuracy: bool, timeout_s: float) -> dict:
+        if recipe.runtime == "compile":
+            raise RuntimeError(self.error)
+        return {"latency_ms": 2.0 if recipe.precision == "fp32" else 9.0, "peak_memory_mb": 10.0, "weight_mb": 1.0,
+                "quantized_layers": 0, "weight_layers": 3, "accuracy": 0.9}
+
+
+@pytest.mark.parametrize("error", ["timeout after 38 s (screen)", "InductorError: CppCompileError: C++ compile error"])
+def test_a_runtime_whose_compile_fails_or_takes_too_long_is_dropped_with_its_reason(error: str) -> None:
+    """What an absent `runtimes` leaves to the screen on a CPU: eager and compile, both timed."""
+    space = SearchSpace(precision=("fp32", "bf16"), runtime=("eager", "compile"))
+    result = Screen(_CompileFailsOrHangs(error), space, objectives={"latency_ms": "minimize"}, max_accuracy_drop=0.01,
+                    budget_s=30, setting_timeout_s=30, margin=0.05, log=lambda line: None).run()
+    rows = {row["label"]: row for row in result["settings"]}
+    assert rows["fp32 contiguous compile"]["reason"] == f"failed: {error}" and not rows["fp32 contiguous compile"]["kept"]
+    assert result["kept"]["runtime"] == ["eager"] and rows["fp32 contiguous eager"]["kept"]
