@@ -104,6 +104,19 @@ def _point(measurement) -> dict:
     }
 
 
+def run_facts() -> dict:
+    """The card, the versions and the date every results file starts with."""
+    versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        import torchao
+
+        versions["torchao"] = torchao.__version__
+    except ImportError:
+        pass
+    return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "versions": versions,
+            "date": datetime.date.today().isoformat()}
+
+
 def gpu_slug() -> str:
     return gpu_slug_of(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
 
@@ -145,17 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "workload": f"{config.workload.model} on {config.workload.data} at {config.workload.input_shape}",
         "study": config.study.name, "batch": batch,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
-        "date": datetime.date.today().isoformat(),
+        **run_facts(),
     }
-    try:
-        import torchao
-
-        results["versions"]["torchao"] = torchao.__version__
-    except ImportError:
-        pass
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{results['date']}-{gpu_slug()}-{config.study.name}"

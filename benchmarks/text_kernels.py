@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import random
-import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script
+from gpu_study import gpu_slug, run_facts  # noqa: E402
 
 SETTINGS = [  # (name, recipe fields)
     ("fp32 eager", {}),
@@ -44,12 +46,6 @@ SETTINGS = [  # (name, recipe fields)
 ]
 #: settings whose kernels are profiled (the quantized ones, and the float one they compete with)
 PROFILED = ("bf16 compile", "bf16 int8_dynamic compile", "bf16 fp8_dynamic compile", "bf16 int8_weight_only compile")
-
-
-def gpu_slug() -> str:
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    match = re.search(r"(H100|H200|A100|L40S|L4|B200)", name)
-    return match.group(1).lower() if match else re.sub(r"[^a-z0-9]+", "-", name.lower())
 
 
 def sentences(tokenizer, count: int, seq_len: int) -> list[str]:
@@ -104,16 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = Evaluator(workload, workload.make_model().eval(), device, batch_sizes=(args.batch,),
                           budget=Budget(finetune_steps=0, trial_timeout_s=300, latency_warmup=10,
                                         latency_repeats=50, latency_max_s=5.0))
-    results = {"model": args.model, "seq_len": args.seq_len, "batch": args.batch,
-               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
-               "date": datetime.date.today().isoformat(), "settings": []}
-    try:
-        import torchao
-
-        results["versions"]["torchao"] = torchao.__version__
-    except ImportError:
-        pass
+    results = {"model": args.model, "seq_len": args.seq_len, "batch": args.batch, **run_facts(), "settings": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{results['date']}-{gpu_slug()}-text-kernels-b{args.batch}-len{args.seq_len}"

@@ -89,3 +89,41 @@ def test_a_control_run_is_paired_with_the_long_run_of_its_seed(gpu_study) -> Non
         "- trial 4: 1000 steps against the search's 200 under the same seeds and held-back split: held-out balanced "
         "accuracy +0.50 pts on average (+1.50 / -0.50 per seed)"]
     assert gpu_study._control_lines([r for r in refined if not r["control"]]) == []
+
+
+def test_a_text_study_counts_sequences_and_tokens_and_has_its_own_by_hand_recipes(gpu_study) -> None:
+    base = {"latency_ms_median": 40.0, "weight_mb": 90.0, "accuracy": 0.90}
+    point = {"latency_ms_median": 8.0, "weight_mb": 45.0, "accuracy": 0.895}
+    row = gpu_study.compared(point, base, 256, seq_len=256)
+    assert row["sequences_per_s"] == pytest.approx(32_000) and row["tokens_per_s"] == pytest.approx(32_000 * 256)
+    assert "images_per_s" not in row and row["speedup_vs_fp32_eager"] == pytest.approx(5.0)
+    assert "images_per_s" in gpu_study.compared(point, base, 256)
+    recipes = gpu_study.by_hand_recipes(600, text=True)
+    assert recipes["bf16+int8_dynamic+compile"].quantization == "int8_dynamic"
+    assert recipes["bf16+drop2+compile"].drop_layers == 2 and recipes["bf16+drop2+compile"].finetune_steps == 600
+    assert all(r.memory_format == "contiguous" for r in recipes.values())
+
+
+def test_quantization_pays_only_where_a_quantized_front_point_beats_every_unquantized_trial_as_accurate(gpu_study):
+    def front(quantization, latency, accuracy):
+        return {"recipe": {"quantization": quantization}, "latency_ms_median": latency, "accuracy": accuracy}
+
+    trials = [{"quantization": "none", "latency_ms_median": 6.2, "accuracy": 0.895},
+              {"quantization": "none", "latency_ms_median": 4.0, "accuracy": 0.85},  # faster, but less accurate
+              {"quantization": "fp8_dynamic", "latency_ms_median": 5.0, "accuracy": 0.893}]
+    assert gpu_study.quantization_pays([front("fp8_dynamic", 5.0, 0.893)], trials) is True
+    slower = trials + [{"quantization": "none", "latency_ms_median": 4.5, "accuracy": 0.90}]
+    assert gpu_study.quantization_pays([front("fp8_dynamic", 5.0, 0.893)], slower) is False
+    assert gpu_study.quantization_pays([front("none", 6.2, 0.895)], trials) is None
+
+
+def test_text_kernels_measures_a_setting_of_a_token_model(tiny_bert, tmp_path) -> None:
+    import json
+
+    text_kernels = load_benchmark("text_kernels")
+    assert text_kernels.main(["--model", f"hf:{tiny_bert}", "--seq-len", "16", "--batch", "8", "--device", "cpu",
+                              "--only", "fp32 eager,bf16 int8_dynamic eager", "--out", str(tmp_path)]) == 0
+    (written,) = tmp_path.glob("*-text-kernels-b8-len16.json")
+    rows = {row["setting"]: row for row in json.loads(written.read_text())["settings"]}
+    assert rows["fp32 eager"]["latency_ms"] > 0 and rows["fp32 eager"]["tokens_per_s"] > 0
+    assert rows["bf16 int8_dynamic eager"]["quantized_weight_share"] > 0.99
