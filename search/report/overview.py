@@ -54,7 +54,7 @@ AXIS_TITLES = {
     "accuracy": "top-1 accuracy (%)",
     "balanced_accuracy": "balanced accuracy (%)",
     "params": "parameters",
-    "macs": "MACs per image",
+    "macs": "MACs per input",
 }
 SORTABLE = ["trial_number", "status", "accuracy_drop", *MEASURED]
 FAILED_STATUSES = ("failed", "stopped", "interrupted")
@@ -342,7 +342,21 @@ class StudyView:
             else:
                 ratio = None
             cards[name] = {"best": best[name], "baseline": baseline, "ratio": ratio, "confirmed": confirmed}
+            if name == "latency_ms":
+                cards[name]["throughput"] = self.throughput(best[name])
         return cards
+
+    def throughput(self, latency_ms: float | None) -> str | None:
+        """What a latency per batch means to someone serving the model: images per second, or for
+        text sequences and tokens per second (the study's first batch size and sequence length)."""
+        workload = self.config.get("workload") or {}
+        batches, shape = workload.get("batch_sizes") or [], workload.get("input_shape") or []
+        if not latency_ms or not batches:
+            return None
+        per_s = batches[0] * 1000.0 / latency_ms
+        if len(shape) == 1:
+            return f"{per_s:,.0f} sequences/s, {per_s * shape[0]:,.0f} tokens/s at batch {batches[0]} x {shape[0]}"
+        return f"{per_s:,.0f} images/s at batch {batches[0]}"
 
     def front_numbers(self) -> list[int]:
         return [point["trial_number"] for point in self._snapshot.front] if self._snapshot else []

@@ -1,6 +1,6 @@
 """A text study through the CLI, as a user runs one: a tiny BERT fine-tuned on its sentences, the
-search (pruning heads, dropping layers, quantizing), the confirmation, `slimtune pareto`, and an
-export verified in a fresh process; a bad checkpoint folder is one line, exit 2, nothing written."""
+search (pruning heads, dropping layers, quantizing), the confirmation, `slimtune pareto`, the
+report's throughput in sequences and tokens per second, and an export verified in a fresh process; a bad checkpoint folder is one line, exit 2, nothing written."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def test_a_text_study_runs_confirms_reports_and_exports(write_study, tiny_bert, 
     assert main(["trials", "tiny-text", "--storage", url, "--format", "json"]) == 0
     trials = json.loads(capsys.readouterr().out)
     assert len([t for t in trials if t["state"] == "COMPLETE"]) >= 3
+    report = tmp_path / "report.html"
+    assert main(["report", "tiny-text", "--storage", url, "-o", str(report)]) == 0
+    capsys.readouterr()
+    page = report.read_text()
+    assert "sequences/s" in page and "tokens/s at batch 32 x 16" in page
     out = tmp_path / "export"
     assert main(["export", "tiny-text", "--storage", url, "--knee", "--out", str(out)]) == 0
     assert "verified: accuracy" in capsys.readouterr().out
