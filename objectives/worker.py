@@ -83,7 +83,7 @@ def make_evaluator(spec: WorkerSpec, workload, baseline_model):
 
 #: the knobs' build steps as an export names them; the later knobs are one stage, which also
 #: holds the rebuilt model's held-out accuracy (`Evaluator.rebuild` measures it last)
-EXPORT_STAGES = {"pruning": "rebuild (prune)", "distillation": "fine-tune"}
+EXPORT_STAGES = {"layers": "rebuild (prune)", "pruning": "rebuild (prune)", "distillation": "fine-tune"}
 LATER_KNOBS = "rebuild (cast, quantize) and held-out accuracy"
 
 
@@ -106,7 +106,15 @@ def export_candidate(evaluator, workload, recipe, seed: int, fmt: str, folder: s
 
     stage = on_stage or (lambda name: None)
     with math_mode(recipe.precision):
-        candidate, accuracy = evaluator.rebuild(recipe, seed, lambda knob: stage(EXPORT_STAGES.get(knob, LATER_KNOBS)))
+        said: list[str] = []
+
+        def rebuild_stage(knob: str) -> None:  # one line per stage, not per knob
+            label = EXPORT_STAGES.get(knob, LATER_KNOBS)
+            if not said or said[-1] != label:
+                said.append(label)
+                stage(label)
+
+        candidate, accuracy = evaluator.rebuild(recipe, seed, rebuild_stage)
         example = candidate.inputs(evaluator.example(evaluator.batch_size))
         try:
             info = write_artifact(candidate.model, fmt, Path(folder), example, fresh_model=workload.make_model,

@@ -59,7 +59,7 @@ def assert_nothing_created(tmp_path: Path, db: Path | None = None) -> None:
 @pytest.mark.parametrize(
     "changes, parts",
     [
-        pytest.param({"space": {"bogus_knob": [0.0, 1.0]}}, ["space.bogus_knob", "unknown field", "allowed: prune_ratio"],
+        pytest.param({"space": {"bogus_knob": [0.0, 1.0]}}, ["space.bogus_knob", "unknown field", "allowed: drop_layers, prune_ratio"],
                      id="unknown knob"),
         pytest.param({"space": {"prune_ratio": [0.0, 1.5]}}, ["space.prune_ratio", "[0.0, 0.9]"],
                      id="ratio out of range"),
