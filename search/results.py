@@ -94,11 +94,57 @@ def interval_columns(measurement: dict[str, Any], confirmed: dict[str, Any] | No
             "confirmed": False, "flagged": False}
 
 
+#: the line under a table whose points carry the mark (`slimtune pareto`, the dashboard, the report)
+FLAGGED_NOTE = ("FLAGGED: the trial's own latency would give this point another rank on the front, or a speed-up "
+                "off the confirmed one by more than the confirmed interval; the figures shown are the confirmed ones")
+
+
+def disagreeing(rows: dict[int, dict[str, Any]]) -> set[int]:
+    """The confirmed points (trial number -> confirmed row, the baseline's included) whose trial's
+    own figure would tell another story: ranked by their trials' latencies they stand elsewhere
+    than ranked by the confirmed ones, or the trial's speed-up (its baseline's trial latency over
+    its own) differs from the confirmed speed-up by more than the confirmed interval's width (the
+    range of the per-round ratios when there were fewer than 6 rounds). That a trial's latency lies
+    outside the confirmed interval alone is no mark: on a shared CPU it is the normal case."""
+    timed = {n: r for n, r in rows.items() if r.get("trial_latency_ms") is not None and r.get("latency_ms") is not None}
+    by_trial = sorted(timed, key=lambda n: (timed[n]["trial_latency_ms"], n))
+    by_confirmed = sorted(timed, key=lambda n: (timed[n]["latency_ms"], n))
+    marked = {n for n, m in zip(by_trial, by_confirmed) if n != m}
+    base = next((r for r in timed.values() if r.get("is_baseline")), None)
+    if base is None:
+        return marked
+    base_rounds = (base.get("details") or {}).get("round_medians_ms")
+    for number, row in timed.items():
+        low, high = row.get("speedup_ci_low_x"), row.get("speedup_ci_high_x")
+        if low is None or high is None:
+            rounds = (row.get("details") or {}).get("round_medians_ms")
+            if not rounds or not base_rounds:
+                continue
+            ratios = [b / m for b, m in zip(base_rounds, rounds)]
+            low, high = min(ratios), max(ratios)
+        trial_speedup = base["trial_latency_ms"] / row["trial_latency_ms"]
+        if abs(trial_speedup - row["speedup_x"]) > high - low:
+            marked.add(number)
+    return marked
+
+
+def mark_disagreements(rows: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """`rows` with `flagged` set by `disagreeing` (rows stored by an older slimtune were flagged
+    by another rule: the mark is computed where it is read)."""
+    marked = disagreeing(rows)
+    return {n: {**row, "flagged": n in marked} for n, row in rows.items()}
+
+
+def confirmations(repository: Repository, study_name: str) -> dict[int, dict[str, Any]]:
+    """The study's confirmed rows by trial number, marked (`mark_disagreements`); {} when none."""
+    return mark_disagreements(repository.confirmations(study_name))
+
+
 def pareto_front(study: optuna.Study, repository: Repository) -> pd.DataFrame:
     """The feasible front (Optuna's `best_trials` honours constraints), fastest first."""
     records = {r.trial_number: r for r in repository.trials(study.study_name)}
     baseline = baseline_record(list(records.values()))
-    confirmed = repository.confirmations(study.study_name)
+    confirmed = confirmations(repository, study.study_name)
     rows = [_row(t.number, records.get(t.number), baseline, confirmed.get(t.number)) for t in study.best_trials]
     frame = pd.DataFrame(rows, columns=list(_row(0, None, None)))
     frame = frame.sort_values(["latency_ms", "trial"]).reset_index(drop=True)
@@ -209,7 +255,8 @@ def _range(low: Any, high: Any, digits: int) -> str:
 
 def _fold_intervals(frame: pd.DataFrame) -> pd.DataFrame:
     """The terminal's view: each interval as one 'low-high' column beside its figure, and on the
-    front, whether each point was confirmed ('yes', 'FLAGGED' when its trial disagrees, 'no')."""
+    front, whether each point was confirmed ('yes', 'FLAGGED' where its trial's own figure would
+    change its rank or speed-up: `disagreeing`, 'no')."""
     frame = frame.copy()
     if "latency_ci_low_ms" in frame:
         at = frame.columns.get_loc("latency_ms") + 1
@@ -228,8 +275,10 @@ def _fold_intervals(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_table(frame: pd.DataFrame) -> str:
+    """The front (or trials) as text; when a point carries the mark, the line that says what it means."""
     if frame.empty:
         return "(no feasible trials)"
+    note = "flagged" in frame and "speedup_x" in frame and bool(frame["flagged"].fillna(False).astype(bool).any())
     frame = _fold_intervals(frame)
     formats = {
         "latency_ms": "{:.3f}".format, "latency_p95_ms": "{:.3f}".format, "peak_memory_mb": "{:.2f}".format,
@@ -239,7 +288,8 @@ def format_table(frame: pd.DataFrame) -> str:
         "refined_balanced_accuracy": "{:.4f}".format, "refined_latency_ms": "{:.3f}".format,
         "refined_accuracy_drop_pts": "{:+.2f}".format, "refined_steps": "{:.0f}".format,
     }
-    return frame.to_string(index=False, formatters={k: v for k, v in formats.items() if k in frame}, na_rep="-")
+    table = frame.to_string(index=False, formatters={k: v for k, v in formats.items() if k in frame}, na_rep="-")
+    return f"{table}\n{FLAGGED_NOTE}" if note else table
 
 
 __all__ = ["StorageError", "StudyNotFound", "accuracy_floor", "format_table", "trials_table", "open_study", "pareto_front", "trials_frame"]
