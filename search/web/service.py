@@ -33,7 +33,9 @@ from slimtune.objectives import WorkloadError
 from slimtune.objectives.artifacts import FORMATS
 from slimtune.storage import StorageError
 
-from slimtune.search.config import StudyConfig, StudyFileError, WorkloadSection
+from slimtune.search.config import (
+    DEFAULT_OBJECTIVES, OBJECTIVE_NAMES, StudyConfig, StudyFileError, WorkloadSection,
+)
 from slimtune.search.web.launches import Launches
 from slimtune.search.web.state import Settings, catalog, launches, open_view, settings
 from slimtune.search.report.overview import SORTABLE, Catalog
@@ -182,6 +184,10 @@ class StudyOverHttp(StudyConfig):
     """A study file's tables as JSON (docs/study-file.md), with the workload rules of HTTP."""
 
     workload: WorkloadOverHttp
+    # as StudyConfig's validator enforces it: at least one objective, each one slimtune measures
+    objectives: dict[str, Literal["minimize", "maximize"]] = Field(
+        default_factory=lambda: dict(DEFAULT_OBJECTIVES),
+        json_schema_extra={"minProperties": 1, "propertyNames": {"enum": list(OBJECTIVE_NAMES)}})
 
 
 class LaunchIn(BaseModel):
