@@ -204,3 +204,43 @@ def _print_statuses() -> Iterator[None]:
     yield
     for (route, status), count in sorted(STATUSES.items()):
         print(f"{route:45} {status} x{count}")
+
+
+MODELS = ["slimtune:small_cnn", "slimtune:", "slimtune:nope", "torchvision:resnet18", "torchvision:", "torchvision:utils",
+          "torchvision:resnet18\n", "torchvision:resnet18 ", "Slimtune:small_cnn", "os:system", "slimtune",
+          "tests.search.sentinel_module:make_model", ":slimtune:small_cnn"]
+DATA = ["sklearn:digits", "sklearn:", "sklearn:iris", "torchvision:CIFAR10", "torchvision:utils", "torchvision:",
+        "torchvision:MNIST\n", "elpv", "elpv:4class", "elpv:", "elpv\n", "elpvx", "imagefolder:cells", "imagefolder:",
+        "os:system", "tests.search.sentinel_module:make_data", "sklearn"]
+
+
+def test_the_schema_states_the_workload_rules_the_server_enforces(served_app: Any, tmp_path: Path) -> None:
+    """`workload.model` (an enum) and `workload.data` (a pattern, with JSON Schema's regex
+    semantics) accept exactly what the server accepts before it loads anything: its HTTP rule
+    (security.check_builtin_workload) and, for models, the name resolving (objectives). Paths
+    inside data are confined separately (test_service.py), so the samples' paths are relative."""
+    import jsonschema_rs
+
+    from slimtune.objectives.workloads import model_factory
+    from slimtune.search.config import StudyConfig
+    from slimtune.search.web.security import Refused, check_builtin_workload, model_names
+    from tests.conftest import TINY_STUDY
+
+    with TestClient(served_app) as client:
+        workload = client.get("/openapi.json").json()["components"]["schemas"]["WorkloadOverHttp"]["properties"]
+
+    def server_accepts(model: str, data: str) -> bool:
+        config = StudyConfig.model_validate({**TINY_STUDY, "workload": {**TINY_STUDY["workload"], "model": model, "data": data}})
+        try:
+            check_builtin_workload(config, tmp_path)
+            if model != "slimtune:small_cnn":
+                model_factory(model, 10, (1, 8, 8))
+        except (Refused, ValueError):
+            return False
+        return True
+
+    model_schema, data_schema = jsonschema_rs.validator_for(workload["model"]), jsonschema_rs.validator_for(workload["data"])
+    for model in MODELS + model_names():
+        assert model_schema.is_valid(model) == server_accepts(model, "sklearn:digits"), model
+    for data in DATA:
+        assert data_schema.is_valid(data) == server_accepts("slimtune:small_cnn", data), data
