@@ -137,7 +137,9 @@ def responses(*codes: int, **conflict: str) -> dict[int | str, dict[str, Any]]:
     return declared
 
 
+#: what every route that changes something may answer first (the token)
 WRITE = (401, 403)
+
 
 class StudyOut(BaseModel):
     name: str
@@ -296,7 +298,8 @@ def _create(request: Request, config: StudyConfig) -> dict[str, Any]:
     return summary_out(open_view(request, config.study.name))
 
 
-@api.get("/studies/{name}", response_model=StudyDetailOut, responses=responses(404, 422), summary="one study: summary and configuration")
+@api.get("/studies/{name}", response_model=StudyDetailOut, responses=responses(404, 422),
+         summary="one study: summary and configuration")
 def study(request: Request, name: str) -> dict[str, Any]:
     view = open_view(request, name)
     baseline = view.baseline()
@@ -318,7 +321,8 @@ def trials(
     return {"total": total, "offset": offset, "limit": limit, "sort": sort, "order": order, "trials": records(page)}
 
 
-@api.get("/studies/{name}/trials/{number}", responses=responses(404, 422), summary="one trial: recipe, measurements, fingerprint, reason")
+@api.get("/studies/{name}/trials/{number}", responses=responses(404, 422),
+         summary="one trial: recipe, measurements, fingerprint, reason")
 def trial(request: Request, name: str, number: Annotated[int, ApiPath(ge=0, lt=MAX_NUMBER)]) -> dict[str, Any]:
     try:
         return open_view(request, name).trial(number).to_dict()
@@ -326,7 +330,8 @@ def trial(request: Request, name: str, number: Annotated[int, ApiPath(ge=0, lt=M
         raise HTTPException(404, str(error)) from None
 
 
-@api.get("/studies/{name}/pareto", responses=responses(404, 422), summary="the feasible Pareto front, fastest first, against the baseline")
+@api.get("/studies/{name}/pareto", responses=responses(404, 422),
+         summary="the feasible Pareto front, fastest first, against the baseline")
 def pareto(request: Request, name: str) -> list[dict[str, Any]]:
     points = open_view(request, name).points()
     if points.empty:
@@ -335,17 +340,20 @@ def pareto(request: Request, name: str) -> list[dict[str, Any]]:
     return records(front.sort_values([c for c in ("latency_ms", "trial") if c in front]))
 
 
-@api.get("/studies/{name}/hypervolume", responses=responses(404, 422), summary="hypervolume of the feasible front after each completed trial")
+@api.get("/studies/{name}/hypervolume", responses=responses(404, 422),
+         summary="hypervolume of the feasible front after each completed trial")
 def hypervolume(request: Request, name: str) -> dict[str, Any]:
     return open_view(request, name).hypervolume().__dict__
 
 
-@api.get("/studies/{name}/importances", responses=responses(404, 422), summary="parameter importances (Optuna, PED-ANOVA)")
+@api.get("/studies/{name}/importances", responses=responses(404, 422),
+         summary="parameter importances (Optuna, PED-ANOVA)")
 def importances(request: Request, name: str) -> dict[str, dict[str, float]]:
     return open_view(request, name).importances()
 
 
-@api.post("/studies/{name}/launch", status_code=202, dependencies=[Depends(require_token)], response_model=LaunchOut,
+@api.post("/studies/{name}/launch", status_code=202, dependencies=[Depends(require_token)],
+          response_model=LaunchOut,
           responses=responses(*WRITE, 404, 422, 501, conflict="workers this server started run on the study"),
           summary="start N local workers on the study (`slimtune launch`)")
 def launch(request: Request, name: str, body: LaunchIn = Body(default_factory=LaunchIn)) -> dict[str, Any]:
@@ -369,8 +377,10 @@ def stop(request: Request, name: str) -> dict[str, Any]:
     return {"stopped": [l.process.pid for l in stopped]}
 
 
-@api.post("/studies/{name}/export", status_code=201, dependencies=[Depends(require_token)], response_model=ExportOut,
-          responses=responses(*WRITE, 404, 422, 501, conflict="written but not verified: the files stay, marked unverified"),
+@api.post("/studies/{name}/export", status_code=201, dependencies=[Depends(require_token)],
+          response_model=ExportOut,
+          responses=responses(*WRITE, 404, 422, 501,
+                              conflict="written but not verified: the files stay, marked unverified"),
           summary="export a trial as a deployable model into the export root")
 def export(request: Request, name: str, body: ExportIn) -> dict[str, Any]:
     open_view(request, name)
@@ -428,7 +438,8 @@ def create_app(config: Settings) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> Response:
         if error.status_code == 400 and error.detail == UNREADABLE_BODY:  # FastAPI's, for a body not UTF-8
-            return _answer_422([{"type": "json_invalid", "loc": ["body"], "msg": "not JSON: the body is not UTF-8 text"}])
+            return _answer_422([{"type": "json_invalid", "loc": ["body"],
+                                 "msg": "not JSON: the body is not UTF-8 text"}])
         if error.status_code == 405:  # Starlette names the methods of one route; a path may have several
             methods = {m for route in app.routes if isinstance(route, APIRoute) and route.methods
                        and route.path_regex.match(request.scope["path"]) for m in route.methods}
