@@ -10,15 +10,15 @@ are made cheap, not skipped: `launch` starts a sleeping process instead of `slim
 the trial with the real code but writes only a manifest (test_service.py::test_export_a_trial
 runs a real export and checks its answer against the schema). Creating a study is real, on the
 tiny study's workload: the generator is given that workload (input shapes, models and data the
-2-core machine builds in a moment), and the positive cases only, so no request asks the server
-for a 10^5 x 10^5 input."""
+2-core machine builds in a moment), and the positive cases only: `input_shape` has no upper
+bound, and a generated [1, 10^5, 10^5] would have the server resize the digits to it."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
