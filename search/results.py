@@ -95,35 +95,51 @@ def interval_columns(measurement: dict[str, Any], confirmed: dict[str, Any] | No
 
 
 #: the line under a table whose points carry the mark (`slimtune pareto`, the dashboard, the report)
-FLAGGED_NOTE = ("FLAGGED: the trial's own latency would give this point another rank on the front, or a speed-up "
-                "off the confirmed one by more than the confirmed interval; the figures shown are the confirmed ones")
+FLAGGED_NOTE = ("FLAGGED: the trial's own latency would rank this point elsewhere on the front than the confirmed "
+                "intervals do, or give a speed-up off the confirmed one by more than the confirmed interval; "
+                "the figures shown are the confirmed ones")
+
+
+def _confirmed_range(row: dict[str, Any], low: str, high: str, values: list[float] | None) -> tuple[float, float] | None:
+    """A confirmed interval; with fewer than 6 rounds (no interval), the range of the rounds' values."""
+    if row.get(low) is not None and row.get(high) is not None:
+        return row[low], row[high]
+    return (min(values), max(values)) if values else None
 
 
 def disagreeing(rows: dict[int, dict[str, Any]]) -> set[int]:
     """The confirmed points (trial number -> confirmed row, the baseline's included) whose trial's
-    own figure would tell another story: ranked by their trials' latencies they stand elsewhere
-    than ranked by the confirmed ones, or the trial's speed-up (its baseline's trial latency over
-    its own) differs from the confirmed speed-up by more than the confirmed interval's width (the
-    range of the per-round ratios when there were fewer than 6 rounds). That a trial's latency lies
-    outside the confirmed interval alone is no mark: on a shared CPU it is the normal case."""
+    own figure would tell another story:
+
+    - rank: by their trials' latencies two points stand in one order, by the confirmed latencies
+      in the other, and the confirmed intervals do not overlap (the confirmation tells them apart;
+      a swap inside overlapping intervals is no change of rank it can vouch for): both are marked;
+    - speed-up: the trial's speed-up (its baseline's trial latency over its own) differs from the
+      confirmed speed-up by more than the confirmed interval's width.
+
+    With fewer than 6 rounds the intervals are the ranges of the round medians and ratios. That a
+    trial's latency lies outside the confirmed interval alone is no mark: on a shared CPU it is the
+    normal case."""
     timed = {n: r for n, r in rows.items() if r.get("trial_latency_ms") is not None and r.get("latency_ms") is not None}
-    by_trial = sorted(timed, key=lambda n: (timed[n]["trial_latency_ms"], n))
-    by_confirmed = sorted(timed, key=lambda n: (timed[n]["latency_ms"], n))
-    marked = {n for n, m in zip(by_trial, by_confirmed) if n != m}
-    base = next((r for r in timed.values() if r.get("is_baseline")), None)
+    rounds = {n: (r.get("details") or {}).get("round_medians_ms") for n, r in timed.items()}
+    spans = {n: _confirmed_range(r, "latency_ci_low_ms", "latency_ci_high_ms", rounds[n]) for n, r in timed.items()}
+    marked: set[int] = set()
+    for a in timed:
+        for b in timed:
+            trial_order = timed[a]["trial_latency_ms"] < timed[b]["trial_latency_ms"]
+            apart = spans[a] is not None and spans[b] is not None and spans[b][1] < spans[a][0]  # b surely faster
+            if trial_order and apart:
+                marked |= {a, b}
+    base = next((n for n, r in timed.items() if r.get("is_baseline")), None)
     if base is None:
         return marked
-    base_rounds = (base.get("details") or {}).get("round_medians_ms")
     for number, row in timed.items():
-        low, high = row.get("speedup_ci_low_x"), row.get("speedup_ci_high_x")
-        if low is None or high is None:
-            rounds = (row.get("details") or {}).get("round_medians_ms")
-            if not rounds or not base_rounds:
-                continue
-            ratios = [b / m for b, m in zip(base_rounds, rounds)]
-            low, high = min(ratios), max(ratios)
-        trial_speedup = base["trial_latency_ms"] / row["trial_latency_ms"]
-        if abs(trial_speedup - row["speedup_x"]) > high - low:
+        ratios = [b / m for b, m in zip(rounds[base], rounds[number])] if rounds[base] and rounds[number] else None
+        span = _confirmed_range(row, "speedup_ci_low_x", "speedup_ci_high_x", ratios)
+        if span is None or row.get("speedup_x") is None:
+            continue
+        trial_speedup = timed[base]["trial_latency_ms"] / row["trial_latency_ms"]
+        if abs(trial_speedup - row["speedup_x"]) > span[1] - span[0]:
             marked.add(number)
     return marked
 

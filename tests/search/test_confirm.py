@@ -64,12 +64,20 @@ def test_a_whole_trial_run_under_load_is_no_mark():
     assert not any(row["flagged"] for row in rows)
 
 
-def test_a_trial_figure_that_swaps_two_points_marks_both():
-    base = [10.0, 10.4, 9.6, 10.2, 9.8, 10.0]
-    first = [3.3, 3.4, 3.2, 3.35, 3.25, 3.3]  # its trial said 3.0: fastest; confirmed second
-    second = [3.1, 3.2, 3.0, 3.15, 3.05, 3.1]  # its trial said 3.2
+def test_a_trial_figure_that_swaps_two_points_the_confirmation_tells_apart_marks_both():
+    base = [10.0, 11.5, 8.5, 10.8, 9.2, 10.0]  # wide speed-up intervals: the rank alone marks
+    first = [3.3, 3.4, 3.25, 3.35, 3.3, 3.3]  # its trial said 3.0: fastest; confirmed 3.25-3.4, second
+    second = [3.1, 3.2, 3.0, 3.15, 3.05, 3.1]  # its trial said 3.2; confirmed 3.0-3.2
     rows = summarise([base, first, second], [_record(0, 10.0), _record(1, 3.0), _record(2, 3.2)])
     assert [row["flagged"] for row in rows] == [False, True, True]
+
+
+def test_a_swap_inside_overlapping_confirmed_intervals_is_no_mark():
+    base = [10.0, 10.6, 9.4, 10.3, 9.7, 10.0]
+    first = [3.15, 3.05, 3.3, 3.1, 3.2, 3.15]  # its trial said 3.10, confirmed 3.05-3.3
+    second = [3.1, 3.25, 3.0, 3.05, 3.15, 3.1]  # its trial said 3.15, confirmed 3.0-3.25: the order is noise
+    rows = summarise([base, first, second], [_record(0, 10.0), _record(1, 3.1), _record(2, 3.15)])
+    assert not any(row["flagged"] for row in rows)
 
 
 def _front(flagged: list[bool]) -> pd.DataFrame:
