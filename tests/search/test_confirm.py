@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pytest
+from markupsafe import escape
 
 from slimtune.search.cli import main
 from slimtune.search.config import load_config
@@ -191,7 +192,7 @@ def test_export_verifies_its_latency_against_the_confirmed_figure(confirmed_stud
     assert verification["latency_ratio"] == pytest.approx(verification["latency_ms"] / confirmed[number]["latency_ms"])
 
 
-def test_confirm_command_flags_a_planted_outlier(confirmed_study, capsys):
+def test_confirm_command_flags_a_planted_outlier(confirmed_study, capsys, tmp_path):
     storage, _ = confirmed_study
     study, repository = open_study("confirm", storage)
     number = int(pareto_front(study, repository)["trial"].iloc[0])
@@ -209,6 +210,8 @@ def test_confirm_command_flags_a_planted_outlier(confirmed_study, capsys):
     assert "FLAGGED" in out and FLAGGED_NOTE in out  # the mark, and under the table what it means
     confirmed = repository.confirmations("confirm")
     assert confirmed[number]["flagged"] and confirmed[number]["trial_latency_ms"] == planted["latency_ms"]
+    page = write_report("confirm", storage, tmp_path / "report.html").read_text()  # the dashboard's table, too
+    assert ">flagged</span>" in page and str(escape(FLAGGED_NOTE.removeprefix("FLAGGED: "))) in page
     assert main(["confirm", "confirm", "--storage", storage, "--rounds", "0"]) == 2  # bad input: one line, exit 2
     assert capsys.readouterr().err.startswith("slimtune: error: --rounds = 0")
 
