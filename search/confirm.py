@@ -13,8 +13,8 @@ process rebuilds the baseline and every front point and times them interleaved, 
   interval over the per-round ratios: the baseline and the point were timed seconds apart, so
   what drifts between rounds cancels;
 - it is flagged when its trial's own figure tells another story: ranked by the trials' latencies
-  it stands elsewhere on the front than ranked by the confirmed ones, or its trial's speed-up
-  differs from the confirmed one by more than the confirmed interval (results.disagreeing). A
+  it stands elsewhere on the front than the confirmed intervals put it, or its trial's speed-up
+  is off the confirmed one by more than the confirmed interval spans (results.disagreeing). A
   trial latency merely outside the confirmed interval is no mark: on a shared CPU it is normal.
 
 The rows replace the study's previous confirmation (storage table `slimtune_confirmations`).

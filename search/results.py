@@ -96,7 +96,7 @@ def interval_columns(measurement: dict[str, Any], confirmed: dict[str, Any] | No
 
 #: the line under a table whose points carry the mark (`slimtune pareto`, the dashboard, the report)
 FLAGGED_NOTE = ("FLAGGED: the trial's own latency would rank this point elsewhere on the front than the confirmed "
-                "intervals do, or give a speed-up off the confirmed one by more than the confirmed interval; "
+                "intervals do, or give a speed-up off the confirmed one by more than the confirmed interval spans; "
                 "the figures shown are the confirmed ones")
 
 
@@ -114,8 +114,8 @@ def disagreeing(rows: dict[int, dict[str, Any]]) -> set[int]:
     - rank: by their trials' latencies two points stand in one order, by the confirmed latencies
       in the other, and the confirmed intervals do not overlap (the confirmation tells them apart;
       a swap inside overlapping intervals is no change of rank it can vouch for): both are marked;
-    - speed-up: the trial's speed-up (its baseline's trial latency over its own) differs from the
-      confirmed speed-up by more than the confirmed interval's width.
+    - speed-up: the trial's speed-up (its baseline's trial latency over its own) is off the
+      confirmed speed-up by a larger factor than the confirmed interval spans (high / low).
 
     With fewer than 6 rounds the intervals are the ranges of the round medians and ratios. That a
     trial's latency lies outside the confirmed interval alone is no mark: on a shared CPU it is the
@@ -139,7 +139,11 @@ def disagreeing(rows: dict[int, dict[str, Any]]) -> set[int]:
         if span is None or row.get("speedup_x") is None:
             continue
         trial_speedup = timed[base]["trial_latency_ms"] / row["trial_latency_ms"]
-        if abs(trial_speedup - row["speedup_x"]) > span[1] - span[0]:
+        if min(span[0], trial_speedup, row["speedup_x"]) <= 0:
+            continue
+        # a ratio's distance is a factor: 0.01x against 3x is as far off as 300x against 3x
+        factor = max(trial_speedup / row["speedup_x"], row["speedup_x"] / trial_speedup)
+        if factor > span[1] / span[0]:
             marked.add(number)
     return marked
 
