@@ -94,6 +94,12 @@ def tiny_create_bodies(raw: dict[str, Any]) -> dict[str, Any]:
     workload["input_shape"] = {"type": "array", "enum": [TINY_STUDY["workload"]["input_shape"]]}
     workload["batch_sizes"] = {"type": "array", "enum": [[32], [16, 64]]}
     workload["data_root"] = {"type": "null"}
+    # eager only, as the tiny study: an absent runtimes means every runtime the target supports,
+    # and the server then tries a compile on this CPU (about 10 s a created study here)
+    raw["components"]["schemas"]["StudyOverHttp"]["required"].append("target")
+    target = raw["components"]["schemas"]["TargetSection"]
+    target["properties"]["runtimes"] = {"type": "array", "enum": [["eager"]]}
+    target["required"] = [*target.get("required", []), "runtimes"]
     return raw
 
 
