@@ -58,8 +58,9 @@ class StudySection(_Section):
     n_trials: PositiveInt = 30
     """Trials that finish with a result (complete, failed, stopped), however many workers run the study
     (`--n-trials` overrides)."""
-    seed: int = 0
-    """Seeds the sampler; trial N fine-tunes with seed + N (`--seed` overrides)."""
+    seed: int = Field(0, ge=0, lt=2**31)
+    """Seeds the sampler; trial N fine-tunes with seed + N (`--seed` overrides). Below 2**31: Optuna's
+    samplers take seed + trials so far, which numpy wants below 2**32."""
     stop_when: StopWhen | None = None
     """End the study early once the front stops improving, e.g. `{ hypervolume_gain_below = 0.005,
     over_trials = 10 }`; absent: run every trial."""

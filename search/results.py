@@ -94,11 +94,77 @@ def interval_columns(measurement: dict[str, Any], confirmed: dict[str, Any] | No
             "confirmed": False, "flagged": False}
 
 
+#: the line under a table whose points carry the mark (`slimtune pareto`, the dashboard, the report)
+FLAGGED_NOTE = ("FLAGGED: the trial's own latency would rank this point elsewhere on the front than the confirmed "
+                "intervals do, or give a speed-up off the confirmed one by more than the confirmed interval spans; "
+                "the figures shown are the confirmed ones")
+
+
+def _confirmed_range(row: dict[str, Any], low: str, high: str, values: list[float] | None) -> tuple[float, float] | None:
+    """A confirmed interval; with fewer than 6 rounds (no interval), the range of the rounds' values."""
+    if row.get(low) is not None and row.get(high) is not None:
+        return row[low], row[high]
+    return (min(values), max(values)) if values else None
+
+
+def disagreeing(rows: dict[int, dict[str, Any]]) -> set[int]:
+    """The confirmed points (trial number -> confirmed row, the baseline's included) whose trial's
+    own figure would tell another story:
+
+    - rank: by their trials' latencies two points stand in one order, by the confirmed latencies
+      in the other, and the confirmed intervals do not overlap (the confirmation tells them apart;
+      a swap inside overlapping intervals is no change of rank it can vouch for): both are marked;
+    - speed-up: the trial's speed-up (its baseline's trial latency over its own) is off the
+      confirmed speed-up by a larger factor than the confirmed interval spans (high / low).
+
+    With fewer than 6 rounds the intervals are the ranges of the round medians and ratios. That a
+    trial's latency lies outside the confirmed interval alone is no mark: on a shared CPU it is the
+    normal case."""
+    timed = {n: r for n, r in rows.items() if r.get("trial_latency_ms") is not None and r.get("latency_ms") is not None}
+    rounds = {n: (r.get("details") or {}).get("round_medians_ms") for n, r in timed.items()}
+    spans = {n: _confirmed_range(r, "latency_ci_low_ms", "latency_ci_high_ms", rounds[n]) for n, r in timed.items()}
+    marked: set[int] = set()
+    for a in timed:
+        for b in timed:
+            trial_order = timed[a]["trial_latency_ms"] < timed[b]["trial_latency_ms"]
+            apart = spans[a] is not None and spans[b] is not None and spans[b][1] < spans[a][0]  # b surely faster
+            if trial_order and apart:
+                marked |= {a, b}
+    base = next((n for n, r in timed.items() if r.get("is_baseline")), None)
+    if base is None:
+        return marked
+    for number, row in timed.items():
+        ratios = [b / m for b, m in zip(rounds[base], rounds[number])] if rounds[base] and rounds[number] else None
+        span = _confirmed_range(row, "speedup_ci_low_x", "speedup_ci_high_x", ratios)
+        if span is None or row.get("speedup_x") is None:
+            continue
+        trial_speedup = timed[base]["trial_latency_ms"] / row["trial_latency_ms"]
+        if min(span[0], trial_speedup, row["speedup_x"]) <= 0:
+            continue
+        # a ratio's distance is a factor: 0.01x against 3x is as far off as 300x against 3x
+        factor = max(trial_speedup / row["speedup_x"], row["speedup_x"] / trial_speedup)
+        if factor > span[1] / span[0]:
+            marked.add(number)
+    return marked
+
+
+def mark_disagreements(rows: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """`rows` with `flagged` set by `disagreeing` (rows stored by an older slimtune were flagged
+    by another rule: the mark is computed where it is read)."""
+    marked = disagreeing(rows)
+    return {n: {**row, "flagged": n in marked} for n, row in rows.items()}
+
+
+def confirmations(repository: Repository, study_name: str) -> dict[int, dict[str, Any]]:
+    """The study's confirmed rows by trial number, marked (`mark_disagreements`); {} when none."""
+    return mark_disagreements(repository.confirmations(study_name))
+
+
 def pareto_front(study: optuna.Study, repository: Repository) -> pd.DataFrame:
     """The feasible front (Optuna's `best_trials` honours constraints), fastest first."""
     records = {r.trial_number: r for r in repository.trials(study.study_name)}
     baseline = baseline_record(list(records.values()))
-    confirmed = repository.confirmations(study.study_name)
+    confirmed = confirmations(repository, study.study_name)
     rows = [_row(t.number, records.get(t.number), baseline, confirmed.get(t.number)) for t in study.best_trials]
     frame = pd.DataFrame(rows, columns=list(_row(0, None, None)))
     frame = frame.sort_values(["latency_ms", "trial"]).reset_index(drop=True)
@@ -209,7 +275,8 @@ def _range(low: Any, high: Any, digits: int) -> str:
 
 def _fold_intervals(frame: pd.DataFrame) -> pd.DataFrame:
     """The terminal's view: each interval as one 'low-high' column beside its figure, and on the
-    front, whether each point was confirmed ('yes', 'FLAGGED' when its trial disagrees, 'no')."""
+    front, whether each point was confirmed ('yes', 'FLAGGED' where its trial's own figure would
+    change its rank or speed-up: `disagreeing`, 'no')."""
     frame = frame.copy()
     if "latency_ci_low_ms" in frame:
         at = frame.columns.get_loc("latency_ms") + 1
@@ -228,8 +295,10 @@ def _fold_intervals(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_table(frame: pd.DataFrame) -> str:
+    """The front (or trials) as text; when a point carries the mark, the line that says what it means."""
     if frame.empty:
         return "(no feasible trials)"
+    note = "flagged" in frame and "speedup_x" in frame and bool(frame["flagged"].fillna(False).astype(bool).any())
     frame = _fold_intervals(frame)
     formats = {
         "latency_ms": "{:.3f}".format, "latency_p95_ms": "{:.3f}".format, "peak_memory_mb": "{:.2f}".format,
@@ -239,7 +308,8 @@ def format_table(frame: pd.DataFrame) -> str:
         "refined_balanced_accuracy": "{:.4f}".format, "refined_latency_ms": "{:.3f}".format,
         "refined_accuracy_drop_pts": "{:+.2f}".format, "refined_steps": "{:.0f}".format,
     }
-    return frame.to_string(index=False, formatters={k: v for k, v in formats.items() if k in frame}, na_rep="-")
+    table = frame.to_string(index=False, formatters={k: v for k, v in formats.items() if k in frame}, na_rep="-")
+    return f"{table}\n{FLAGGED_NOTE}" if note else table
 
 
 __all__ = ["StorageError", "StudyNotFound", "accuracy_floor", "format_table", "trials_table", "open_study", "pareto_front", "trials_frame"]

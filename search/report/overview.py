@@ -30,7 +30,7 @@ from slimtune.storage.schema import Fingerprint, ParetoSnapshot
 
 from slimtune.search.config import CONFIG_ATTR
 from slimtune.search.hypervolume import HYPERVOLUME_ATTR, HypervolumeHistory, hypervolume_history, hypervolume_settings
-from slimtune.search.results import StudyNotFound, _row, baseline_record
+from slimtune.search.results import StudyNotFound, _row, baseline_record, confirmations
 from slimtune.search.studies import N_TRIALS_ATTR, STUDY_FILE_ATTR
 
 #: measurement keys a trial table can show and sort by, with their column titles (units included)
@@ -433,7 +433,7 @@ class StudyView:
         """The latest confirmation's rows by trial number (search/confirm.py); empty when none."""
         if not self.repository.has_tables():
             return {}
-        return self.cached("confirmations", lambda: self.repository.confirmations(self.name))
+        return self.cached("confirmations", lambda: confirmations(self.repository, self.name))
 
     def running_trials(self) -> list[FrozenTrial]:
         return self.storage.get_all_trials(self.study.study_id, deepcopy=False, states=(TrialState.RUNNING,))

@@ -20,6 +20,7 @@ from slimtune.storage import safe_url
 
 from slimtune.search.report import figures
 from slimtune.search.report.overview import AXIS_TITLES, MEASURED, StudyView
+from slimtune.search.results import FLAGGED_NOTE
 
 HERE = Path(__file__).parent
 environment = jinja2.Environment(
@@ -73,7 +74,8 @@ LABELS = {
 }
 
 environment.filters["age"] = age
-environment.globals.update(number=number, titles=AXIS_TITLES, labels=LABELS, measured=MEASURED, storage_safe=safe_url)
+environment.globals.update(number=number, titles=AXIS_TITLES, labels=LABELS, measured=MEASURED, storage_safe=safe_url,
+                           flagged_note=FLAGGED_NOTE.removeprefix("FLAGGED: "))
 
 
 def table_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from slimtune.search.config import StudyConfig
@@ -20,6 +21,31 @@ from slimtune.search.config import StudyConfig
 TOKEN_ENV = "SLIMTUNE_API_TOKEN"
 BUILTIN_MODEL_NAMESPACES = ("slimtune", "torchvision")
 BUILTIN_DATA_NAMESPACES = ("sklearn", "torchvision")
+#: the rule `check_builtin_workload` enforces on `workload.model` before anything is imported
+MODEL_PATTERN = rf"^({'|'.join(BUILTIN_MODEL_NAMESPACES)}):"
+
+
+def model_names() -> list[str]:
+    """Every `workload.model` an HTTP client may name, as the OpenAPI schema lists them: the
+    built-ins and torchvision's classification builders (what MODEL_PATTERN lets through and
+    objectives' model_factory then resolves; anything else is a 422 naming the field)."""
+    import torchvision
+
+    from slimtune.objectives.models import BUILTIN_MODELS
+
+    return ([f"slimtune:{name}" for name in sorted(BUILTIN_MODELS)]
+            + [f"torchvision:{name}" for name in torchvision.models.list_models(module=torchvision.models)])
+
+
+def data_pattern() -> str:
+    """`workload.data` over HTTP, as the OpenAPI schema states it (JSON Schema: a regex search,
+    `$` the end of the text) and `check_builtin_workload` enforces it: `elpv` or `elpv:<options>`,
+    `sklearn:<name>` or `imagefolder:<path>` (non-empty), `torchvision:<one of its dataset classes>`.
+    A function: the dataset names come from the installed torchvision, imported only when asked."""
+    import torchvision
+
+    datasets = "|".join(re.escape(name) for name in getattr(torchvision.datasets, "__all__", ()))
+    return rf"^(elpv(:|$)|(sklearn|imagefolder):[\s\S]|torchvision:({datasets})$)"
 
 
 class Refused(ValueError):
@@ -60,8 +86,13 @@ def confine(root: Path, relative: str, field: str) -> Path:
         raise Refused(field, f"{relative!r} is absolute; give a path relative to the server's root")
     if ".." in PurePosixPath(relative.replace("\\", "/")).parts:
         raise Refused(field, f"{relative!r} contains '..'; give a path inside the server's root")
+    if any(len(os.fsencode(part)) > 255 for part in PurePosixPath(relative).parts):  # NAME_MAX: ENAMETOOLONG
+        raise Refused(field, "a name in the path is longer than 255 bytes")
     base = root.resolve()
-    target = (base / relative).resolve()  # follows symlinks of the parts that exist
+    try:
+        target = (base / relative).resolve()  # follows symlinks of the parts that exist
+    except (OSError, ValueError) as error:
+        raise Refused(field, f"{relative!r} is not a usable path ({error})") from None
     if target != base and base not in target.parents:
         raise Refused(field, f"{relative!r} leads outside the server's root (a symlink?)")
     return target
@@ -75,8 +106,7 @@ def check_builtin_workload(config: StudyConfig, data_dir: Path | None) -> StudyC
     only relative to the server's `--data-dir`.
     """
     workload, baseline = config.workload, config.baseline
-    namespace = workload.model.partition(":")[0]
-    if namespace not in BUILTIN_MODEL_NAMESPACES or ":" not in workload.model:
+    if not re.match(MODEL_PATTERN, workload.model):  # a `slimtune:` or `torchvision:` prefix
         raise Refused("workload.model", f"{workload.model!r}: over HTTP only built-in models are allowed: "
                                         "'slimtune:<name>' or 'torchvision:<name>'")
     namespace, _, name = workload.data.partition(":")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
+from markupsafe import escape
 
 from slimtune.search.cli import main
 from slimtune.search.config import load_config
@@ -13,7 +15,9 @@ from slimtune.search.confirm import summarise
 from slimtune.search.report.html_report import write_report
 from slimtune.search.report.overview import Catalog
 from slimtune.search.report.rendering import number
-from slimtune.search.results import format_table, open_study, pareto_front, trials_frame, trials_table
+from slimtune.search.results import (
+    FLAGGED_NOTE, format_table, open_study, pareto_front, trials_frame, trials_table,
+)
 from slimtune.search.runner import run_study
 from slimtune.storage import TrialRecord
 
@@ -34,7 +38,7 @@ def test_summarise_pairs_rounds_and_flags_a_planted_outlier():
     outlier = [2.5, 2.55, 2.45, 2.5, 2.52, 2.48]  # its trial said 3.0 ms: 20% off
     old = [4.0, 4.1, 3.9, 4.0, 4.0, 4.0]  # measured before intervals: the trial's median alone
     rows = summarise([base, agrees, outlier, old],
-                     [_record(0, 10.0, 9.9, 10.1), _record(3, 5.02, 4.97, 5.06), _record(5, 3.0, 2.97, 3.03),
+                     [_record(0, 10.0, 9.9, 10.1), _record(3, 5.0, 4.97, 5.06), _record(5, 3.0, 2.97, 3.03),
                       _record(7, 4.0)], blocks=[1, 1, 2, 2], batch_size=32)
     by_trial = {row["trial_number"]: row for row in rows}
     assert by_trial[0]["is_baseline"] and by_trial[0]["speedup_x"] == 1.0 and not by_trial[0]["flagged"]
@@ -43,15 +47,61 @@ def test_summarise_pairs_rounds_and_flags_a_planted_outlier():
     assert by_trial[3]["speedup_x"] == pytest.approx(2.0, rel=0.01)
     assert by_trial[3]["speedup_ci_low_x"] <= by_trial[3]["speedup_x"] <= by_trial[3]["speedup_ci_high_x"]
     assert not by_trial[3]["flagged"]
-    assert by_trial[5]["flagged"] and by_trial[5]["trial_latency_ms"] == 3.0
-    assert not by_trial[7]["flagged"]  # 4.0 lies inside the confirmed 3.9-4.1
+    assert by_trial[5]["flagged"] and by_trial[5]["trial_latency_ms"] == 3.0  # speed-up 3.33 in the trial, 3.93-4.04 confirmed
+    assert not by_trial[7]["flagged"]  # speed-up 2.5 both ways
     assert by_trial[7]["details"] == {"round_medians_ms": old, "block": 2, "batch_size": 32}
+
+
+def test_a_whole_trial_run_under_load_is_no_mark():
+    """Every trial timed 1.4x slower than the confirmation (a shared CPU busier then): each trial's
+    latency lies outside its confirmed interval, yet ranks and speed-ups are the confirmed ones."""
+    base = [10.0, 12.0, 8.0, 11.0, 9.0, 10.0]
+    fast = [5.0, 6.5, 4.2, 5.8, 4.5, 5.0]
+    slow = [8.0, 9.5, 6.5, 8.8, 7.2, 8.0]
+    rows = summarise([base, fast, slow], [_record(0, 14.0, 13.9, 14.1), _record(1, 7.0, 6.95, 7.05),
+                                         _record(2, 11.2, 11.1, 11.3)])
+    for row in rows:
+        assert not row["latency_ci_low_ms"] <= row["trial_latency_ms"] <= row["latency_ci_high_ms"]
+    assert not any(row["flagged"] for row in rows)
+
+
+def test_a_trial_figure_that_swaps_two_points_the_confirmation_tells_apart_marks_both():
+    base = [10.0, 11.5, 8.5, 10.8, 9.2, 10.0]  # wide speed-up intervals: the rank alone marks
+    first = [3.3, 3.4, 3.25, 3.35, 3.3, 3.3]  # its trial said 3.0: fastest; confirmed 3.25-3.4, second
+    second = [3.1, 3.2, 3.0, 3.15, 3.05, 3.1]  # its trial said 3.2; confirmed 3.0-3.2
+    rows = summarise([base, first, second], [_record(0, 10.0), _record(1, 3.0), _record(2, 3.2)])
+    assert [row["flagged"] for row in rows] == [False, True, True]
+
+
+def test_a_swap_inside_overlapping_confirmed_intervals_is_no_mark():
+    base = [10.0, 10.6, 9.4, 10.3, 9.7, 10.0]
+    first = [3.15, 3.05, 3.3, 3.1, 3.2, 3.15]  # its trial said 3.10, confirmed 3.05-3.3
+    second = [3.1, 3.25, 3.0, 3.05, 3.15, 3.1]  # its trial said 3.15, confirmed 3.0-3.25: the order is noise
+    rows = summarise([base, first, second], [_record(0, 10.0), _record(1, 3.1), _record(2, 3.15)])
+    assert not any(row["flagged"] for row in rows)
+
+
+def _front(flagged: list[bool]) -> pd.DataFrame:
+    n = len(flagged)
+    return pd.DataFrame({
+        "trial": range(1, n + 1), "recipe": ["prune 0.5"] * n, "latency_ms": [2.0 + i for i in range(n)],
+        "latency_ci_low_ms": [1.9 + i for i in range(n)], "latency_ci_high_ms": [2.1 + i for i in range(n)],
+        "latency_repeats": [50] * n, "speedup_x": [5.0 - i for i in range(n)], "speedup_ci_low_x": [4.8 - i for i in range(n)],
+        "speedup_ci_high_x": [5.2 - i for i in range(n)], "confirmed": [True] * n, "flagged": flagged,
+    })
+
+
+def test_the_table_says_under_it_what_the_mark_means_when_a_point_has_it():
+    marked = format_table(_front([False, True, False])).splitlines()
+    assert [line.split()[-1] for line in marked[1:4]] == ["yes", "FLAGGED", "yes"]
+    assert marked[-1] == FLAGGED_NOTE and FLAGGED_NOTE.startswith("FLAGGED: ")
+    assert FLAGGED_NOTE not in format_table(_front([False, False]))
 
 
 def test_fewer_than_six_rounds_give_no_interval_but_still_a_flag():
     [base, point] = summarise([[10.0, 10.0], [5.0, 5.2]], [_record(0, 10.0), _record(1, 6.0, 5.9, 6.1)])
     assert point["latency_ci_low_ms"] is None and point["speedup_ci_low_x"] is None
-    assert point["flagged"]  # 5.0-5.2 (the rounds' range) against 5.9-6.1
+    assert point["flagged"]  # speed-up 1.67 in the trial against 1.92-2.0, the rounds' ratios
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +192,7 @@ def test_export_verifies_its_latency_against_the_confirmed_figure(confirmed_stud
     assert verification["latency_ratio"] == pytest.approx(verification["latency_ms"] / confirmed[number]["latency_ms"])
 
 
-def test_confirm_command_flags_a_planted_outlier(confirmed_study, capsys):
+def test_confirm_command_flags_a_planted_outlier(confirmed_study, capsys, tmp_path):
     storage, _ = confirmed_study
     study, repository = open_study("confirm", storage)
     number = int(pareto_front(study, repository)["trial"].iloc[0])
@@ -155,13 +205,40 @@ def test_confirm_command_flags_a_planted_outlier(confirmed_study, capsys):
                             accuracy_drop=record.accuracy_drop)
     assert main(["confirm", "confirm", "--storage", storage, "--rounds", "6"]) == 0
     out = capsys.readouterr().out
-    line = next(line for line in out.splitlines() if "trial latency outside the confirmed interval: " in line)
+    line = next(line for line in out.splitlines() if "the trial's own latency would change the rank or speed-up of: " in line)
     assert str(number) in line.rsplit(": ", 1)[1].split(", ")  # (on a loaded machine others may be flagged too)
-    assert "FLAGGED" in out
+    assert "FLAGGED" in out and FLAGGED_NOTE in out  # the mark, and under the table what it means
     confirmed = repository.confirmations("confirm")
     assert confirmed[number]["flagged"] and confirmed[number]["trial_latency_ms"] == planted["latency_ms"]
+    page = write_report("confirm", storage, tmp_path / "report.html").read_text()  # the dashboard's table, too
+    assert ">flagged</span>" in page and str(escape(FLAGGED_NOTE.removeprefix("FLAGGED: "))) in page
     assert main(["confirm", "confirm", "--storage", storage, "--rounds", "0"]) == 2  # bad input: one line, exit 2
     assert capsys.readouterr().err.startswith("slimtune: error: --rounds = 0")
+
+
+def test_a_mark_stored_by_the_old_rule_is_read_by_the_new_one(confirmed_study, tmp_path):
+    """Confirmations stored before this rule carry its `flagged`; `pareto`, the dashboard and the
+    report mark by the rule as it is now. Planted figures: ranks and speed-ups agree, every row
+    stored flagged."""
+    storage, _ = confirmed_study
+    study, repository = open_study("confirm", storage)
+    stored = repository.confirmations("confirm")
+    assert len(stored) >= 2  # the baseline and a front point (this test runs before the one that drops them)
+    planted = []
+    for rank, (number, row) in enumerate(sorted(stored.items(), key=lambda item: not item[1]["is_baseline"])):
+        latency = 10.0 if row["is_baseline"] else float(rank)
+        planted.append({**row, "latency_ms": latency, "trial_latency_ms": latency * 1.5, "latency_ci_low_ms": latency * 0.9,
+                        "latency_ci_high_ms": latency * 1.1, "speedup_x": 10.0 / latency,
+                        "speedup_ci_low_x": 9.0 / latency, "speedup_ci_high_x": 11.0 / latency, "flagged": True})
+    repository.record_confirmations("confirm", planted)
+    try:
+        front = pareto_front(study, repository)
+        assert front["confirmed"].all() and not front["flagged"].any()
+        assert "FLAGGED" not in format_table(front)
+        page = write_report("confirm", storage, tmp_path / "report.html").read_text()
+        assert ">flagged</span>" not in page and ">confirmed</span>" in page
+    finally:
+        repository.record_confirmations("confirm", [{k: v for k, v in row.items()} for row in stored.values()])
 
 
 def test_trials_measured_before_intervals_still_read(confirmed_study, capsys):

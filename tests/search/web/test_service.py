@@ -362,6 +362,9 @@ def test_export_a_trial(client: TestClient, served_study: Served, tmp_path: Path
                          headers=AUTH)
     assert answer.status_code == 201, answer.text
     assert answer.json()["out"] == "picked"
+    schemathesis = pytest.importorskip("schemathesis")
+    schema = schemathesis.openapi.from_dict(client.get("/openapi.json").json())
+    schema["/api/studies/{name}/export"]["POST"].validate_response(answer)  # the real export, as declared
     assert (tmp_path / "exports" / "picked" / "manifest.json").is_file()
     assert answer.json()["manifest"]["trial"] == number
     page = client.get(f"/studies/{served_study.name}/trials/{number}")
