@@ -131,7 +131,9 @@ def test_the_study_pages_headline_states_the_confirmed_figures_the_table_states(
     cards = view.headline()
     assert view.summary.best["latency_ms"] == fastest["latency_ms"] and view.summary.confirmed  # the studies list
     assert cards["latency_ms"] == {"best": fastest["latency_ms"], "baseline": confirmed[0]["latency_ms"],
-                                   "ratio": fastest["speedup_x"], "confirmed": True}
+                                   "ratio": fastest["speedup_x"], "confirmed": True,
+                                   "throughput": view.throughput(fastest["latency_ms"])}
+    assert cards["latency_ms"]["throughput"].endswith("images/s at batch 32")
     best_accuracy = front["accuracy"].max()
     baseline_accuracy = repository.trial("confirm", 0).measurement["accuracy"]
     assert cards["accuracy"] == {"best": best_accuracy, "baseline": baseline_accuracy,
