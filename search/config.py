@@ -27,6 +27,10 @@ from slimtune.search.samplers import SAMPLERS
 CONFIG_ATTR = "slimtune_config"
 #: the one that keeps the whole validated study file, so `slimtune worker` needs no file
 STUDY_FILE_ATTR = "slimtune_study_file"
+#: the validation split's facts (share, size, seed, digest of its rows), stored when the study is created
+VALIDATION_ATTR = "slimtune_validation"
+#: the front and the baseline measured on the test split when the search ended (search/holdout.py)
+TEST_ATTR = "slimtune_test"
 
 
 class StudyFileError(ValueError):
@@ -113,6 +117,11 @@ class WorkloadSection(_Section):
     """One input's shape: `[channels, height, width]` for images, `[seq_len]` (token ids) for text."""
     batch_sizes: list[PositiveInt] = Field(default=[64], min_length=1)
     """The batch sizes latency is measured at; the first is the one the objectives use."""
+    validation_share: float = Field(default=0.15, gt=0.0, le=0.5)
+    """The share of the training data carved as the validation split (stratified by label, the
+    same on every run of the study; at least 100 examples where the training data has 300):
+    trials fine-tune on the rest and are judged on it. The data set's held-out split is the test
+    split, read once when the search has ended (docs/measurement.md)."""
 
     @field_validator("input_shape")
     @classmethod
@@ -145,6 +154,10 @@ class ConstraintsSection(_Section):
     """Top-1 accuracy may fall this far below the baseline's (0.01 = one point); absent: no bound."""
     max_balanced_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
     """Balanced accuracy may fall this far below the baseline's; absent: no bound."""
+    confidence: float | None = Field(default=None, ge=0.5, lt=1.0)
+    """A point is feasible only when the upper end of the `confidence` interval (e.g. 0.95) of its
+    drop on the validation split is within the allowed drop (paired with the baseline on the same
+    examples, docs/measurement.md); absent: the drop's point estimate decides."""
 
 
 class RefineSection(_Section):
@@ -338,6 +351,8 @@ class StudyConfig(_Section):
         })
         if identity["constraints"].get("max_balanced_accuracy_drop") is None:  # as studies stored before it existed
             identity["constraints"].pop("max_balanced_accuracy_drop", None)
+        if identity["constraints"].get("confidence") is None:  # as studies stored before it existed
+            identity["constraints"].pop("confidence", None)
         if identity["space"].get("drop_layers") is None:  # as studies stored before layer dropping
             identity["space"].pop("drop_layers", None)
         return identity
