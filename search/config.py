@@ -117,11 +117,12 @@ class WorkloadSection(_Section):
     """One input's shape: `[channels, height, width]` for images, `[seq_len]` (token ids) for text."""
     batch_sizes: list[PositiveInt] = Field(default=[64], min_length=1)
     """The batch sizes latency is measured at; the first is the one the objectives use."""
-    validation_share: float = Field(default=0.15, gt=0.0, le=0.5)
+    validation_share: float | None = Field(default=0.15, gt=0.0, le=0.5)
     """The share of the training data carved as the validation split (stratified by label, the
     same on every run of the study; at least 100 examples where the training data has 300):
     trials fine-tune on the rest and are judged on it. The data set's held-out split is the test
-    split, read once when the search has ended (docs/measurement.md)."""
+    split, read once when the search has ended (docs/measurement.md). (A study stored before this
+field existed has none: its trials were judged on the held-out split.)"""
 
     @field_validator("input_shape")
     @classmethod
@@ -351,6 +352,8 @@ class StudyConfig(_Section):
         })
         if identity["constraints"].get("max_balanced_accuracy_drop") is None:  # as studies stored before it existed
             identity["constraints"].pop("max_balanced_accuracy_drop", None)
+        if identity["workload"].get("validation_share") is None:  # as studies stored before the validation split
+            identity["workload"].pop("validation_share", None)
         if identity["constraints"].get("confidence") is None:  # as studies stored before it existed
             identity["constraints"].pop("confidence", None)
         if identity["space"].get("drop_layers") is None:  # as studies stored before layer dropping
@@ -408,7 +411,13 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         baseline["checkpoint"] = resolve(baseline["checkpoint"])
 
 
-def parse_config(raw: dict[str, Any], source: str = "study") -> StudyConfig:
+def parse_config(raw: dict[str, Any], source: str = "study", *, stored: bool = False) -> StudyConfig:
+    """`stored`: `raw` is a study's stored configuration, where an absent `validation_share` means
+    the study was made before the validation split (its trials were judged on the held-out split),
+    not the default."""
+    workload = raw.get("workload")
+    if stored and isinstance(workload, dict) and "validation_share" not in workload:
+        raw = {**raw, "workload": {**workload, "validation_share": None}}
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as error:

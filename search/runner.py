@@ -223,8 +223,6 @@ def _run_study(
     # training waits until the database has answered, so a wrong URL does not cost a training run.
     with signals.delivered():
         evaluator.load()
-    if evaluator.data.get("validation"):  # what the validation split costs the training data
-        log(cost_line(evaluator.data["validation"]))
     # The warm start's source is read (and a wrong one refused) before this database is touched.
     source = load_front(warm_start, storage_url, config.study.name) if warm_start is not None else None
     engine = connect(storage_url)
@@ -253,6 +251,8 @@ def _run_study(
     with signals.delivered():
         evaluator.prepare()
     log(f"baseline: {evaluator.source}" + (f" ({evaluator.train_seconds:.1f} s)" if evaluator.train_seconds else ""))
+    if evaluator.data.get("validation"):  # what the validation split costs the training data
+        log(cost_line(evaluator.data["validation"]))
     space, removals = evaluator.space, evaluator.removals
     for removal in removals:
         log(f"probe: {removal}")
