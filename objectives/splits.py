@@ -15,12 +15,13 @@ The baseline is trained on the training part too, so validation is unseen by eve
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from typing import Any
 
 import torch
 
 from .selection import _labels, _take
-from .workloads import DataSplits
 
 #: the share of the training data carved as validation, and the least it holds (while the
 #: training part keeps at least two thirds)
@@ -54,7 +55,7 @@ def choose_validation(labels: torch.Tensor | None, size: int, count: int, seed: 
     return torch.cat(chosen).sort().values
 
 
-def with_validation(splits: DataSplits, share: float = VALIDATION_SHARE) -> DataSplits:
+def with_validation(splits: Any, share: float = VALIDATION_SHARE) -> Any:
     """`splits` with a validation split carved from its training split; its held-out split
     becomes `test`."""
     if not 0.0 < share < 1.0:
@@ -75,8 +76,10 @@ def with_validation(splits: DataSplits, share: float = VALIDATION_SHARE) -> Data
     digest = hashlib.sha256(repr((splits.fingerprint, indices["validation"])).encode()).hexdigest()[:16]
     facts = {"share": share, "size": len(chosen), "train_size": len(kept), "test_size": len(splits.val),
              "seed": seed, "digest": digest}
-    return DataSplits(_take(train, kept), _take(train, chosen), splits.num_classes,
-                      f"{splits.fingerprint}:validation={share}", test=splits.val, indices=indices, validation=facts)
+    # `splits` is a workloads.DataSplits (not imported here: workloads imports this module)
+    return dataclasses.replace(splits, train=_take(train, kept), val=_take(train, chosen), test=splits.val,
+                               fingerprint=f"{splits.fingerprint}:validation={share}", indices=indices,
+                               validation=facts)
 
 
 def cost_line(facts: dict) -> str:
