@@ -288,14 +288,15 @@ def baseline_seeds(config, seeds: int, log) -> dict:
     from slimtune.objectives.accuracy import accuracy_scores
 
     workload = load_workload(config.workload.model, config.workload.data, tuple(config.workload.input_shape),
-                             config.workload.data_root)
+                             config.workload.data_root, config.workload.validation_share)
+    held_out = workload.data.test if workload.data.test is not None else workload.data.val  # the test split
     device = torch.device(config.target.device)
     runs = []
     for seed in range(seeds):
         recipe = TrainingRecipe(epochs=config.baseline.epochs, batch_size=config.baseline.batch_size,
                                 lr=config.baseline.lr, seed=config.study.seed + seed)
         model = get_baseline(workload, device, recipe=recipe).model.to(device).eval()
-        scores = accuracy_scores(model, workload.data.val, config.workload.batch_sizes[0], device)
+        scores = accuracy_scores(model, held_out, config.workload.batch_sizes[0], device)
         runs.append({"seed": config.study.seed + seed, "accuracy": scores.accuracy,
                      "balanced_accuracy": scores.balanced_accuracy})
         log(f"baseline seed {config.study.seed + seed}: accuracy {scores.accuracy:.4f}, "

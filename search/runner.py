@@ -284,7 +284,6 @@ def _run_study(
             study.set_metric_names(list(config.objectives))
             study.set_user_attr(CONFIG_ATTR, config.identity())
             study.set_user_attr("probe_removed", [str(r) for r in removals])
-            study.set_user_attr(VALIDATION_ATTR, evaluator.data.get("validation"))
             study.set_user_attr(HYPERVOLUME_ATTR, hypervolume_settings(
                 config.objectives, config.constraints.max_accuracy_drop, config.constraints.max_balanced_accuracy_drop))
             study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
@@ -298,6 +297,8 @@ def _run_study(
                 study.enqueue_trial(winner.params, user_attrs=winner.user_attrs)
             if winners:
                 log("screen: the first trials start from its winners: " + "; ".join(w.describe() for w in winners))
+        if study.user_attrs.get(VALIDATION_ATTR) is None and evaluator.data.get("validation"):
+            study.set_user_attr(VALIDATION_ATTR, evaluator.data["validation"])  # checked on every resume
         if not join:  # what `slimtune worker` reads: the study file as last run
             study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
         study.set_user_attr(N_TRIALS_ATTR, config.study.n_trials)  # what "finished" means to the dashboard

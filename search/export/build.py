@@ -283,6 +283,7 @@ def export(
         "accuracy": accuracy_figures(study, number, measured),
         "workload": {"model": config.workload.model, "data": config.workload.data,
                      "data_root": config.workload.data_root, "input_shape": list(config.workload.input_shape),
+                     "validation_share": config.workload.validation_share,
                      "num_classes": info["num_classes"]},
         "input": {"shape": [info["batch"] if info["batch"] != "dynamic" else "N", *config.workload.input_shape],
                   "batch": info["batch"], "dtype": info["dtype"], "memory_format": info["memory_format"]},
