@@ -103,3 +103,21 @@ def test_a_study_whose_validation_split_changed_is_refused() -> None:
     refuse_old_study(study, {"validation": {"size": 216, "digest": "aaaa"}})  # the same split: goes on
     with pytest.raises(StudyFileError, match="the data changed"):
         refuse_old_study(study, {"validation": {"size": 300, "digest": "bbbb"}})
+
+
+def test_the_table_shows_each_drop_with_its_interval_in_one_column() -> None:
+    import pandas as pd
+
+    from slimtune.search.results import accuracy_columns, format_table
+
+    measurement = {"latency_ms": 1.0, "accuracy": 0.98, "judged_on": {
+        "accuracy_drop": 0.0093, "accuracy_drop_ci": [-0.004, 0.022], "split": "validation"}}
+    test = {"points": {"3": {"accuracy": 0.975, "accuracy_drop": 0.0194, "accuracy_drop_ci": [0.005, 0.0337],
+                             "balanced_accuracy": 0.97, "balanced_accuracy_drop": 0.02,
+                             "balanced_accuracy_drop_ci": [0.0, 0.04]}}}
+    row = {"trial": 3, "latency_ms": 1.0, "accuracy": 0.98, "accuracy_drop_pts": 0.93,
+           **accuracy_columns(measurement, 3, test)}
+    assert row["test_accuracy_drop_ci_low_pts"] == pytest.approx(0.5)
+    header, line = format_table(pd.DataFrame([row])).splitlines()
+    assert header.split() == ["trial", "latency_ms", "val_accuracy", "val_drop_pts", "test_accuracy", "test_drop_pts"]
+    assert "+0.93 [-0.4,+2.2]" in line and "+1.94 [+0.5,+3.4]" in line and "0.9750" in line
