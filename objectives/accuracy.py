@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .batching import eval_batches
+from .intervals import Outcomes
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,43 @@ def balanced_accuracy(confusion: torch.Tensor) -> float:
     return float(recalls.mean()) if len(recalls) else 0.0
 
 
+def scores_of(outcomes: Outcomes, classes: int | None = None) -> Scores:
+    """Top-1 and balanced accuracy of per-example outcomes."""
+    classes = classes or int(max(outcomes.labels.max(), outcomes.predictions.max())) + 1
+    pairs = outcomes.labels.long() * classes + outcomes.predictions.long()
+    confusion = torch.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+    return Scores(float(confusion.diagonal().sum()) / float(confusion.sum()), balanced_accuracy(confusion))
+
+
+def accuracy_outcomes(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[Outcomes, int]:
+    """Every example's label and prediction, in the split's order (what a paired interval
+    needs), and the number of classes the model answers. `prepare` turns a float32 batch into
+    what the deployed model takes (dtype, memory format)."""
+    labels_seen: list[torch.Tensor] = []
+    predicted: list[torch.Tensor] = []
+    classes = 0
+    with torch.inference_mode():
+        for inputs, labels, real in eval_batches(dataset, batch_size, device, dtype):
+            if prepare is not None:
+                inputs = prepare(inputs)
+            logits = run(inputs)[:real]
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError("non-finite logits during evaluation")
+            classes = logits.shape[-1]
+            labels_seen.append(labels[:real].long().cpu())
+            predicted.append(logits.argmax(dim=-1).cpu())
+    if not labels_seen:
+        raise ValueError("the held-out split is empty")
+    return Outcomes(torch.cat(labels_seen), torch.cat(predicted)), classes
+
+
 def accuracy_scores(
     run: Callable[[torch.Tensor], torch.Tensor],
     dataset: Dataset,
@@ -42,22 +80,8 @@ def accuracy_scores(
 ) -> Scores:
     """Both figures from one pass. `prepare` turns a float32 batch into what the deployed model
     takes (dtype, memory format)."""
-    confusion: torch.Tensor | None = None
-    with torch.inference_mode():
-        for inputs, labels, real in eval_batches(dataset, batch_size, device, dtype):
-            if prepare is not None:
-                inputs = prepare(inputs)
-            logits = run(inputs)[:real]
-            if not torch.isfinite(logits).all():
-                raise FloatingPointError("non-finite logits during evaluation")
-            classes = logits.shape[-1]
-            if confusion is None:
-                confusion = torch.zeros(classes, classes, dtype=torch.long)
-            pairs = labels[:real].long().cpu() * classes + logits.argmax(dim=-1).cpu()
-            confusion += torch.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
-    if confusion is None:
-        raise ValueError("the held-out split is empty")
-    return Scores(float(confusion.diagonal().sum()) / float(confusion.sum()), balanced_accuracy(confusion))
+    outcomes, classes = accuracy_outcomes(run, dataset, batch_size, device, dtype, prepare)
+    return scores_of(outcomes, classes)
 
 
 def top1_accuracy(

@@ -87,8 +87,9 @@ def train(workload: Workload, recipe: TrainingRecipe, device: torch.device, prog
             held_out = Subset(workload.data.val, range(min(len(workload.data.val), 2048)))
             accuracy = top1_accuracy(model, held_out, recipe.batch_size, device)
             model.train()
+            split = "validation" if workload.data.test is not None else "held-out"  # never the test split
             progress(f"baseline: epoch {step // steps_per_epoch}/{recipe.epochs}  loss {loss.item():.4f}  "
-                     f"held-out accuracy {accuracy:.4f}  ({time.perf_counter() - started:.0f} s)")
+                     f"{split} accuracy {accuracy:.4f}  ({time.perf_counter() - started:.0f} s)")
     return model.eval()
 
 

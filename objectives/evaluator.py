@@ -26,7 +26,8 @@ from slimtune.spaces.precision import math_mode
 from slimtune.spaces.pruning import count_params_and_macs
 from slimtune.spaces.registry import KNOBS
 
-from .accuracy import accuracy_scores, top1_accuracy
+from .accuracy import accuracy_outcomes, accuracy_scores, scores_of, top1_accuracy
+from .intervals import DEFAULT_LEVEL, drop_intervals
 from .batching import training_batches
 from .latency import measure_latency
 from .memory import peak_inference_bytes, weight_bytes
@@ -90,6 +91,11 @@ class Measurement:
     latency_ci_high_ms: float | None = None
     latency_block: int | None = None
     latency_converged: bool | None = None
+    #: the drops against the baseline on the split the trial was judged on, with their paired
+    #: intervals (objectives/intervals.py: accuracy_drop, accuracy_drop_ci, balanced_accuracy_drop,
+    #: balanced_accuracy_drop_ci, ci_level, examples, discordant) and `split`: "validation", or
+    #: "held-out" for a workload without a validation split; {} in measurements of older slimtunes
+    judged_on: dict[str, Any] = field(default_factory=dict)
 
     def objective(self, name: str) -> float:
         if name not in OBJECTIVE_NAMES:
@@ -141,8 +147,10 @@ class Evaluator:
         budget: Budget = Budget(),
         max_accuracy_drop: float | None = None,
         max_balanced_accuracy_drop: float | None = None,
+        ci_level: float = DEFAULT_LEVEL,
     ):
         self.workload = workload
+        self.ci_level = ci_level
         self.device = torch.device(device)
         if threads and self.device.type == "cpu":
             torch.set_num_threads(threads)
@@ -153,9 +161,12 @@ class Evaluator:
         self.teacher = copy.deepcopy(baseline).to(self.device).eval()
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
+        # `val` is the validation split where the workload has one (objectives/splits.py): every
+        # figure the search reads comes from it; the test split is read by `test_figures` only
         val = workload.data.val
         self._check_split = Subset(val, range(min(len(val), 2048)))
-        scores = accuracy_scores(self.teacher, val, self.batch_sizes[0], self.device)
+        self._baseline_outcomes, classes = accuracy_outcomes(self.teacher, val, self.batch_sizes[0], self.device)
+        scores = scores_of(self._baseline_outcomes, classes)
         self.baseline_accuracy, self.baseline_balanced_accuracy = scores.accuracy, scores.balanced_accuracy
         self._baseline_check = self._quick_scores(self.teacher)
 
@@ -222,9 +233,10 @@ class Evaluator:
             with math_mode(recipe.precision):
                 candidate = self.build(recipe, seed, stage)
                 stage("accuracy")
-                scores = accuracy_scores(
+                outcomes, classes = accuracy_outcomes(
                     candidate, self.workload.data.val, self.batch_sizes[0], self.device, prepare=candidate.inputs
                 )
+                scores = scores_of(outcomes, classes)
                 self.check_time("accuracy")
                 latencies = {}
                 for batch_size in self.batch_sizes:
@@ -269,9 +281,49 @@ class Evaluator:
             latency_ci_high_ms=primary.ci_high_ms,
             latency_block=primary.block,
             latency_converged=primary.converged,
+            judged_on={**drop_intervals(self._baseline_outcomes, outcomes, self.ci_level), "split": self.split_name},
         )
         measurement.check_finite()
         return measurement
+
+    @property
+    def split_name(self) -> str:
+        """What `val` is: the validation split, or the loader's held-out split where no
+        validation split was carved."""
+        return "validation" if self.workload.data.test is not None else "held-out"
+
+    def test_figures(self, recipes: list[Recipe], seeds: list[int],
+                     on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """The test split, read once when the search has ended: the baseline and each recipe
+        (rebuilt as its trial built it: same seed, same fine-tuning, its runtime) scored on it,
+        with each point's drops and paired intervals against the baseline on the same examples,
+        and each rebuilt point's validation figures (they should match its trial's)."""
+        test = self.workload.data.test
+        if test is None:
+            raise ValueError("this workload has no test split (no validation split was carved)")
+        stage = on_stage or (lambda name: None)
+        stage("baseline on the test split")
+        baseline, classes = accuracy_outcomes(self.teacher, test, self.batch_sizes[0], self.device)
+        base = scores_of(baseline, classes)
+        points = []
+        for index, (recipe, seed) in enumerate(zip(recipes, seeds)):
+            stage(f"test split: point {index + 1}/{len(recipes)}")
+            self._deadline = time.perf_counter() + 2 * self.budget.trial_timeout_s
+            try:
+                with math_mode(recipe.precision):
+                    candidate = self.build(recipe, seed)
+                    outcomes, classes = accuracy_outcomes(candidate, test, self.batch_sizes[0], self.device,
+                                                          prepare=candidate.inputs)
+                    validation, _ = accuracy_outcomes(candidate, self.workload.data.val, self.batch_sizes[0],
+                                                      self.device, prepare=candidate.inputs)
+            finally:
+                del self._deadline
+            scores = scores_of(outcomes, classes)
+            points.append({"accuracy": scores.accuracy, "balanced_accuracy": scores.balanced_accuracy,
+                           **drop_intervals(baseline, outcomes, self.ci_level),
+                           "validation_accuracy": scores_of(validation, classes).accuracy})
+        return {"examples": len(baseline), "baseline_accuracy": base.accuracy,
+                "baseline_balanced_accuracy": base.balanced_accuracy, "ci_level": self.ci_level, "points": points}
 
     def rebuild(self, recipe: Recipe, seed: int, on_stage: Callable[[str], None] | None = None) -> tuple[Candidate, float]:
         """The trial's model again, for export: built as `evaluate` built it (same seed, same

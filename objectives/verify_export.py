@@ -48,8 +48,10 @@ def verify(folder: str) -> dict:
     if measure.get("threads") and exported.device.type == "cpu":
         torch.set_num_threads(measure["threads"])
     _stage("loading the data")
+    # the split the trial was judged on: its validation split (absent in manifests of studies made
+    # before it: the held-out split)
     workload = load_workload(workload_spec["model"], workload_spec["data"], tuple(workload_spec["input_shape"]),
-                             workload_spec.get("data_root"))
+                             workload_spec.get("data_root"), workload_spec.get("validation_share"))
     batch_size = measure["batch_size"]
     with math_mode(manifest["recipe"]["precision"]):
         run, runtime = _with_runtime(exported, manifest["recipe"]["runtime"])

@@ -8,7 +8,7 @@ plain messages on a pipe.
 
 Messages from the driver: ("load",) ("baseline",) ("evaluate", recipe_dict, seed)
 ("check", recipe_dict) ("export", recipe_dict, seed, format, folder) ("screen", recipe_dict, accuracy, timeout_s)
-("confirm", [recipe_dict, ...], [seed, ...], rounds) ("stop",). Messages to the driver: ("log", text) ("stage", name)
+("confirm", [recipe_dict, ...], [seed, ...], rounds) ("test", [recipe_dict, ...], [seed, ...]) ("stop",). Messages to the driver: ("log", text) ("stage", name)
 ("warning", line) (each third-party warning once, see spaces/warnings_once.py)
 ("loaded", info) ("ready", info) ("result", measurement_dict) ("stopped", reason)
 ("failed", reason, restart) ("error", field, message, traceback or None) for bad input.
@@ -46,6 +46,11 @@ class WorkerSpec:
     inductor_cache_dir: str | None = None
     factory: str = DEFAULT_FACTORY
     max_balanced_accuracy_drop: float | None = None
+    #: the share of the training data carved as the validation split (objectives/splits.py);
+    #: None: trials are judged on the loader's held-out split (no test split)
+    validation_share: float | None = None
+    #: the level of the drops' paired intervals (the study's `confidence`, else 0.95)
+    ci_level: float = 0.95
 
 
 def _die_with_parent() -> None:
@@ -77,7 +82,7 @@ def make_evaluator(spec: WorkerSpec, workload, baseline_model):
     return Evaluator(
         workload, baseline_model, spec.device, threads=spec.threads, batch_sizes=tuple(spec.batch_sizes),
         budget=Budget(**spec.budget), max_accuracy_drop=spec.max_accuracy_drop,
-        max_balanced_accuracy_drop=spec.max_balanced_accuracy_drop,
+        max_balanced_accuracy_drop=spec.max_balanced_accuracy_drop, ci_level=spec.ci_level,
     )
 
 
@@ -187,11 +192,18 @@ def serve(conn, spec: WorkerSpec) -> None:
             if kind == "stop":
                 return
             if kind == "load":
-                workload = load_workload(spec.model, spec.data, tuple(spec.input_shape), spec.data_root)
+                workload = load_workload(spec.model, spec.data, tuple(spec.input_shape), spec.data_root,
+                                         spec.validation_share)
                 check_quantization(workload, space.quantization)
                 if spec.checkpoint:
                     checkpoint_model = load_checkpoint(workload, spec.checkpoint)
-                send("loaded", {"num_classes": workload.num_classes})
+                from .selection import _labels
+
+                judged = _labels(workload.data.val)
+                send("loaded", {"num_classes": workload.num_classes, "validation": workload.data.validation,
+                                "train_size": len(workload.data.train), "judged_size": len(workload.data.val),
+                                "judged_classes": None if judged is None else
+                                torch.bincount(judged.long(), minlength=workload.num_classes).tolist()})
             elif kind == "baseline":
                 if checkpoint_model is not None:
                     source, seconds, model = f"checkpoint:{spec.checkpoint}", 0.0, checkpoint_model
@@ -223,6 +235,10 @@ def serve(conn, spec: WorkerSpec) -> None:
                 _, recipes, seeds, rounds = message
                 send("result", confirm_candidates(evaluator, recipes, seeds, rounds,
                                                   on_stage=lambda name: send("stage", name)))
+            elif kind == "test":  # the test split, once the search has ended (search/holdout.py)
+                _, recipes, seeds = message
+                send("result", evaluator.test_figures([Recipe.from_dict(r) for r in recipes], list(seeds),
+                                                      on_stage=lambda name: send("stage", name)))
             elif kind == "check":
                 evaluator.check_combination(Recipe.from_dict(message[1]))
                 send("result", None)

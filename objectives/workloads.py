@@ -48,12 +48,25 @@ def _factory_failed(field: str, role: str, spec: str, error: BaseException) -> W
 
 @dataclass
 class DataSplits:
-    """`val` is the held-out split: accuracy is measured on it and no fine-tuning sees it."""
+    """`train` is what fine-tuning sees; `val` is the split trials are judged on (constraint,
+    hopeless test, objectives, screen), never trained on. A loader returns two splits (train and
+    held-out); `objectives/splits.py` then carves a validation split from the training data
+    (`with_validation`): `val` becomes that validation split and the loader's held-out split
+    becomes `test`, read only once the search has ended. `test` is None where no validation split
+    was carved (then `val` is the loader's held-out split, as before).
+
+    `indices`, where known, names the examples of each split: "train"/"validation" as rows of
+    the loader's training split (and "test" as rows of its held-out split), or, for data held in
+    one array (digits, ELPV), rows of that array under "source_*" names."""
 
     train: Dataset
     val: Dataset
     num_classes: int
     fingerprint: str
+    test: Dataset | None = None
+    indices: dict[str, list[int]] | None = None
+    #: the validation split's facts (share, size, seed, digest of its rows), stored with a study
+    validation: dict | None = None
 
 
 @dataclass
@@ -203,13 +216,14 @@ def _sklearn_digits(input_shape: tuple[int, ...]) -> DataSplits:
         )
     images, labels, train_idx, val_idx = _digits_split()
     fingerprint = "sklearn:digits:" + _tensor_fingerprint(images, labels)[:16]
+    source = {"source_train": list(train_idx), "source_test": list(val_idx)}
     if tuple(input_shape) == (1, 8, 8):
         return DataSplits(TensorDataset(images[train_idx], labels[train_idx]),
-                          TensorDataset(images[val_idx], labels[val_idx]), 10, fingerprint)
+                          TensorDataset(images[val_idx], labels[val_idx]), 10, fingerprint, indices=source)
     # Stored at 8x8, served resized (and with repeated channels) batch by batch on the device.
     train = ResizedTensorDataset(images[train_idx], labels[train_idx], input_shape)
     val = ResizedTensorDataset(images[val_idx], labels[val_idx], input_shape)
-    return DataSplits(train, val, 10, f"{fingerprint}:{'x'.join(map(str, input_shape))}")
+    return DataSplits(train, val, 10, f"{fingerprint}:{'x'.join(map(str, input_shape))}", indices=source)
 
 
 def _image_transform(input_shape: tuple[int, ...]):
@@ -343,7 +357,8 @@ def _elpv(name: str, input_shape: tuple[int, ...], data_root: str | None) -> Dat
     else:  # grey stored once, repeated to 3 channels (and flipped) batch by batch on the device
         train = ResizedTensorDataset(resized[train_idx], labels[train_idx], input_shape, flips)
         val = ResizedTensorDataset(resized[val_idx], labels[val_idx], input_shape)
-    return DataSplits(train, val, 4 if four else 2, fingerprint)
+    return DataSplits(train, val, 4 if four else 2, fingerprint,
+                      indices={"source_train": train_idx.tolist(), "source_test": val_idx.tolist()})
 
 
 def _text_data(spec: str, input_shape: tuple[int, ...], model: str | None) -> DataSplits:
@@ -442,12 +457,20 @@ def check_model(spec: str, make_model: Callable[[], nn.Module], input_shape: tup
 
 
 def load_workload(
-    model: str, data: str, input_shape: tuple[int, ...], data_root: str | None = None
+    model: str, data: str, input_shape: tuple[int, ...], data_root: str | None = None,
+    validation_share: float | None = None,
 ) -> Workload:
     """Load the data, resolve the model and run it once; raises `WorkloadError` naming the bad
-    field (and, for a user's factory that raised, the factory and its exception)."""
+    field (and, for a user's factory that raised, the factory and its exception).
+    `validation_share`: carve that share of the training data as the validation split trials are
+    judged on (objectives/splits.py), the loader's held-out split becoming the test split; None
+    keeps the loader's two splits (trials judged on its held-out split, as before)."""
     input_shape = tuple(input_shape)
     splits = load_data(data, input_shape, data_root, model)
+    if validation_share is not None:
+        from .splits import with_validation
+
+        splits = with_validation(splits, validation_share)
     make_model = model_factory(model, splits.num_classes, input_shape)
     vocab_size = None
     if model.startswith("hf:"):

@@ -213,6 +213,9 @@ def _confirm(study_name: str, storage: str, rounds: int | None) -> int:
             evaluator.load()
             evaluator.prepare()
             confirm_study(study, repository, config, evaluator, rounds=rounds, log=print)
+            from slimtune.search.holdout import measure_test_at_end
+
+            measure_test_at_end(study, repository, config, evaluator, print)  # and the test split, once more
     except KeyboardInterrupt as error:
         print("interrupted: nothing was stored", file=sys.stderr)
         return exit_code(error)

@@ -27,6 +27,10 @@ from slimtune.search.samplers import SAMPLERS
 CONFIG_ATTR = "slimtune_config"
 #: the one that keeps the whole validated study file, so `slimtune worker` needs no file
 STUDY_FILE_ATTR = "slimtune_study_file"
+#: the validation split's facts (share, size, seed, digest of its rows), stored when the study is created
+VALIDATION_ATTR = "slimtune_validation"
+#: the front and the baseline measured on the test split when the search ended (search/holdout.py)
+TEST_ATTR = "slimtune_test"
 
 
 class StudyFileError(ValueError):
@@ -118,6 +122,12 @@ class WorkloadSection(_Section):
     """One input's shape: `[channels, height, width]` for images, `[seq_len]` (token ids) for text."""
     batch_sizes: list[PositiveInt] = Field(default=[64], min_length=1)
     """The batch sizes latency is measured at; the first is the one the objectives use."""
+    validation_share: float | None = Field(default=0.15, gt=0.0, le=0.5)
+    """The share of the training data carved as the validation split (stratified by label, the
+    same on every run of the study; at least 100 examples where the training data has 300):
+    trials fine-tune on the rest and are judged on it. The data set's held-out split is the test
+    split, read once when the search has ended (docs/measurement.md). (A study stored before this
+field existed has none: its trials were judged on the held-out split.)"""
 
     @field_validator("input_shape")
     @classmethod
@@ -150,6 +160,10 @@ class ConstraintsSection(_Section):
     """Top-1 accuracy may fall this far below the baseline's (0.01 = one point); absent: no bound."""
     max_balanced_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
     """Balanced accuracy may fall this far below the baseline's; absent: no bound."""
+    confidence: float | None = Field(default=None, ge=0.5, lt=1.0)
+    """A point is feasible only when the upper end of the `confidence` interval (e.g. 0.95) of its
+    drop on the validation split is within the allowed drop (paired with the baseline on the same
+    examples, docs/measurement.md); absent: the drop's point estimate decides."""
 
 
 class RefineSection(_Section):
@@ -343,6 +357,10 @@ class StudyConfig(_Section):
         })
         if identity["constraints"].get("max_balanced_accuracy_drop") is None:  # as studies stored before it existed
             identity["constraints"].pop("max_balanced_accuracy_drop", None)
+        if identity["workload"].get("validation_share") is None:  # as studies stored before the validation split
+            identity["workload"].pop("validation_share", None)
+        if identity["constraints"].get("confidence") is None:  # as studies stored before it existed
+            identity["constraints"].pop("confidence", None)
         if identity["space"].get("drop_layers") is None:  # as studies stored before layer dropping
             identity["space"].pop("drop_layers", None)
         return identity
@@ -398,7 +416,13 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         baseline["checkpoint"] = resolve(baseline["checkpoint"])
 
 
-def parse_config(raw: dict[str, Any], source: str = "study") -> StudyConfig:
+def parse_config(raw: dict[str, Any], source: str = "study", *, stored: bool = False) -> StudyConfig:
+    """`stored`: `raw` is a study's stored configuration, where an absent `validation_share` means
+    the study was made before the validation split (its trials were judged on the held-out split),
+    not the default."""
+    workload = raw.get("workload")
+    if stored and isinstance(workload, dict) and "validation_share" not in workload:
+        raw = {**raw, "workload": {**workload, "validation_share": None}}
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as error:

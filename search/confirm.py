@@ -103,7 +103,7 @@ def study_config(study: optuna.Study) -> StudyConfig:
         raise StudyFileError(f"study {study.study_name!r} has no stored configuration; it was not created by slimtune run")
     if "seed" not in raw.get("study", {}):
         raw = {**raw, "study": {**raw["study"], "seed": study.user_attrs.get("study_seed", 0)}}
-    return parse_config(raw, f"study {study.study_name!r}")
+    return parse_config(raw, f"study {study.study_name!r}", stored=True)
 
 
 def confirm_study(study: optuna.Study, repository: Repository, config: StudyConfig, evaluator: IsolatedEvaluator, *,

@@ -187,6 +187,15 @@ class RunBudget:
             total += self.confirm_rounds * self._round_s(0.0)
         return total
 
+    def test_estimate(self, study: optuna.Study, restart: bool = False) -> float:
+        """The test split's time: the baseline and each feasible front point rebuilt as its trial
+        built it (about its trial's time), plus a fresh worker with `restart`."""
+        from optuna.trial import TrialState
+
+        points = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("baseline")]
+        points += [t for t in _front(study) if not t.user_attrs.get("baseline")]
+        return (self.restart_s if restart else 0.0) + sum(self._seconds(t) or 0.0 for t in points)
+
     def _round_s(self, latency_s: float) -> float:
         """One point's share of a confirmation round: its warm-up, then its samples until
         `latency_max_s` once the floor's were taken."""

@@ -81,6 +81,8 @@ class IsolatedEvaluator:
         self.source = ""
         self.train_seconds = 0.0
         self.restarts = 0
+        #: what the worker said of the data when it loaded it: split sizes, the validation facts
+        self.data: dict[str, Any] = {}
         self._process: multiprocessing.Process | None = None
         self._conn = None
         self._serving = False  # set once a worker has loaded the baseline
@@ -92,7 +94,7 @@ class IsolatedEvaluator:
         """Start a worker and load the workload (and checkpoint) in it: raises WorkloadError
         for bad input before anything is created."""
         self._start()
-        self._request(("load",), None, "loading the workload")
+        self.data = self._request(("load",), None, "loading the workload") or {}
 
     def prepare(self) -> None:
         """Train or load the baseline and probe the target's capabilities (in the worker)."""
@@ -282,6 +284,12 @@ class IsolatedEvaluator:
         per_round = len(recipes) * (float(budget.get("latency_max_s", 3.0)) + 1.0)
         limit = len(recipes) * 2 * self.timeout_s + rounds * per_round + grace_s(self.timeout_s)
         return self._request(("confirm", [r.to_dict() for r in recipes], list(seeds), rounds), limit, "confirmation")
+
+    def test(self, recipes: list[Recipe], seeds: list[int]) -> dict[str, Any]:
+        """Rebuild `recipes` in the worker and score them and the baseline on the test split
+        (Evaluator.test_figures); the limit is a rebuild per point."""
+        limit = (len(recipes) + 1) * 2 * self.timeout_s + grace_s(self.timeout_s)
+        return self._request(("test", [r.to_dict() for r in recipes], list(seeds)), limit, "the test split")
 
     def _learn(self, recipe: Recipe, combination: tuple, reason: str) -> None:
         """Remember a combination that also fails on the unpruned model."""

@@ -101,7 +101,7 @@ def study_config(study, seed: int | None = None) -> StudyConfig:
     if identity is None:
         raise RefineError(f"study {study.study_name!r} has no stored configuration; it was not created by slimtune run")
     study_seed = seed if seed is not None else identity.get("study", {}).get("seed", 0)
-    return parse_config({**identity, "study": {**identity["study"], "seed": study_seed}}, f"study {study.study_name!r}")
+    return parse_config({**identity, "study": {**identity["study"], "seed": study_seed}}, f"study {study.study_name!r}", stored=True)
 
 
 #: how `top` ranks the front's pruned points

@@ -13,7 +13,7 @@ from slimtune.storage import (
     DatabaseMissing, Repository, StorageError, TrialRecord, connect, has_optuna_schema, optuna_storage, safe_url,
 )
 
-from slimtune.search.config import CONFIG_ATTR
+from slimtune.search.config import CONFIG_ATTR, TEST_ATTR
 
 
 class StudyNotFound(LookupError):
@@ -53,7 +53,7 @@ def accuracy_floor(study: optuna.Study, repository: Repository) -> float | None:
 
 
 def _row(number: int, record: TrialRecord | None, baseline: TrialRecord | None,
-         confirmed: dict[str, Any] | None = None) -> dict[str, Any]:
+         confirmed: dict[str, Any] | None = None, test: dict[str, Any] | None = None) -> dict[str, Any]:
     measurement = (record.measurement if record else None) or {}
     row: dict[str, Any] = {
         "trial": number,
@@ -70,10 +70,40 @@ def _row(number: int, record: TrialRecord | None, baseline: TrialRecord | None,
     row["speedup_x"] = base["latency_ms"] / measurement["latency_ms"] if ready else None
     row["memory_x"] = base["peak_memory_mb"] / measurement["peak_memory_mb"] if ready else None
     row["accuracy_drop_pts"] = 100 * (base["accuracy"] - measurement["accuracy"]) if ready else None
+    row.update(accuracy_columns(measurement, number, test))
     row.update(interval_columns(measurement, confirmed))
     if confirmed:  # the interleaved re-measurement replaces the trial's own latency and speed-up
         row["latency_ms"], row["speedup_x"] = confirmed["latency_ms"], confirmed["speedup_x"]
     return row
+
+
+#: the columns `accuracy_columns` adds: the drop's paired interval on the split the trial was judged
+#: on (validation), and the figures measured once on the test split when the search ended
+ACCURACY_COLUMNS = ("accuracy_drop_ci_low_pts", "accuracy_drop_ci_high_pts", "judged_on", "test_accuracy",
+                    "test_balanced_accuracy", "test_accuracy_drop_pts", "test_accuracy_drop_ci_low_pts",
+                    "test_accuracy_drop_ci_high_pts", "test_balanced_accuracy_drop_pts",
+                    "test_balanced_accuracy_drop_ci_low_pts", "test_balanced_accuracy_drop_ci_high_pts")
+
+
+def _pts(value: Any) -> float | None:
+    return None if value is None else 100 * value
+
+
+def accuracy_columns(measurement: dict[str, Any], number: int, test: dict[str, Any] | None) -> dict[str, Any]:
+    """The validation drop's interval (None for trials of older slimtunes), what the trial was
+    judged on, and the point's test figures (None until the study ended and measured them)."""
+    judged = measurement.get("judged_on") or {}
+    low, high = judged.get("accuracy_drop_ci") or (None, None)
+    point = ((test or {}).get("points") or {}).get(str(number)) or {}
+    t_low, t_high = point.get("accuracy_drop_ci") or (None, None)
+    b_low, b_high = point.get("balanced_accuracy_drop_ci") or (None, None)
+    return {"accuracy_drop_ci_low_pts": _pts(low), "accuracy_drop_ci_high_pts": _pts(high),
+            "judged_on": judged.get("split"), "test_accuracy": point.get("accuracy"),
+            "test_balanced_accuracy": point.get("balanced_accuracy"),
+            "test_accuracy_drop_pts": _pts(point.get("accuracy_drop")), "test_accuracy_drop_ci_low_pts": _pts(t_low),
+            "test_accuracy_drop_ci_high_pts": _pts(t_high),
+            "test_balanced_accuracy_drop_pts": _pts(point.get("balanced_accuracy_drop")),
+            "test_balanced_accuracy_drop_ci_low_pts": _pts(b_low), "test_balanced_accuracy_drop_ci_high_pts": _pts(b_high)}
 
 
 #: the columns `interval_columns` adds (json/csv carry them; the table folds them into ranges)
@@ -165,7 +195,8 @@ def pareto_front(study: optuna.Study, repository: Repository) -> pd.DataFrame:
     records = {r.trial_number: r for r in repository.trials(study.study_name)}
     baseline = baseline_record(list(records.values()))
     confirmed = confirmations(repository, study.study_name)
-    rows = [_row(t.number, records.get(t.number), baseline, confirmed.get(t.number)) for t in study.best_trials]
+    test = study.user_attrs.get(TEST_ATTR)
+    rows = [_row(t.number, records.get(t.number), baseline, confirmed.get(t.number), test) for t in study.best_trials]
     frame = pd.DataFrame(rows, columns=list(_row(0, None, None)))
     frame = frame.sort_values(["latency_ms", "trial"]).reset_index(drop=True)
     return with_refined(frame, chosen_refined(repository, study.study_name), baseline)
@@ -273,11 +304,43 @@ def _range(low: Any, high: Any, digits: int) -> str:
     return f"{low:.{digits}f}-{high:.{digits}f}"
 
 
+def _drop_with_interval(drop: Any, low: Any, high: Any) -> str:
+    """'+0.46 [-0.93,+1.85]': a drop in points with its interval, one column."""
+    if drop is None or pd.isna(drop):
+        return "-"
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{drop:+.2f}"
+    return f"{drop:+.2f} [{low:+.1f},{high:+.1f}]"
+
+
+def _fold_accuracy(frame: pd.DataFrame) -> pd.DataFrame:
+    """The drops with their intervals in one column each: `val_drop_pts` (the split the search
+    was judged on) and, once measured, `test_accuracy` and `test_drop_pts` (the untouched split)."""
+    if "accuracy_drop_ci_low_pts" not in frame:
+        return frame
+    validation = (frame["judged_on"] == "validation").any()
+    if not frame["accuracy_drop_ci_low_pts"].notna().any():  # measured before intervals: as it was
+        return frame[[c for c in frame.columns if c not in ACCURACY_COLUMNS]]
+    folded = [_drop_with_interval(d, lo, hi) for d, lo, hi in zip(
+        frame["accuracy_drop_pts"], frame["accuracy_drop_ci_low_pts"], frame["accuracy_drop_ci_high_pts"])]
+    frame["accuracy_drop_pts"] = folded
+    if validation:
+        frame = frame.rename(columns={"accuracy": "val_accuracy", "accuracy_drop_pts": "val_drop_pts"})
+    if frame["test_accuracy"].notna().any():
+        frame["test_drop_pts"] = [_drop_with_interval(d, lo, hi) for d, lo, hi in zip(
+            frame["test_accuracy_drop_pts"], frame["test_accuracy_drop_ci_low_pts"], frame["test_accuracy_drop_ci_high_pts"])]
+        order = [c for c in frame.columns if c not in ("test_accuracy", "test_drop_pts")]
+        at = order.index("val_drop_pts" if validation else "accuracy_drop_pts") + 1
+        frame = frame[order[:at] + ["test_accuracy", "test_drop_pts"] + order[at:]]
+    return frame[[c for c in frame.columns if c == "test_accuracy" or c == "test_drop_pts"
+                  or c not in ACCURACY_COLUMNS]]
+
+
 def _fold_intervals(frame: pd.DataFrame) -> pd.DataFrame:
     """The terminal's view: each interval as one 'low-high' column beside its figure, and on the
     front, whether each point was confirmed ('yes', 'FLAGGED' where its trial's own figure would
     change its rank or speed-up: `disagreeing`, 'no')."""
-    frame = frame.copy()
+    frame = _fold_accuracy(frame.copy())
     if "latency_ci_low_ms" in frame:
         at = frame.columns.get_loc("latency_ms") + 1
         frame.insert(at, "latency_ci_ms", [_range(lo, hi, 3) for lo, hi in zip(frame["latency_ci_low_ms"],
@@ -303,6 +366,7 @@ def format_table(frame: pd.DataFrame) -> str:
     formats = {
         "latency_ms": "{:.3f}".format, "latency_p95_ms": "{:.3f}".format, "peak_memory_mb": "{:.2f}".format,
         "weight_mb": "{:.3f}".format, "accuracy": "{:.4f}".format, "speedup_x": "{:.2f}x".format,
+        "val_accuracy": "{:.4f}".format, "test_accuracy": "{:.4f}".format,
         "memory_x": "{:.2f}x".format, "accuracy_drop_pts": "{:+.2f}".format,
         "balanced_accuracy": "{:.4f}".format, "refined_accuracy": "{:.4f}".format,
         "refined_balanced_accuracy": "{:.4f}".format, "refined_latency_ms": "{:.3f}".format,

@@ -24,9 +24,11 @@ from slimtune.spaces.errors import one_line
 from slimtune.storage import DEFAULT_STORAGE, Repository, SlotBook, connect, is_sqlite, optuna_storage, safe_url, single_process
 
 from slimtune.search import screen, signals
-from slimtune.search.config import CONFIG_ATTR, STUDY_FILE_ATTR, StudyConfig, StudyFileError
+from slimtune.objectives.splits import cost_line
+from slimtune.search.config import CONFIG_ATTR, STUDY_FILE_ATTR, VALIDATION_ATTR, StudyConfig, StudyFileError
 from slimtune.search.confirm import confirm_at_end
 from slimtune.search.deadline import Deadline, RunBudget, TimedOut
+from slimtune.search.holdout import measure_test_at_end, refuse_old_study, resolution_lines
 from slimtune.search.fingerprint import fingerprint
 from slimtune.search.first_trials import PruneLadder, first_trials
 from slimtune.search.hypervolume import HYPERVOLUME_ATTR, hypervolume_settings, study_hypervolume
@@ -92,12 +94,15 @@ class TrialObjective:
         self.repository.record_trial(**record, status="complete", measurement=stored, accuracy_drop=accuracy_drop)
         trial.set_user_attr("status", "complete")
         trial.set_user_attr("accuracy_drop", accuracy_drop)
+        judged = measurement.judged_on  # with `confidence`, the upper end of the drop's interval decides
+        upper = (lambda name, drop: judged[f"{name}_ci"][1] if self.config.constraints.confidence and judged else drop)
         max_drop = self.config.constraints.max_accuracy_drop
         if max_drop is not None:  # on every trial, the baseline included: no constraint = feasible
-            trial.set_constraint("accuracy_drop", accuracy_drop - max_drop)
+            trial.set_constraint("accuracy_drop", upper("accuracy_drop", accuracy_drop) - max_drop)
         max_balanced_drop = self.config.constraints.max_balanced_accuracy_drop
         if max_balanced_drop is not None and balanced_drop is not None:
-            trial.set_constraint("balanced_accuracy_drop", balanced_drop - max_balanced_drop)
+            trial.set_constraint("balanced_accuracy_drop",
+                                 upper("balanced_accuracy_drop", balanced_drop) - max_balanced_drop)
         return [measurement.objective(name) for name in self.config.objectives]
 
 
@@ -160,6 +165,7 @@ def worker_spec(config: StudyConfig, factory: str = DEFAULT_FACTORY) -> WorkerSp
         ),
         max_accuracy_drop=config.constraints.max_accuracy_drop,
         max_balanced_accuracy_drop=config.constraints.max_balanced_accuracy_drop,
+        validation_share=config.workload.validation_share, ci_level=config.constraints.confidence or 0.95,
         space=config.search_space().to_dict(),
         checkpoint=config.baseline.checkpoint,
         training=dict(epochs=config.baseline.epochs, batch_size=config.baseline.batch_size,
@@ -246,6 +252,8 @@ def _run_study(
         from slimtune.search.results import StudyNotFound
 
         raise StudyNotFound(f"study {config.study.name!r} not found in {safe_url(storage_url)!r}")
+    if existing is not None:  # before the validation split, or another one: refused (search/holdout.py)
+        refuse_old_study(existing, evaluator.data)
     if existing is not None and not join:  # a joining worker runs the study's own configuration
         _check_resume(existing, config, storage_url)
     if warm_start is not None and existing is not None:
@@ -258,9 +266,13 @@ def _run_study(
     # what a fresh worker costs (the baseline then comes from the cache): a trial stopped at the
     # deadline leaves none, and the confirmation after it needs one
     restart_s = deadline.clock() - setup_started - evaluator.train_seconds if deadline is not None else 0.0
+    if evaluator.data.get("validation"):  # what the validation split costs the training data
+        log(cost_line(evaluator.data["validation"]))
     space, removals = evaluator.space, evaluator.removals
     for removal in removals:
         log(f"probe: {removal}")
+    for line in resolution_lines(config, evaluator):  # a constraint the split is too small for
+        log(line)
     stored = repository.screen(config.study.name) if existing is not None else None
     with signals.delivered():  # the target screen: measured once per study, read back after
         screened = screen.for_study(config, space, evaluator, stored.result if stored else None,
@@ -299,6 +311,8 @@ def _run_study(
                 study.enqueue_trial(winner.params, user_attrs=winner.user_attrs)
             if winners:
                 log("screen: the first trials start from its winners: " + "; ".join(w.describe() for w in winners))
+        if study.user_attrs.get(VALIDATION_ATTR) is None and evaluator.data.get("validation"):
+            study.set_user_attr(VALIDATION_ATTR, evaluator.data["validation"])  # checked on every resume
         if not join:  # what `slimtune worker` reads: the study file as last run
             study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
         study.set_user_attr(N_TRIALS_ATTR, config.study.n_trials)  # what "finished" means to the dashboard
@@ -362,4 +376,5 @@ def _run_study(
             bar.close()
     if not join:  # the study's run ended: re-measure its front against the baseline (search/confirm.py)
         confirm_at_end(study, repository, config, evaluator, log, budget)
+        measure_test_at_end(study, repository, config, evaluator, log, budget)  # the test split, read once
     return study

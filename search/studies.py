@@ -17,7 +17,7 @@ from slimtune.objectives.workloads import check_quantization
 from slimtune.spaces import probe
 from slimtune.storage import Repository, connect, optuna_storage, safe_url
 
-from slimtune.search.config import CONFIG_ATTR, StudyConfig, StudyFileError
+from slimtune.search.config import CONFIG_ATTR, VALIDATION_ATTR, StudyConfig, StudyFileError
 from slimtune.search.samplers import make_sampler
 
 #: the whole validated study file (JSON), so workers can join a study that has no file on disk
@@ -38,7 +38,7 @@ def create_study(config: StudyConfig, storage_url: str) -> optuna.Study:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StudyFileError(f"target.device = {config.target.device!r}: no CUDA device here; allowed: cpu")
     workload = load_workload(config.workload.model, config.workload.data, tuple(config.workload.input_shape),
-                             config.workload.data_root)
+                             config.workload.data_root, config.workload.validation_share)
     check_quantization(workload, config.search_space().quantization)
     engine = connect(storage_url)
     repository = Repository(engine)
@@ -58,5 +58,6 @@ def create_study(config: StudyConfig, storage_url: str) -> optuna.Study:
     study.set_user_attr(STUDY_FILE_ATTR, config.model_dump(mode="json"))
     study.set_user_attr(N_TRIALS_ATTR, config.study.n_trials)
     study.set_user_attr("probe_removed", [str(r) for r in removals])
+    study.set_user_attr(VALIDATION_ATTR, workload.data.validation)
     study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
     return study

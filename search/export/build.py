@@ -223,7 +223,7 @@ def export(
     if study_seed is None:
         raise ExportError(f"trial = {number}: its seed was not recorded (stored by an older slimtune); "
                           "pass the study's seed (--seed)")
-    config = parse_config({**identity, "study": {**identity["study"], "seed": study_seed}}, f"study {study_name!r}")
+    config = parse_config({**identity, "study": {**identity["study"], "seed": study_seed}}, f"study {study_name!r}", stored=True)
     trial_seed = attrs.get("seed", study_seed + number)
     measured, accuracy_drop, spec = record.measurement, record.accuracy_drop, worker_spec(config, DEFAULT_FACTORY)
     refined_row = chosen_refined(repository, study_name).get(number) if refined else None
@@ -278,8 +278,12 @@ def export(
         "measured": {k: measured.get(k) for k in (
             "accuracy", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "params", "macs", "batch_size")}
         | {"accuracy_drop": accuracy_drop},
+        # the drops with their paired intervals: on the split the search judged (validation), and on
+        # the test split, measured once when the study ended (search/holdout.py); None where absent
+        "accuracy": accuracy_figures(study, number, measured),
         "workload": {"model": config.workload.model, "data": config.workload.data,
                      "data_root": config.workload.data_root, "input_shape": list(config.workload.input_shape),
+                     "validation_share": config.workload.validation_share,
                      "num_classes": info["num_classes"]},
         "input": {"shape": [info["batch"] if info["batch"] != "dynamic" else "N", *config.workload.input_shape],
                   "batch": info["batch"], "dtype": info["dtype"], "memory_format": info["memory_format"]},
@@ -352,6 +356,18 @@ def export(
         f"{'confirmed' if confirmed else 'in the trial'} "
         f"(ratio {verification['latency_ratio']:.2f})")
     return result
+
+
+def accuracy_figures(study: Any, number: int, measured: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's accuracy block: the trial's validation drops with their intervals, and the
+    point's and the baseline's test figures where the study measured them."""
+    from slimtune.search.config import TEST_ATTR
+
+    test = study.user_attrs.get(TEST_ATTR) or {}
+    point = (test.get("points") or {}).get(str(number))
+    return {"judged_on": measured.get("judged_on") or None,
+            "test": None if point is None else {**point, "baseline_accuracy": test.get("baseline_accuracy"),
+                                                "baseline_balanced_accuracy": test.get("baseline_balanced_accuracy")}}
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ def stored_config(study_name: str, storage_url: str) -> StudyConfig:
             f"study {study_name!r} keeps no study file (it was created by an older slimtune): run "
             f"`slimtune run FILE --storage URL` once to store it"
         )
-    return parse_config(raw, f"study {study_name!r}")
+    return parse_config(raw, f"study {study_name!r}", stored=True)
 
 
 def study_is_done(study_name: str, storage_url: str) -> bool:

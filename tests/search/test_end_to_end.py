@@ -37,12 +37,15 @@ pytestmark = pytest.mark.processes  # starts real slimtune processes: scheduled 
 NAME = TINY_STUDY["study"]["name"]
 MAX_DROP = TINY_STUDY["constraints"]["max_accuracy_drop"]
 PARETO_COLUMNS = ["trial", "recipe", "latency_ms", "latency_p95_ms", "peak_memory_mb", "weight_mb", "accuracy",
-                  "balanced_accuracy", "speedup_x", "memory_x", "accuracy_drop_pts", "latency_ci_low_ms", "latency_ci_high_ms",
+                  "balanced_accuracy", "speedup_x", "memory_x", "accuracy_drop_pts", "accuracy_drop_ci_low_pts",
+                  "accuracy_drop_ci_high_pts", "judged_on", "test_accuracy", "test_balanced_accuracy", "test_accuracy_drop_pts",
+                  "test_accuracy_drop_ci_low_pts", "test_accuracy_drop_ci_high_pts", "test_balanced_accuracy_drop_pts",
+                  "test_balanced_accuracy_drop_ci_low_pts", "test_balanced_accuracy_drop_ci_high_pts", "latency_ci_low_ms", "latency_ci_high_ms",
                   "latency_repeats", "speedup_ci_low_x", "speedup_ci_high_x", "confirmed", "flagged"]
 #: the terminal table folds each interval into one 'low-high' column beside its figure
 PARETO_TABLE_COLUMNS = ["trial", "recipe", "latency_ms", "latency_ci_ms", "latency_p95_ms", "peak_memory_mb",
-                        "weight_mb", "accuracy", "balanced_accuracy", "speedup_x", "speedup_ci_x", "memory_x",
-                        "accuracy_drop_pts", "confirmed"]
+                        "weight_mb", "val_accuracy", "balanced_accuracy", "speedup_x", "speedup_ci_x", "memory_x",
+                        "val_drop_pts", "test_accuracy", "test_drop_pts", "confirmed"]
 TRIALS_COLUMNS = {"trial", "state", "status", "reason", "recipe.prune_ratio", "recipe.quantization",
                   "recipe.precision", "accuracy", "latency_ms", "peak_memory_mb", "accuracy_drop", "on_front"}
 
@@ -212,6 +215,11 @@ def test_pareto_as_json_and_csv(finished: Run) -> None:
     for row in rows:
         assert row["speedup_x"] > 0 and row["memory_x"] > 0
         assert row["accuracy_drop_pts"] <= 100 * MAX_DROP + 1e-9
+        # judged on validation with its interval; measured once on the test split when the run ended
+        assert row["judged_on"] == "validation"
+        assert row["accuracy_drop_ci_low_pts"] <= row["accuracy_drop_pts"] <= row["accuracy_drop_ci_high_pts"]
+        assert row["test_accuracy"] is not None
+        assert row["test_accuracy_drop_ci_low_pts"] <= row["test_accuracy_drop_pts"] <= row["test_accuracy_drop_ci_high_pts"]
 
     code, out, err = run_cli("pareto", NAME, "--storage", finished.url, "--format", "csv")
     assert code == 0, err
