@@ -83,10 +83,6 @@ class Workload:
     def num_classes(self) -> int:
         return self.data.num_classes
 
-    @property
-    def is_text(self) -> bool:
-        return self.vocab_size is not None
-
     def example(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """A seeded batch as the model takes it in float32: images from a normal distribution,
         token ids drawn from the vocabulary (objectives/text.example_tokens says which)."""
