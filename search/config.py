@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, create_model, field_validator,
+    model_validator,
 )
 
 from slimtune.objectives import OBJECTIVE_NAMES
@@ -294,10 +295,21 @@ class WorkersSection(_Section):
     """How often a running trial records a heartbeat."""
     grace_period_s: PositiveInt = 60
     """A trial silent this long is failed as lost and retried; at least twice heartbeat_interval_s.
+    Left out, it is 60 s or six heartbeats, whichever is longer.
     Keep it well above the longest database stall: a live trial judged dead keeps its measurement,
     but is measured again."""
     max_retries: int = Field(default=2, ge=0)
     """Retries of one recipe whose worker died."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grace_follows_the_heartbeat(cls, data: Any) -> Any:
+        # a slower heartbeat alone must not make the default grace period an error
+        if isinstance(data, dict) and "grace_period_s" not in data:
+            interval = data.get("heartbeat_interval_s")
+            if isinstance(interval, int) and not isinstance(interval, bool) and interval > 10:
+                data = {**data, "grace_period_s": 6 * interval}
+        return data
 
     @field_validator("grace_period_s")
     @classmethod

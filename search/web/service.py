@@ -261,7 +261,11 @@ CREATE_ERRORS = responses(*WRITE, 422, 503, conflict="a study of that name exist
 @api.post("/studies", response_model=StudyOut, status_code=201, dependencies=[Depends(require_token)],
           responses=CREATE_ERRORS, summary="create a study from a study-file body (the TOML file's tables as JSON)")
 def create(request: Request, config: Annotated[StudyOverHttp, Body()]) -> dict[str, Any]:
-    return _create(request, StudyConfig.model_validate(config.model_dump()))
+    try:  # the HTTP model is the study file's, narrowed: what it passed, the file passes, but say so if not
+        study = StudyConfig.model_validate(config.model_dump())
+    except ValidationError as error:
+        raise Unprocessable.from_errors(error.errors()) from None
+    return _create(request, study)
 
 
 @api.post("/studies/toml", response_model=StudyOut, status_code=201, dependencies=[Depends(require_token)],

@@ -27,3 +27,12 @@ def test_bad_worker_settings_are_one_line(write_study, fields, message) -> None:
     with pytest.raises(StudyFileError) as caught:
         load_config(write_study({"workers": fields}))
     assert message in str(caught.value)
+
+
+def test_a_slow_heartbeat_alone_lengthens_the_default_grace_period(write_study) -> None:
+    """Setting only the heartbeat must not turn the default grace period into an error, and the
+    section must survive a dump and a second validation (the HTTP API does both)."""
+    config = load_config(write_study({"workers": {"heartbeat_interval_s": 520}}))
+    assert config.workers.grace_period_s == 6 * 520
+    assert WorkersSection.model_validate(config.workers.model_dump()) == config.workers
+    assert load_config(write_study({"workers": {"heartbeat_interval_s": 5}}, name="b.toml")).workers.grace_period_s == 60
