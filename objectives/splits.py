@@ -46,13 +46,22 @@ def choose_validation(labels: torch.Tensor | None, size: int, count: int, seed: 
     generator = torch.Generator().manual_seed(seed)
     if labels is None:
         return torch.randperm(size, generator=generator)[:count].sort().values
-    chosen = []
-    for label in torch.unique(labels):
-        members = torch.nonzero(labels == label).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        take = max(1, round(count * len(members) / size)) if len(members) >= 2 else 0
-        chosen.append(members[:take])
+    classes = [torch.nonzero(labels == label).flatten() for label in torch.unique(labels)]
+    takes = _proportional([len(members) for members in classes], count, size)
+    chosen = [members[torch.randperm(len(members), generator=generator)][:take] for members, take in zip(classes, takes)]
     return torch.cat(chosen).sort().values
+
+
+def _proportional(sizes: list[int], count: int, total: int) -> list[int]:
+    """Each class's share of `count`, in proportion to its size, summing to `count` (largest
+    remainders round up; rounding each class alone can miss by one per class), and at least
+    one of every class that has two."""
+    quotas = [count * n / total for n in sizes]
+    takes = [int(q) for q in quotas]
+    by_remainder = sorted(range(len(sizes)), key=lambda c: (takes[c] - quotas[c], c))
+    for c in by_remainder[:count - sum(takes)]:
+        takes[c] += 1
+    return [max(take, 1) if n >= 2 else 0 for take, n in zip(takes, sizes)]
 
 
 def with_validation(splits: Any, share: float = VALIDATION_SHARE) -> Any:

@@ -5,6 +5,7 @@ overlapping training or test, the same on every load; the test split read only b
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import pytest
 import torch
@@ -63,6 +64,24 @@ def test_data_without_array_rows_is_split_by_index_with_a_minimum() -> None:
     assert len(validation) == validation_size(400, 0.05) == VALIDATION_MIN  # 5% would be 20
     assert torch.equal(splits.val.tensors[0], features[sorted(validation)])
     assert int(splits.val.tensors[1].sum()) == 25  # stratified: a quarter of class 1
+
+
+@pytest.mark.parametrize("factory", ["data_with_targets", "data_without_targets"])
+def test_a_user_data_factory_gets_a_validation_split_from_its_training_data(factory) -> None:
+    """A factory's (train, val, classes): validation carved from train (stratified where the
+    dataset says its `targets`), the factory's own held-out split kept whole as the test split."""
+    workload = load_workload("slimtune:small_cnn", f"tests.search.user_factories:{factory}", (1, 8, 8),
+                             validation_share=0.2)
+    data = workload.data
+    train, validation = set(data.indices["train"]), set(data.indices["validation"])
+    assert not train & validation and len(train | validation) == 300
+    assert len(data.val) == len(validation) == validation_size(300, 0.2) and len(data.test) == 60
+    assert [data.test[i][1] for i in range(60)] == [(300 + i) % 3 for i in range(60)]  # the factory's own val
+    assert [data.val[i][1] for i in range(len(data.val))] == [i % 3 for i in sorted(validation)]
+    if factory == "data_with_targets":  # stratified by the labels it declares
+        assert sorted(Counter(i % 3 for i in validation).values()) == [33, 33, 34]  # 100 in proportion, summing to 100
+    again = load_workload("slimtune:small_cnn", f"tests.search.user_factories:{factory}", (1, 8, 8), validation_share=0.2)
+    assert again.data.indices == data.indices  # the same split on every load
 
 
 class CountingDataset(Dataset):
