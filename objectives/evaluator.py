@@ -27,7 +27,7 @@ from slimtune.spaces.pruning import count_params_and_macs
 from slimtune.spaces.registry import KNOBS
 
 from .accuracy import accuracy_outcomes, accuracy_scores, scores_of, top1_accuracy
-from .intervals import DEFAULT_LEVEL, drop_intervals
+from .intervals import DEFAULT_LEVEL, Outcomes, drop_intervals
 from .batching import training_batches
 from .latency import measure_latency
 from .memory import peak_inference_bytes, weight_bytes
@@ -58,6 +58,9 @@ class Budget:
     #: refine: keep the fine-tune's best step by this score ("accuracy" or "balanced_accuracy")
     #: on training images held back for it (objectives/selection.py); None keeps the last step
     keep_best: str | None = None
+    #: refine: also score the candidate on the test split (the search is over, so reading it is
+    #: reporting, not choosing) into `Measurement.test`; trials never do
+    score_test: bool = False
 
 
 @dataclass
@@ -96,6 +99,9 @@ class Measurement:
     #: balanced_accuracy_drop_ci, ci_level, examples, discordant) and `split`: "validation", or
     #: "held-out" for a workload without a validation split; {} in measurements of older slimtunes
     judged_on: dict[str, Any] = field(default_factory=dict)
+    #: refine only (`Budget.score_test`): accuracy, balanced accuracy and the drops with their
+    #: paired intervals on the test split; {} otherwise
+    test: dict[str, Any] = field(default_factory=dict)
 
     def objective(self, name: str) -> float:
         if name not in OBJECTIVE_NAMES:
@@ -162,7 +168,9 @@ class Evaluator:
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         # `val` is the validation split where the workload has one (objectives/splits.py): every
-        # figure the search reads comes from it; the test split is read by `test_figures` only
+        # figure the search reads comes from it; the test split is read by `test_figures` and by
+        # refine's `score_test` only, both after the search
+        self._baseline_test: Outcomes | None = None
         val = workload.data.val
         self._check_split = Subset(val, range(min(len(val), 2048)))
         self._baseline_outcomes, classes = accuracy_outcomes(self.teacher, val, self.batch_sizes[0], self.device)
@@ -237,6 +245,7 @@ class Evaluator:
                     candidate, self.workload.data.val, self.batch_sizes[0], self.device, prepare=candidate.inputs
                 )
                 scores = scores_of(outcomes, classes)
+                tested = self._scored_on_test(candidate) if self.budget.score_test else {}
                 self.check_time("accuracy")
                 latencies = {}
                 for batch_size in self.batch_sizes:
@@ -282,9 +291,23 @@ class Evaluator:
             latency_block=primary.block,
             latency_converged=primary.converged,
             judged_on={**drop_intervals(self._baseline_outcomes, outcomes, self.ci_level), "split": self.split_name},
+            test=tested,
         )
         measurement.check_finite()
         return measurement
+
+    def _scored_on_test(self, candidate: Candidate) -> dict[str, Any]:
+        """The candidate's figures on the test split against the baseline's on the same examples;
+        {} for a workload without one."""
+        test = self.workload.data.test
+        if test is None:
+            return {}
+        if self._baseline_test is None:
+            self._baseline_test = accuracy_outcomes(self.teacher, test, self.batch_sizes[0], self.device)[0]
+        outcomes, classes = accuracy_outcomes(candidate, test, self.batch_sizes[0], self.device, prepare=candidate.inputs)
+        scores = scores_of(outcomes, classes)
+        return {"accuracy": scores.accuracy, "balanced_accuracy": scores.balanced_accuracy,
+                **drop_intervals(self._baseline_test, outcomes, self.ci_level)}
 
     @property
     def split_name(self) -> str:

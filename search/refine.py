@@ -79,7 +79,7 @@ def refine_spec(config: StudyConfig, steps: int, factory: str = DEFAULT_FACTORY,
     it, so both build the same model; records of slimtunes before keep_best rebuild without it."""
     spec = worker_spec(config, factory)
     budget = {**spec.budget, "trial_timeout_s": refine_timeout_s(config, steps),
-              "keep_best": selection_score(config) if keep_best else None}
+              "keep_best": selection_score(config) if keep_best else None, "score_test": True}
     return dataclasses.replace(spec, budget=budget, max_accuracy_drop=None, max_balanced_accuracy_drop=None)
 
 
@@ -199,10 +199,11 @@ def refine(
                             runs.append(done.long)
                 if len(paired) == 2:
                     pairs.append((paired[True][score], paired[False][score]))
+            split = next(((r.get("judged_on") or {}).get("split") for r in runs), None) or "held-out"
             if len(runs) > 1:
-                log(f"refine: trial {number}: {spread_line(runs, score)}")
+                log(f"refine: trial {number}: {spread_line(runs, score, split)}")
             if pairs:
-                log(f"refine: trial {number}: {paired_line(pairs, score, short_steps, steps)}")
+                log(f"refine: trial {number}: {paired_line(pairs, score, short_steps, steps, split)}")
     return results
 
 
@@ -225,29 +226,40 @@ def _run_once(evaluator: IsolatedEvaluator, repository: Repository, study_name: 
     repository.record_refined(study_name, number, steps=steps, seed=seed, status="complete",
                               recipe=recipe.to_dict(), measurement=measurement, accuracy_drop=drop)
     chosen = measurement.get("build", {})
-    log(f"refine: trial {number} {what} ({recipe.describe()}): accuracy "
+    split = (measurement.get("judged_on") or {}).get("split", "held-out")
+    log(f"refine: trial {number} {what} ({recipe.describe()}): {split} accuracy "
         f"{short.get('accuracy', float('nan')):.4f} after {short.get('finetune_steps_run', 0)} steps -> "
         f"{measurement['accuracy']:.4f} at step {chosen.get('selected_step', measurement['finetune_steps_run'])}"
         f" of {measurement['finetune_steps_run']}; balanced {short.get('balanced_accuracy', float('nan')):.4f}"
         f" -> {measurement['balanced_accuracy']:.4f}; latency {measurement['latency_ms']:.3f} ms "
-        f"({measurement['seconds']:.0f} s)")
+        f"({measurement['seconds']:.0f} s){test_clause(measurement.get('test'))}")
     return Refined(number, steps, "complete", None, short, measurement, seed, control)
 
 
-def paired_line(pairs: list[tuple[float, float]], score: str, short_steps: int, steps: int) -> str:
+def test_clause(test: dict[str, Any] | None) -> str:
+    """'; test accuracy 0.7812, drop +0.61 pts (95%: -1.20 to +2.42)', or '' without a test split."""
+    if not test:
+        return ""
+    low, high = test["accuracy_drop_ci"]
+    return (f"; test accuracy {test['accuracy']:.4f}, drop {100 * test['accuracy_drop']:+.2f} pts "
+            f"({test['ci_level']:.0%}: {100 * low:+.2f} to {100 * high:+.2f})")
+
+
+def paired_line(pairs: list[tuple[float, float]], score: str, short_steps: int, steps: int,
+                split: str = "held-out") -> str:
     """What the longer fine-tune bought over the short one, seed by seed (same seed, same
     held-back split, best step kept in both): free of the front's selection."""
     gains = [100 * (long - short) for short, long in pairs]
-    return (f"{steps} steps against the search's {short_steps} under the same seeds and held-back split: held-out "
+    return (f"{steps} steps against the search's {short_steps} under the same seeds and held-back split: {split} "
             f"{score.replace('_', ' ')} {sum(gains) / len(gains):+.2f} pts on average "
             f"({' / '.join(f'{g:+.2f}' for g in gains)} per seed)")
 
 
-def spread_line(runs: list[dict[str, Any]], score: str) -> str:
+def spread_line(runs: list[dict[str, Any]], score: str, split: str = "held-out") -> str:
     """Several seeds of one point: the held-out figures' spread, and the run kept."""
     values = [100 * run[score] for run in runs]
     kept = max(reversed(runs), key=selection_key)  # the newest among equals, as chosen_refined keeps
-    return (f"{len(runs)} seeds, held-out {score.replace('_', ' ')} "
+    return (f"{len(runs)} seeds, {split} {score.replace('_', ' ')} "
             f"{' / '.join(f'{v:.2f}' for v in values)}% (mean {sum(values) / len(values):.2f}, spread "
             f"{max(values) - min(values):.2f} pts); the best of these on the held-back images: "
             f"{100 * kept[score]:.2f}%")

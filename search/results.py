@@ -231,7 +231,7 @@ def chosen_refined(repository: Repository, study_name: str) -> dict[int, Any]:
 
 #: columns the front gains once some of its points were refined (the long fine-tune's figures)
 REFINED_COLUMNS = ["refined_steps", "refined_accuracy", "refined_balanced_accuracy", "refined_latency_ms",
-                   "refined_accuracy_drop_pts"]
+                   "refined_accuracy_drop_pts", "refined_test_accuracy", "refined_test_accuracy_drop_pts"]
 
 
 def with_refined(frame: pd.DataFrame, refined: dict[int, Any], baseline: TrialRecord | None) -> pd.DataFrame:
@@ -250,6 +250,9 @@ def with_refined(frame: pd.DataFrame, refined: dict[int, Any], baseline: TrialRe
         values["refined_latency_ms"].append(m.get("latency_ms"))
         values["refined_accuracy_drop_pts"].append(
             100 * (base["accuracy"] - m["accuracy"]) if m and "accuracy" in base else None)
+        test = m.get("test") or {}  # refined models are scored on the test split too (refine_spec)
+        values["refined_test_accuracy"].append(test.get("accuracy"))
+        values["refined_test_accuracy_drop_pts"].append(_pts(test.get("accuracy_drop")))
     frame = frame.copy()
     for name, column in values.items():
         frame[name] = column
@@ -371,6 +374,7 @@ def format_table(frame: pd.DataFrame) -> str:
         "balanced_accuracy": "{:.4f}".format, "refined_accuracy": "{:.4f}".format,
         "refined_balanced_accuracy": "{:.4f}".format, "refined_latency_ms": "{:.3f}".format,
         "refined_accuracy_drop_pts": "{:+.2f}".format, "refined_steps": "{:.0f}".format,
+        "refined_test_accuracy": "{:.4f}".format, "refined_test_accuracy_drop_pts": "{:+.2f}".format,
     }
     table = frame.to_string(index=False, formatters={k: v for k, v in formats.items() if k in frame}, na_rep="-")
     return f"{table}\n{FLAGGED_NOTE}" if note else table

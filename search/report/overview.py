@@ -28,7 +28,7 @@ from slimtune.spaces import Recipe
 from slimtune.storage import DatabaseMissing, Repository, TrialRecord, connect, has_optuna_schema, optuna_storage, safe_url
 from slimtune.storage.schema import Fingerprint, ParetoSnapshot
 
-from slimtune.search.config import CONFIG_ATTR
+from slimtune.search.config import CONFIG_ATTR, TEST_ATTR
 from slimtune.search.hypervolume import HYPERVOLUME_ATTR, HypervolumeHistory, hypervolume_history, hypervolume_settings
 from slimtune.search.results import StudyNotFound, _row, baseline_record, confirmations
 from slimtune.search.studies import N_TRIALS_ATTR, STUDY_FILE_ATTR
@@ -289,8 +289,38 @@ class StudyView:
                 **{f"short_{k}": short.get(k) for k in ("accuracy", "balanced_accuracy", "latency_ms")},
                 **{f"refined_{k}": long.get(k) for k in ("accuracy", "balanced_accuracy", "latency_ms")},
                 "refined_accuracy_drop": (base["accuracy"] - long["accuracy"]) if "accuracy" in long and "accuracy" in base else None,
+                "test": long.get("test") or None,
             })
         return rows
+
+    def judged_split(self) -> str | None:
+        """What the trials' accuracy figures were measured on: "validation", "held-out" (a study
+        without a validation split), or None before any trial."""
+        for record in self.records():
+            split = ((record.measurement or {}).get("judged_on") or {}).get("split")
+            if split:
+                return split
+        return None
+
+    def test_split(self) -> dict[str, Any] | None:
+        """The baseline and each feasible front point measured once on the test split when the
+        search ended (search/holdout.py), beside the validation drop each point was judged by:
+        {"examples", "baseline_accuracy", "baseline_balanced_accuracy", "ci_level", "rows"}; None
+        when the study stored none (no validation split, or not measured yet)."""
+        test = self.study.user_attrs.get(TEST_ATTR)
+        if not test:
+            return None
+        records = {r.trial_number: r for r in self.records()}
+        rows = []
+        for number, figures in sorted(test["points"].items(), key=lambda item: int(item[0])):
+            if int(number) == test.get("baseline_trial"):
+                continue
+            record = records.get(int(number))
+            judged = ((record.measurement if record else None) or {}).get("judged_on") or {}
+            rows.append({"trial": int(number), "recipe": describe(record.recipe) if record else "",
+                         "validation": judged, "test": figures})
+        return {key: test.get(key) for key in ("examples", "baseline_accuracy", "baseline_balanced_accuracy", "ci_level")} | {
+            "rows": rows}
 
     def baseline(self) -> TrialRecord | None:
         """The measured baseline: trial 0 (it is enqueued first), else the first baseline recipe."""

@@ -67,6 +67,15 @@ def number(name: str, value: Any) -> str:
     return str(value)
 
 
+def drop_with_interval(figures: dict[str, Any] | None, name: str = "accuracy") -> str:
+    """A stored drop with its paired interval, in points: '+0.61 [-1.20, +2.42]', or '–'."""
+    if not figures or figures.get(f"{name}_drop") is None:
+        return "–"
+    text = f"{100 * figures[f'{name}_drop']:+.2f}"
+    low, high = figures.get(f"{name}_drop_ci") or (None, None)
+    return text if low is None or high is None else f"{text} [{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
 #: what a trial page calls each measurement (units in the label)
 LABELS = {
     **AXIS_TITLES, "latency_repeats": "latency repeats", "batch_size": "batch size",
@@ -74,7 +83,7 @@ LABELS = {
 }
 
 environment.filters["age"] = age
-environment.globals.update(number=number, titles=AXIS_TITLES, labels=LABELS, measured=MEASURED, storage_safe=safe_url,
+environment.globals.update(number=number, drop_with_interval=drop_with_interval, titles=AXIS_TITLES, labels=LABELS, measured=MEASURED, storage_safe=safe_url,
                            flagged_note=FLAGGED_NOTE.removeprefix("FLAGGED: "))
 
 
@@ -128,5 +137,7 @@ def study_context(view: StudyView, chosen: tuple[str, str, str | None], plots: d
         view=view, summary=view.summary, plots=plots, axes=chosen, axis_choices=list(view.objectives),
         baseline=view.baseline(), floor=view.accuracy_floor(), describe=describe,
         front_size=int(points["on_front"].sum()) if not points.empty else 0, screen=view.screen(),
-        refined=view.refined_rows(), headline=view.headline(),
+        refined=view.refined_rows(), headline=view.headline(), judged_split=view.judged_split(),
+        test_split=view.test_split(),
+        balanced="balanced_accuracy" in view.objectives or view.max_balanced_accuracy_drop is not None,
     )

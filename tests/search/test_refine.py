@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from slimtune.search.config import TEST_ATTR
 from slimtune.search.cli import main
 from slimtune.search.report.overview import Catalog
 from slimtune.search.results import open_study, pareto_front
@@ -85,7 +86,8 @@ def test_refine_stores_shows_and_exports_the_refined_model(study, tmp_path, caps
     assert pruned, "the tiny study's front has no pruned point"
     number = pruned[0]
     assert main(["refine", "tiny", "--storage", storage, "--trial", str(number), "--steps", str(STEPS)]) == 0
-    assert f"refine: trial {number}" in capsys.readouterr().out
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(f"refine: trial {number} seed"))
+    assert ": validation accuracy " in line and "; test accuracy " in line  # each figure says its split
 
     optuna_study, repository = open_study("tiny", storage)
     [row] = repository.refined("tiny")
@@ -98,11 +100,19 @@ def test_refine_stores_shows_and_exports_the_refined_model(study, tmp_path, caps
     kept = row.measurement["build"]
     assert kept["selection_score_name"] == "balanced_accuracy"  # the study is constrained on it
     assert 1 <= kept["selected_step"] <= STEPS and len(kept["selection_curve"]) == 20
+    # the search is over: the refined model is scored on the test split too, against the
+    # baseline's figure on the same examples (what the study stored when its search ended)
+    on_test, stored = row.measurement["test"], optuna_study.user_attrs[TEST_ATTR]
+    assert on_test["examples"] == stored["examples"] and on_test["examples"] != row.measurement["judged_on"]["examples"]
+    assert on_test["accuracy_drop"] == pytest.approx(stored["baseline_accuracy"] - on_test["accuracy"])
+    low, high = on_test["accuracy_drop_ci"]
+    assert low <= on_test["accuracy_drop"] <= high
 
     assert main(["pareto", "tiny", "--storage", storage, "--format", "json"]) == 0
     front = {p["trial"]: p for p in json.loads(capsys.readouterr().out)}
     assert front[number]["refined_accuracy"] == pytest.approx(row.measurement["accuracy"])  # JSON keeps 10 digits
     assert front[number]["refined_steps"] == STEPS and front[number]["accuracy"] == pytest.approx(short["accuracy"])
+    assert front[number]["refined_test_accuracy"] == pytest.approx(on_test["accuracy"])
 
     [shown] = Catalog(storage).study("tiny").refined_rows()
     assert (shown["trial"], shown["short_steps"], shown["steps"]) == (number, 20, STEPS)
@@ -110,6 +120,8 @@ def test_refine_stores_shows_and_exports_the_refined_model(study, tmp_path, caps
     assert main(["report", "tiny", "--storage", storage, "-o", str(folder / "after.html")]) == 0
     html = (folder / "after.html").read_text()
     assert "Refined points" in html and f"20 → <b>{STEPS}</b>" in html
+    assert "<th>validation accuracy (%)</th>" in html and "<th>test drop (pts)</th>" in html
+    assert "Accuracy on the test split" in html and f"on {stored['examples']} examples no trial saw" in html
 
     out = tmp_path / "refined"
     assert main(["export", "tiny", "--storage", storage, "--trial", str(number), "--refined",
@@ -186,7 +198,7 @@ def test_several_seeds_are_all_stored_and_the_best_on_held_back_images_is_kept(s
     before = len(open_study("tiny", storage)[1].refined("tiny"))
     assert main(["refine", "tiny", "--storage", storage, "--trial", str(number), "--steps", "10", "--seeds", "3"]) == 0
     out = capsys.readouterr().out
-    assert f"refine: trial {number}: 3 seeds, held-out balanced accuracy" in out and "spread" in out
+    assert f"refine: trial {number}: 3 seeds, validation balanced accuracy" in out and "spread" in out
 
     optuna_study, repository = open_study("tiny", storage)
     runs = repository.refined("tiny")[before:]
@@ -240,7 +252,7 @@ def test_control_reruns_the_short_fine_tune_beside_each_seed_and_pairs_them(stud
     gains = [100 * (runs[i + 1].measurement["balanced_accuracy"] - runs[i].measurement["balanced_accuracy"]) for i in (0, 2)]
     line = next(l for l in out.splitlines() if "under the same seeds and held-back split" in l)
     assert line == (f"refine: trial {number}: 30 steps against the search's {short} under the same seeds and held-back "
-                    f"split: held-out balanced accuracy {sum(gains) / 2:+.2f} pts on average "
+                    f"split: validation balanced accuracy {sum(gains) / 2:+.2f} pts on average "
                     f"({gains[0]:+.2f} / {gains[1]:+.2f} per seed)")
     # the study file asks for it the same way
     from slimtune.search.config import RefineSection
