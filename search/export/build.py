@@ -364,10 +364,15 @@ def accuracy_figures(study: Any, number: int, measured: dict[str, Any]) -> dict[
     from slimtune.search.config import TEST_ATTR
 
     test = study.user_attrs.get(TEST_ATTR) or {}
-    point = (test.get("points") or {}).get(str(number))
+    # a refined model carries its own test figures (refine scores it there); a trial's are the study's
+    point = measured.get("test") or (test.get("points") or {}).get(str(number))
+    if not point:
+        return {"judged_on": measured.get("judged_on") or None, "test": None}
+    baseline = {name: test.get(f"baseline_{name}", point[name] + point[f"{name}_drop"])  # the same examples
+                for name in ("accuracy", "balanced_accuracy")}
     return {"judged_on": measured.get("judged_on") or None,
-            "test": None if point is None else {**point, "baseline_accuracy": test.get("baseline_accuracy"),
-                                                "baseline_balanced_accuracy": test.get("baseline_balanced_accuracy")}}
+            "test": {**point, "baseline_accuracy": baseline["accuracy"],
+                     "baseline_balanced_accuracy": baseline["balanced_accuracy"]}}
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

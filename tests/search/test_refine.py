@@ -130,6 +130,8 @@ def test_refine_stores_shows_and_exports_the_refined_model(study, tmp_path, caps
     assert manifest["verified"] is True and manifest["refined"]["steps"] == STEPS
     assert manifest["recipe"]["finetune_steps"] == STEPS and manifest["measured"]["accuracy"] == row.measurement["accuracy"]
     assert manifest["rebuilt_accuracy"] == pytest.approx(row.measurement["accuracy"], abs=1e-9)  # the same model
+    assert manifest["accuracy"]["test"]["accuracy"] == on_test["accuracy"]  # the refined model's, not its trial's
+    assert manifest["accuracy"]["test"]["baseline_accuracy"] == stored["baseline_accuracy"]
 
     capsys.readouterr()
     assert main(["export", "tiny", "--storage", storage, "--trial", "0", "--refined", "--out", str(tmp_path / "x")]) == 2
