@@ -10,6 +10,7 @@ recipe's math mode, so fp32 is IEEE fp32 (TF32 off) and tf32 is TF32.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -119,6 +120,10 @@ class Measurement:
                 raise FloatingPointError(f"measurement {name} is {value}")
 
 
+def _build_key(recipe: Recipe, seed: int) -> str:
+    return json.dumps([recipe.to_dict(), seed], sort_keys=True)
+
+
 def extrapolated(start: float, last: float, now: float, last_step: int, step: int, steps: int) -> float:
     """The score the fine-tune could still reach by `steps`: `now` plus the faster of two linear
     rates, the recovery since the start and the one since the last check, over the steps left.
@@ -171,6 +176,8 @@ class Evaluator:
         # figure the search reads comes from it; the test split is read by `test_figures` and by
         # refine's `score_test` only, both after the search
         self._baseline_test: Outcomes | None = None
+        # the confirmation's rebuilt points, kept for the test split that follows it (`keep_built`)
+        self._kept: dict[str, Candidate] = {}
         val = workload.data.val
         self._check_split = Subset(val, range(min(len(val), 2048)))
         self._baseline_outcomes, classes = accuracy_outcomes(self.teacher, val, self.batch_sizes[0], self.device)
@@ -309,6 +316,15 @@ class Evaluator:
         return {"accuracy": scores.accuracy, "balanced_accuracy": scores.balanced_accuracy,
                 **drop_intervals(self._baseline_test, outcomes, self.ci_level)}
 
+    def keep_built(self, built: list[tuple[Recipe, int, Candidate]]) -> None:
+        """Keep the confirmation's rebuilt points for `test_figures`, which comes next at the end of
+        a search and would otherwise build (fine-tune, quantize, compile) each point once more;
+        `forget_built` drops them."""
+        self._kept = {_build_key(recipe, seed): candidate for recipe, seed, candidate in built}
+
+    def forget_built(self) -> None:
+        self._kept = {}
+
     @property
     def split_name(self) -> str:
         """What `val` is: the validation split, or the loader's held-out split where no
@@ -334,7 +350,7 @@ class Evaluator:
             self._deadline = time.perf_counter() + 2 * self.budget.trial_timeout_s
             try:
                 with math_mode(recipe.precision):
-                    candidate = self.build(recipe, seed)
+                    candidate = self._kept.pop(_build_key(recipe, seed), None) or self.build(recipe, seed)
                     outcomes, classes = accuracy_outcomes(candidate, test, self.batch_sizes[0], self.device,
                                                           prepare=candidate.inputs)
                     validation, _ = accuracy_outcomes(candidate, self.workload.data.val, self.batch_sizes[0],

@@ -188,6 +188,8 @@ def serve(conn, spec: WorkerSpec) -> None:
         except (EOFError, OSError):  # the driver is gone
             return
         kind = message[0]
+        if evaluator is not None and kind not in ("confirm", "test"):
+            evaluator.forget_built()  # the confirmation's builds serve only the test split after it
         try:
             if kind == "stop":
                 return

@@ -120,3 +120,28 @@ def test_the_test_split_is_read_only_after_the_search(digits_three) -> None:
     assert figures["examples"] == len(spy) and point["examples"] == len(spy)
     assert point["validation_accuracy"] == pytest.approx(measurement.accuracy)  # rebuilt as the trial built it
     assert point["accuracy_drop"] == pytest.approx(figures["baseline_accuracy"] - point["accuracy"])
+
+
+def test_the_test_split_reuses_the_points_the_confirmation_rebuilt(digits_three, monkeypatch) -> None:
+    """At the end of a search the confirmation rebuilds each front point; the test split that
+    follows scores those models instead of fine-tuning each point once more, and the same figures
+    come out as from a build of its own."""
+    from slimtune.objectives.confirm import confirm_candidates
+
+    baseline = get_baseline(digits_three, torch.device("cpu"), recipe=TrainingRecipe(epochs=2)).model
+    budget = Budget(finetune_steps=8, latency_repeats=6, latency_warmup=1, latency_max_s=0.2, trial_timeout_s=600.0)
+    evaluator = Evaluator(digits_three, baseline, "cpu", batch_sizes=(64,), budget=budget)
+    pruned = Recipe(prune_ratio=0.5, finetune_steps=8)
+    own = evaluator.test_figures([pruned], [3])["points"][0]
+    builds = []
+    build = evaluator.build
+    monkeypatch.setattr(evaluator, "build", lambda *args, **kwargs: builds.append(args) or build(*args, **kwargs))
+    confirm_candidates(evaluator, [pruned.to_dict()], [3], rounds=1)
+    shared = evaluator.test_figures([pruned], [3])["points"][0]
+    assert len(builds) == 1  # the confirmation's
+    assert shared == own
+    evaluator.test_figures([pruned], [3])
+    assert len(builds) == 2  # a kept build serves once
+    confirm_candidates(evaluator, [pruned.to_dict()], [4], rounds=1)
+    evaluator.test_figures([pruned], [3])
+    assert len(builds) == 4  # another seed is another model: built again
