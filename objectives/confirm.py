@@ -49,6 +49,7 @@ def confirm_candidates(evaluator, recipes: list[dict[str, Any]], seeds: list[int
                                         adaptive=False, block=blocks[index], max_seconds=budget.latency_max_s)
             blocks[index] = stats.block  # the first round chooses k; later rounds time the same blocks
             medians[index].append(stats.median_ms)
-    evaluator.keep_built([(recipe, seed, candidate) for (recipe, candidate, _), seed in zip(built, seeds)])
+    if hasattr(evaluator, "keep_built"):  # for the test split that follows (an evaluator factory's may not have it)
+        evaluator.keep_built([(recipe, seed, candidate) for (recipe, candidate, _), seed in zip(built, seeds)])
     return {"round_medians_ms": medians, "blocks": blocks, "samples_per_round": budget.latency_repeats,
             "batch_size": evaluator.batch_size, "seconds": time.perf_counter() - started}

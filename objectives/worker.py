@@ -188,7 +188,7 @@ def serve(conn, spec: WorkerSpec) -> None:
         except (EOFError, OSError):  # the driver is gone
             return
         kind = message[0]
-        if evaluator is not None and kind not in ("confirm", "test"):
+        if kind not in ("confirm", "test") and hasattr(evaluator, "forget_built"):  # a factory's may not have it
             evaluator.forget_built()  # the confirmation's builds serve only the test split after it
         try:
             if kind == "stop":
