@@ -163,15 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{study_file.stem}-holdout"
+    earlier = {}  # a run read, not run: its wall time from the last write, where there is one
+    if stem.with_suffix(".json").exists():
+        earlier = {r["seed"]: r["wall_s"] for r in json.loads(stem.with_suffix(".json").read_text())["runs"]}
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         wall = run_seed(study_file, config.study.name, seed, work, out)
+        wall = earlier.get(seed) if wall is None else wall
         run = {"seed": seed, "wall_s": None if wall is None else round(wall, 1),
                **front_points(config.study.name, f"sqlite:///{work / f'seed-{seed}.db'}", figure)}
         judge(run["points"], allowed_pts)
         runs.append(run)
         total = summary(runs)
-        stem = out / f"{study_file.stem}-holdout"
         stem.with_suffix(".json").write_text(json.dumps({"study": args.study, "figure": figure, "allowed_drop_pts": allowed_pts,
                                                          "runs": runs, "summary": total}, indent=2) + "\n")
         stem.with_suffix(".md").write_text(markdown(args.study, figure, allowed_pts, runs, total))
