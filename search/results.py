@@ -3,6 +3,7 @@ and every trial as a pandas DataFrame."""
 
 from __future__ import annotations
 
+from statistics import median
 from typing import Any
 
 import optuna
@@ -126,8 +127,8 @@ def interval_columns(measurement: dict[str, Any], confirmed: dict[str, Any] | No
 
 #: the line under a table whose points carry the mark (`slimtune pareto`, the dashboard, the report)
 FLAGGED_NOTE = ("FLAGGED: the trial's own latency would rank this point elsewhere on the front than the confirmed "
-                "intervals do, or give a speed-up off the confirmed one by more than the confirmed interval spans; "
-                "the figures shown are the confirmed ones")
+                "intervals do, or is off its confirmed latency by more than the confirmed interval spans (beyond the "
+                "shift all trials share); the figures shown are the confirmed ones")
 
 
 def _confirmed_range(row: dict[str, Any], low: str, high: str, values: list[float] | None) -> tuple[float, float] | None:
@@ -144,8 +145,12 @@ def disagreeing(rows: dict[int, dict[str, Any]]) -> set[int]:
     - rank: by their trials' latencies two points stand in one order, by the confirmed latencies
       in the other, and the confirmed intervals do not overlap (the confirmation tells them apart;
       a swap inside overlapping intervals is no change of rank it can vouch for): both are marked;
-    - speed-up: the trial's speed-up (its baseline's trial latency over its own) is off the
-      confirmed speed-up by a larger factor than the confirmed interval spans (high / low).
+    - speed-up: the trial's own latency, against its confirmed one, is off by a larger factor
+      than the confirmed speed-up's interval spans (high / low), once the shift all trials share is
+      taken out (the median of trial over confirmed latency: a search run on a busier machine
+      moves every figure alike and no ranking or speed-up). The baseline is judged against its
+      own latency interval: its trial figure, when off, moves every trial's speed-up, and marking
+      it says so once, where marking every point would blame them.
 
     With fewer than 6 rounds the intervals are the ranges of the round medians and ratios. That a
     trial's latency lies outside the confirmed interval alone is no mark: on a shared CPU it is the
@@ -163,17 +168,20 @@ def disagreeing(rows: dict[int, dict[str, Any]]) -> set[int]:
     base = next((n for n, r in timed.items() if r.get("is_baseline")), None)
     if base is None:
         return marked
+    # the shift every trial shares (the machine busier or quieter during the search than during
+    # the confirmation) is no story of one point; what is left of a trial's figure is its own
+    shift = median(r["trial_latency_ms"] / r["latency_ms"] for r in timed.values() if r["latency_ms"] > 0)
     for number, row in timed.items():
-        ratios = [b / m for b, m in zip(rounds[base], rounds[number])] if rounds[base] and rounds[number] else None
-        span = _confirmed_range(row, "speedup_ci_low_x", "speedup_ci_high_x", ratios)
-        if span is None or row.get("speedup_x") is None:
+        if number == base:  # the baseline's figure moves every speed-up: judged by its own interval
+            span = spans[base]
+        else:
+            ratios = [b / m for b, m in zip(rounds[base], rounds[number])] if rounds[base] and rounds[number] else None
+            span = _confirmed_range(row, "speedup_ci_low_x", "speedup_ci_high_x", ratios)
+        if span is None or min(span[0], row["trial_latency_ms"], row["latency_ms"]) <= 0:
             continue
-        trial_speedup = timed[base]["trial_latency_ms"] / row["trial_latency_ms"]
-        if min(span[0], trial_speedup, row["speedup_x"]) <= 0:
-            continue
+        own = row["trial_latency_ms"] / row["latency_ms"] / shift
         # a ratio's distance is a factor: 0.01x against 3x is as far off as 300x against 3x
-        factor = max(trial_speedup / row["speedup_x"], row["speedup_x"] / trial_speedup)
-        if factor > span[1] / span[0]:
+        if max(own, 1 / own) > span[1] / span[0]:
             marked.add(number)
     return marked
 

@@ -65,6 +65,17 @@ def test_a_whole_trial_run_under_load_is_no_mark():
     assert not any(row["flagged"] for row in rows)
 
 
+def test_a_baseline_timed_off_in_its_trial_is_marked_alone():
+    """The digits demo, idle, 2026-12-06: the baseline's trial said 9.48 ms, confirmed 7.17; every
+    point's trial agreed with its confirmation. Every trial speed-up was 1.3x off, and the old rule
+    marked all 8 points; the baseline's figure is the one that was off."""
+    base = [7.1, 7.2, 7.15, 7.25, 7.1, 7.2]
+    fast = [1.42, 1.45, 1.40, 1.43, 1.41, 1.44]  # its trial said 1.41
+    slow = [2.40, 2.45, 2.35, 2.42, 2.38, 2.41]  # its trial said 2.42
+    rows = summarise([base, fast, slow], [_record(0, 9.48), _record(15, 1.41), _record(20, 2.42)])
+    assert [row["flagged"] for row in rows] == [True, False, False]
+
+
 def test_a_trial_figure_that_swaps_two_points_the_confirmation_tells_apart_marks_both():
     base = [10.0, 11.5, 8.5, 10.8, 9.2, 10.0]  # wide speed-up intervals: the rank alone marks
     first = [3.3, 3.4, 3.25, 3.35, 3.3, 3.3]  # its trial said 3.0: fastest; confirmed 3.25-3.4, second
