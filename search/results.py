@@ -170,8 +170,14 @@ def disagreeing(rows: dict[int, dict[str, Any]]) -> set[int]:
         return marked
     # the shift every trial shares (the machine busier or quieter during the search than during
     # the confirmation) is no story of one point; what is left of a trial's figure is its own
-    shift = median(r["trial_latency_ms"] / r["latency_ms"] for r in timed.values() if r["latency_ms"] > 0)
+    # (with fewer than three rows there is no majority to tell a shared shift from one point's: the
+    # baseline's factor is the shift, and the points' speed-ups are judged as they stand)
+    factors = [r["trial_latency_ms"] / r["latency_ms"] for r in timed.values() if r["latency_ms"] > 0]
+    few = len(factors) < 3
+    shift = timed[base]["trial_latency_ms"] / timed[base]["latency_ms"] if few else median(factors)
     for number, row in timed.items():
+        if number == base and few:
+            continue
         if number == base:  # the baseline's figure moves every speed-up: judged by its own interval
             span = spans[base]
         else:
