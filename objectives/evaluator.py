@@ -175,7 +175,7 @@ class Evaluator:
         # `val` is the validation split where the workload has one (objectives/splits.py): every
         # figure the search reads comes from it; the test split is read by `test_figures` and by
         # refine's `score_test` only, both after the search
-        self._baseline_test: Outcomes | None = None
+        self._baseline_test: tuple[Outcomes, int] | None = None  # (outcomes, classes), read once
         # the confirmation's rebuilt points, kept for the test split that follows it (`keep_built`)
         self._kept: dict[str, Candidate] = {}
         val = workload.data.val
@@ -309,12 +309,18 @@ class Evaluator:
         test = self.workload.data.test
         if test is None:
             return {}
-        if self._baseline_test is None:
-            self._baseline_test = accuracy_outcomes(self.teacher, test, self.batch_sizes[0], self.device)[0]
+        baseline, _ = self._baseline_on_test()
         outcomes, classes = accuracy_outcomes(candidate, test, self.batch_sizes[0], self.device, prepare=candidate.inputs)
         scores = scores_of(outcomes, classes)
         return {"accuracy": scores.accuracy, "balanced_accuracy": scores.balanced_accuracy,
-                **drop_intervals(self._baseline_test, outcomes, self.ci_level)}
+                **drop_intervals(baseline, outcomes, self.ci_level)}
+
+    def _baseline_on_test(self) -> tuple[Outcomes, int]:
+        """The baseline's answers on the test split, scored once per worker."""
+        if self._baseline_test is None:
+            self._baseline_test = accuracy_outcomes(self.teacher, self.workload.data.test, self.batch_sizes[0],
+                                                    self.device)
+        return self._baseline_test
 
     def keep_built(self, built: list[tuple[Recipe, int, Candidate]]) -> None:
         """Keep the confirmation's rebuilt points for `test_figures`, which comes next at the end of
@@ -342,7 +348,7 @@ class Evaluator:
             raise ValueError("this workload has no test split (no validation split was carved)")
         stage = on_stage or (lambda name: None)
         stage("baseline on the test split")
-        baseline, classes = accuracy_outcomes(self.teacher, test, self.batch_sizes[0], self.device)
+        baseline, classes = self._baseline_on_test()
         base = scores_of(baseline, classes)
         points = []
         for index, (recipe, seed) in enumerate(zip(recipes, seeds)):
@@ -351,16 +357,12 @@ class Evaluator:
             try:
                 with math_mode(recipe.precision):
                     candidate = self._kept.pop(_build_key(recipe, seed), None) or self.build(recipe, seed)
-                    outcomes, classes = accuracy_outcomes(candidate, test, self.batch_sizes[0], self.device,
-                                                          prepare=candidate.inputs)
-                    validation, _ = accuracy_outcomes(candidate, self.workload.data.val, self.batch_sizes[0],
-                                                      self.device, prepare=candidate.inputs)
+                    figures = self._scored_on_test(candidate)
+                    validation, classes = accuracy_outcomes(candidate, self.workload.data.val, self.batch_sizes[0],
+                                                            self.device, prepare=candidate.inputs)
             finally:
                 del self._deadline
-            scores = scores_of(outcomes, classes)
-            points.append({"accuracy": scores.accuracy, "balanced_accuracy": scores.balanced_accuracy,
-                           **drop_intervals(baseline, outcomes, self.ci_level),
-                           "validation_accuracy": scores_of(validation, classes).accuracy})
+            points.append({**figures, "validation_accuracy": scores_of(validation, classes).accuracy})
         return {"examples": len(baseline), "baseline_accuracy": base.accuracy,
                 "baseline_balanced_accuracy": base.balanced_accuracy, "ci_level": self.ci_level, "points": points}
 

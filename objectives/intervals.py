@@ -55,10 +55,9 @@ def z_value(level: float) -> float:
     return NormalDist().inv_cdf(0.5 + level / 2)
 
 
-def _paired(baseline: Outcomes, candidate: Outcomes) -> torch.Tensor:
+def _check_paired(baseline: Outcomes, candidate: Outcomes) -> None:
     if not torch.equal(baseline.labels, candidate.labels):
         raise ValueError("paired intervals need both models scored on the same examples, in the same order")
-    return baseline.correct.double() - candidate.correct.double()
 
 
 def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
@@ -98,20 +97,15 @@ def newcombe_drop(a: int, b: int, c: int, d: int, level: float = DEFAULT_LEVEL) 
 def accuracy_drop_interval(baseline: Outcomes, candidate: Outcomes, level: float = DEFAULT_LEVEL
                            ) -> tuple[float, float, float]:
     """(drop, low, high) of top-1 accuracy: Newcombe's paired score interval."""
-    _paired(baseline, candidate)
+    _check_paired(baseline, candidate)
     return newcombe_drop(*paired_table(baseline.correct, candidate.correct), level)
-
-
-def balanced_drop(labels: torch.Tensor, d: torch.Tensor) -> float:
-    classes = torch.unique(labels)
-    return float(torch.stack([d[labels == c].mean() for c in classes]).mean())
 
 
 def balanced_accuracy_drop_interval(baseline: Outcomes, candidate: Outcomes, level: float = DEFAULT_LEVEL
                                     ) -> tuple[float, float, float]:
     """(drop, low, high) of balanced accuracy: each true class's Newcombe interval, combined by
     MOVER for their mean."""
-    _paired(baseline, candidate)
+    _check_paired(baseline, candidate)
     labels = baseline.labels
     parts = [newcombe_drop(*paired_table(baseline.correct[labels == c], candidate.correct[labels == c]), level)
              for c in torch.unique(labels)]
